@@ -1,0 +1,131 @@
+"""Server assembly: `create_server(config)` builds everything; `serve` runs it until a signal.
+
+Keeping the factory apart from `main()` lets tests bind 127.0.0.1:0 and run
+the real server in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .backends.embedded import EmbeddedEngine
+from .batch import BatchRunner
+from .bottleneck import StageWindow
+from .codecs import Codec
+from .codecs.zstd import ZstdCodec
+from .config import Config, Mode
+from .interceptors import ErrorInterceptor
+from .pb import compression_pb2 as pb
+from .pb import compression_pb2_grpc as pb_grpc
+from .pipeline import Pipeline
+from .service import CompressionServicer
+from .stages import add_stage_observer, remove_stage_observer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompressionService"].full_name
+
+
+@dataclass
+class App:
+    """A built server and the parts tests and `main` need to reach."""
+
+    config: Config
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    pipeline: Pipeline
+    stages: StageWindow
+    engine: EmbeddedEngine | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.server.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        if self.engine is not None and self.config.model.embedded.preload:
+            self._tasks.append(asyncio.create_task(self._preload(self.engine)))
+        log.info("llmcompress serving on %s", self.address)
+
+    @staticmethod
+    async def _preload(engine: EmbeddedEngine) -> None:
+        try:
+            await engine.start()
+        except Exception as exc:  # ZSTD still works without the model
+            log.error("embedded model failed to load: %s", exc)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: health NOT_SERVING first, then in-flight calls get `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.server.grace_seconds if grace is None else grace)
+        for task in self._tasks:
+            task.cancel()
+        remove_stage_observer(self.stages.observe)
+        if self.engine is not None:
+            await self.engine.close()
+
+
+def build_codecs(config: Config, engine: EmbeddedEngine | None) -> dict[Mode, Codec]:
+    codecs: dict[Mode, Codec] = {Mode.ZSTD: ZstdCodec(config.compression.zstd_level)}
+    return codecs
+
+
+async def create_server(config: Config) -> App:
+    """Build (not start) the server bound to config.server.host:port (port 0: any free one)."""
+    engine = EmbeddedEngine(config.model.embedded)
+    pipeline = Pipeline(config, build_codecs(config, engine))
+    stages = StageWindow()
+    add_stage_observer(stages.observe)
+    window = config.performance.stream_window or 2 * config.performance.max_concurrent
+    batch = BatchRunner(functools.partial(pipeline.compress, wait=True), window)
+    servicer = CompressionServicer(pipeline, batch, stages)
+
+    limit = config.security.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ],
+    )
+    pb_grpc.add_CompressionServiceServicer_to_server(servicer, server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
+    return App(config, server, port, health_servicer, pipeline, stages, engine)
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    app = await create_server(config)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: health NOT_SERVING, %.0fs grace", config.server.grace_seconds)
+    await app.stop()
+    log.info("stopped")

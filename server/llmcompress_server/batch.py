@@ -1,0 +1,110 @@
+"""BatchCompress: a bounded window of items in flight per stream.
+
+The next request is read only while the window has room, so HTTP/2 flow
+control pushes back on a fast sender instead of this process buffering the
+stream. Every id gets exactly one answer, a result or a per-item status; a
+failing item never ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+
+import grpc
+from google.rpc import status_pb2
+
+from .domain import CompressCommand, CompressOutcome
+from .errors import InvalidInput, LLMCompressError
+from .interceptors import UndecodableRequest
+from .pb import compression_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+CompressFn = Callable[[CompressCommand], Awaitable[CompressOutcome]]
+
+
+def status_for(exc: BaseException) -> status_pb2.Status:
+    """The per-item google.rpc.Status for an exception (same mapping as the interceptor)."""
+    if isinstance(exc, LLMCompressError):
+        code, message = exc.code, str(exc)
+    else:
+        code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+    return status_pb2.Status(code=code.value[0], message=message)
+
+
+class BatchRunner:
+    def __init__(self, compress: CompressFn, window: int) -> None:
+        self.compress = compress
+        self.window = window
+
+    async def _answer(
+        self, item: pb.BatchCompressRequest | UndecodableRequest
+    ) -> pb.BatchCompressResponse:
+        if isinstance(item, UndecodableRequest):
+            # No id can be read from bytes that do not parse; answer with an empty id.
+            error = InvalidInput(f"a stream item cannot be parsed: {item.error}")
+            return pb.BatchCompressResponse(id="", error=status_for(error))
+        try:
+            outcome = await self.compress(CompressCommand.from_pb(item.request))
+            return pb.BatchCompressResponse(id=item.id, result=outcome.to_pb())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, LLMCompressError):
+                log.exception("item %r failed unexpectedly", item.id)
+            return pb.BatchCompressResponse(id=item.id, error=status_for(exc))
+
+    async def run(
+        self, requests: AsyncIterable[pb.BatchCompressRequest]
+    ) -> AsyncIterator[pb.BatchCompressResponse]:
+        room = asyncio.Semaphore(self.window)
+        # Unbounded in type, bounded in practice: at most `window` items are
+        # in flight or finished-but-unsent, because the reader waits on `room`.
+        done: asyncio.Queue[tuple[int, pb.BatchCompressResponse] | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        in_order = False
+
+        async def work(seq: int, item: pb.BatchCompressRequest) -> None:
+            done.put_nowait((seq, await self._answer(item)))
+
+        async def read() -> None:
+            nonlocal in_order
+            seq = 0
+            async for item in requests:
+                if seq == 0 and isinstance(item, pb.BatchCompressRequest):
+                    in_order = item.in_order
+                await room.acquire()
+                task = asyncio.create_task(work(seq, item))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                seq += 1
+            while tasks:
+                await asyncio.gather(*list(tasks))
+            done.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        reader.add_done_callback(
+            lambda t: done.put_nowait(None) if not t.cancelled() and t.exception() else None
+        )
+        pending: dict[int, pb.BatchCompressResponse] = {}
+        next_seq = 0
+        try:
+            while (entry := await done.get()) is not None:
+                seq, response = entry
+                if not in_order:
+                    room.release()
+                    yield response
+                    continue
+                pending[seq] = response
+                while next_seq in pending:
+                    room.release()
+                    yield pending.pop(next_seq)
+                    next_seq += 1
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()

@@ -1,0 +1,58 @@
+"""Recent per-stage latency, for `GetStats` / `llmc stats`: which stage ate the time.
+
+The seed's `get_bottleneck_analysis().slowest_component`, computed from a
+bounded window of samples fed by the stage clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    stage: str
+    count: int
+    p50: float
+    p95: float
+    p99: float
+    total: float
+
+
+class StageWindow:
+    """Bounded deque of (time, stage, seconds); old samples fall off."""
+
+    def __init__(self, max_samples: int = 200_000, window_seconds: float = 300.0) -> None:
+        self.window_seconds = window_seconds
+        self._samples: deque[tuple[float, str, float]] = deque(maxlen=max_samples)
+        self._lock = threading.Lock()  # stages may be recorded from worker threads
+
+    def observe(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._samples.append((time.monotonic(), stage, seconds))
+
+    def summary(self, window_seconds: float | None = None) -> list[StageSummary]:
+        horizon = time.monotonic() - (window_seconds or self.window_seconds)
+        by_stage: dict[str, list[float]] = {}
+        with self._lock:
+            samples = list(self._samples)
+        for at, stage, seconds in samples:
+            if at >= horizon:
+                by_stage.setdefault(stage, []).append(seconds)
+        out = []
+        for stage, values in by_stage.items():
+            arr = np.asarray(values)
+            p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+            out.append(StageSummary(stage, len(values), p50, p95, p99, float(arr.sum())))
+        out.sort(key=lambda s: s.total, reverse=True)
+        return out
+
+    @staticmethod
+    def slowest(summaries: list[StageSummary]) -> str:
+        """The stage with the largest p95 (what a slow request waits on)."""
+        return max(summaries, key=lambda s: s.p95).stage if summaries else ""

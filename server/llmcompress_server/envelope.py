@@ -1,0 +1,110 @@
+"""The envelope: the one stored form of a compressed text.
+
+It is a protobuf message (`llmcompress.v1.Envelope`), so any language can read
+its header without the server. `seal` builds it; `open_envelope` parses and
+checks the header; `check_original` verifies a decoded text against the
+stored length and hash. Every failure is a typed error with an actionable
+message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from .errors import DataLoss, InvalidInput, PreconditionFailed
+from .pb import compression_pb2 as pb
+
+MAGIC = 0x434D4C4C  # "LLMC" read as a little-endian fixed32
+FORMAT_VERSION = 1
+
+_BODY_FOR_MODE = {
+    pb.MODE_ZSTD: "zstd",
+    pb.MODE_LOSSLESS: "lossless",
+    pb.MODE_SEMANTIC: "semantic",
+}
+
+
+def text_hash(data: bytes) -> int:
+    """First 8 bytes of SHA-256, big-endian: the envelope's `original_hash`."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """A model as the envelope names it: a readable name and its file's SHA-256."""
+
+    name: str
+    sha256: str  # full hex digest
+
+    @property
+    def sha256_prefix(self) -> int:
+        return int(self.sha256[:16], 16)
+
+    def to_pb(self) -> pb.ModelRef:
+        return pb.ModelRef(name=self.name, sha256_prefix=self.sha256_prefix)
+
+    def matches(self, ref: pb.ModelRef) -> bool:
+        return ref.sha256_prefix == self.sha256_prefix
+
+
+def mode_name(mode: int) -> str:
+    return pb.Mode.Name(pb.Mode.ValueType(mode)) if mode in pb.Mode.values() else f"mode {mode}"
+
+
+def seal(original: bytes, body: pb.Envelope, model: ModelIdentity | None = None) -> bytes:
+    """Complete `body` (an Envelope with only its mode and body set) and serialize it."""
+    body.magic = MAGIC
+    body.version = FORMAT_VERSION
+    body.original_length = len(original)
+    body.original_hash = text_hash(original)
+    if model is not None:
+        body.model.CopyFrom(model.to_pb())
+    return body.SerializeToString(deterministic=True)
+
+
+def open_envelope(data: bytes) -> pb.Envelope:
+    """Parse and check an envelope's header; the body is checked by its codec."""
+    if not data:
+        raise InvalidInput("the envelope is empty: pass the exact bytes Compress returned")
+    env = pb.Envelope()
+    try:
+        env.ParseFromString(data)
+    except DecodeError:
+        raise InvalidInput(
+            f"the envelope ({len(data)} bytes) cannot be parsed: it is truncated, corrupted "
+            "or not an llmcompress envelope; pass the exact bytes Compress returned"
+        ) from None
+    if env.magic != MAGIC:
+        raise InvalidInput(
+            "these bytes are not an llmcompress envelope (no LLMC magic); "
+            "pass the exact bytes Compress returned"
+        )
+    if env.version > FORMAT_VERSION:
+        raise PreconditionFailed(
+            f"the envelope uses format v{env.version}, newer than this server reads "
+            f"(v{FORMAT_VERSION}); reconstruct it with a newer llmcompress server"
+        )
+    if env.version < 1:
+        raise InvalidInput("the envelope has no format version; it is corrupted")
+    expected = _BODY_FOR_MODE.get(env.mode)
+    if expected is None:
+        raise InvalidInput(f"the envelope names an unknown {mode_name(env.mode)}; it is corrupted")
+    if env.WhichOneof("body") != expected:
+        raise InvalidInput(
+            f"the envelope says {mode_name(env.mode)} but carries a "
+            f"{env.WhichOneof('body') or 'missing'} body; it is corrupted"
+        )
+    return env
+
+
+def check_original(env: pb.Envelope, text: bytes) -> None:
+    """Raise DataLoss unless `text` has the stored length and hash."""
+    if len(text) != env.original_length or text_hash(text) != env.original_hash:
+        raise DataLoss(
+            f"the decoded text does not match the envelope's checksum "
+            f"({len(text)} bytes decoded, {env.original_length} stored): the envelope is "
+            "corrupted; restore it from a good copy"
+        )

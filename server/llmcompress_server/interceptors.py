@@ -1,0 +1,128 @@
+"""Server interceptors. `ErrorInterceptor` is the one place exceptions become statuses.
+
+Domain errors map by their `code` (see errors.py); anything else is INTERNAL
+with a generic message, and its traceback goes to the log, not the client.
+Requests whose bytes do not decode (e.g. invalid UTF-8 in a string field)
+get INVALID_ARGUMENT instead of grpc's opaque deserialization failure.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from .errors import InvalidInput, LLMCompressError, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+class UndecodableRequest:
+    """Stands in for a request message whose bytes did not parse."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return UndecodableRequest(str(exc))
+
+    return parse
+
+
+def _check(request: Any) -> None:
+    if isinstance(request, UndecodableRequest):
+        raise InvalidInput(
+            "the request message cannot be parsed (string fields must be valid UTF-8): "
+            f"{request.error}"
+        )
+
+
+def retry_trailers(exc: Overloaded) -> tuple[tuple[str, bytes | str], ...]:
+    """google.rpc.RetryInfo in the status details, plus a plain `retry-after-ms` trailer."""
+    delay = duration_pb2.Duration()
+    delay.FromTimedelta(datetime.timedelta(seconds=exc.retry_after))
+    detail = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc))
+    detail.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return (
+        ("grpc-status-details-bin", detail.SerializeToString()),
+        ("retry-after-ms", str(int(exc.retry_after * 1000))),
+    )
+
+
+async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if isinstance(exc, LLMCompressError):
+        trailers = retry_trailers(exc) if isinstance(exc, Overloaded) else ()
+        await context.abort(exc.code, str(exc), trailing_metadata=trailers)
+    log.exception("unexpected error", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+if TYPE_CHECKING:  # grpc's stubs make it generic; the runtime class is not subscriptable
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class ErrorInterceptor(_ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        deserializer = _tolerant(handler.request_deserializer)
+        # grpc's stubs type handlers as sync callables; in aio they are coroutines.
+        inner: Any = handler.unary_unary or handler.stream_stream
+        if handler.unary_unary is not None:
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    _check(request)
+                    return await inner(request, context)
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await abort_for(exc, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+
+            async def stream_stream(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                try:
+                    async for response in inner(requests, context):
+                        yield response
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await abort_for(exc, context)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream,
+                deserializer,
+                handler.response_serializer,
+            )
+        return handler  # unary-stream / stream-unary: none in this service

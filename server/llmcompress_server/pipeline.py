@@ -1,0 +1,121 @@
+"""The compression pipeline: validate -> codec -> pack, and unpack -> codec -> verify.
+
+Codecs are chosen by mode; what is stored is always a sealed envelope, so
+nothing a later Reconstruct needs lives only in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from .admission import Admission
+from .codecs import Codec, CompressOptions
+from .config import Config, Mode
+from .domain import MODE_FROM_PB, MODE_TO_PB, CompressCommand, CompressOutcome, ReconstructOutcome
+from .envelope import check_original, mode_name, open_envelope, seal
+from .errors import InvalidInput, PreconditionFailed
+from .stages import StageClock
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(
+        self, config: Config, codecs: Mapping[Mode, Codec], admission: Admission | None = None
+    ) -> None:
+        self.config = config
+        self.codecs = dict(codecs)
+        self.admission = admission or Admission(config.performance.max_queue)
+
+    def _codec(self, mode: Mode) -> Codec:
+        codec = self.codecs.get(mode)
+        if codec is None:
+            available = ", ".join(sorted(m.value for m in self.codecs))
+            raise PreconditionFailed(
+                f"{mode.value} mode is not available on this server (available: {available})"
+            )
+        return codec
+
+    def options(self, cmd: CompressCommand) -> CompressOptions:
+        comp = self.config.compression
+        return CompressOptions(
+            verify=comp.verify if cmd.verify is None else cmd.verify,
+            target_ratio=cmd.target_ratio or comp.target_ratio,
+            quality=cmd.quality,
+            evaluate_quality=cmd.evaluate_quality,
+        )
+
+    async def compress(self, cmd: CompressCommand, *, wait: bool = False) -> CompressOutcome:
+        """Compress one text; `wait` queues for admission (streams) instead of refusing."""
+        gate = self.admission.wait() if wait else self.admission.admit()
+        async with gate:
+            return await self._compress(cmd)
+
+    async def _compress(self, cmd: CompressCommand) -> CompressOutcome:
+        clock = StageClock()
+        limit = self.config.compression.max_text_bytes
+        with clock.stage("validate"):
+            data = cmd.text.encode("utf-8")
+            if len(data) > limit:
+                raise InvalidInput(
+                    f"text is {len(data)} bytes, above this server's limit of {limit} bytes "
+                    "(compression.max_text_bytes); split it into smaller items"
+                )
+        requested = cmd.mode or self.config.compression.default_mode
+        mode, reason = requested, ""
+        if not cmd.text.strip():
+            # Nothing for a model to work on; a tiny exact envelope loses nothing.
+            mode, reason = Mode.ZSTD, "empty or whitespace-only text is stored as ZSTD"
+        encoded = await self._codec(mode).encode(cmd.text, self.options(cmd), clock)
+        stored = MODE_FROM_PB[encoded.envelope.mode]
+        with clock.stage("pack"):
+            blob = seal(data, encoded.envelope, encoded.model)
+        return CompressOutcome(
+            envelope=blob,
+            original_bytes=len(data),
+            requested_mode=requested,
+            mode=stored,
+            model=encoded.model.name if encoded.model else "",
+            backend=encoded.backend,
+            stages=clock.timings,
+            degraded=encoded.degraded,
+            reason=encoded.reason or reason,
+            quality=encoded.quality,
+            total_seconds=clock.total,
+        )
+
+    async def reconstruct(self, envelope: bytes) -> ReconstructOutcome:
+        async with self.admission.admit():
+            return await self._reconstruct(envelope)
+
+    async def _reconstruct(self, envelope: bytes) -> ReconstructOutcome:
+        clock = StageClock()
+        with clock.stage("unpack"):
+            env = open_envelope(envelope)
+            limit = self.config.compression.max_text_bytes
+            if env.original_length > limit:
+                raise PreconditionFailed(
+                    f"the envelope holds {env.original_length} bytes, above this server's limit "
+                    f"of {limit} (compression.max_text_bytes); use a server with a higher limit"
+                )
+        mode = MODE_FROM_PB[env.mode]
+        if mode not in self.codecs:
+            raise PreconditionFailed(
+                f"the envelope needs {mode_name(env.mode)}, which this server does not offer"
+            )
+        decoded = await self.codecs[mode].decode(env, clock)
+        if decoded.exact:
+            with clock.stage("checksum"):
+                check_original(env, decoded.text.encode("utf-8"))
+        return ReconstructOutcome(
+            text=decoded.text,
+            exact=decoded.exact,
+            mode=mode,
+            model=decoded.model or (env.model.name if env.HasField("model") else ""),
+            stages=clock.timings,
+            quality=decoded.quality,
+        )
+
+
+__all__ = ["MODE_TO_PB", "Pipeline"]

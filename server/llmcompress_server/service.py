@@ -1,0 +1,68 @@
+"""The gRPC servicer: protobuf <-> domain translation only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from .batch import BatchRunner
+from .bottleneck import StageWindow
+from .domain import CompressCommand
+from .pb import compression_pb2 as pb
+from .pb import compression_pb2_grpc as pb_grpc
+from .pipeline import Pipeline
+
+
+class CompressionServicer(pb_grpc.CompressionServiceServicer):
+    def __init__(self, pipeline: Pipeline, batch: BatchRunner, stages: StageWindow) -> None:
+        self.pipeline = pipeline
+        self.batch = batch
+        self.stages = stages
+
+    async def Compress(
+        self,
+        request: pb.CompressRequest,
+        context: grpc.aio.ServicerContext[pb.CompressRequest, pb.CompressResponse],
+    ) -> pb.CompressResponse:
+        outcome = await self.pipeline.compress(CompressCommand.from_pb(request))
+        return outcome.to_pb()
+
+    async def Reconstruct(
+        self,
+        request: pb.ReconstructRequest,
+        context: grpc.aio.ServicerContext[pb.ReconstructRequest, pb.ReconstructResponse],
+    ) -> pb.ReconstructResponse:
+        outcome = await self.pipeline.reconstruct(request.envelope)
+        return outcome.to_pb()
+
+    async def BatchCompress(
+        self,
+        request_iterator: AsyncIterator[pb.BatchCompressRequest],
+        context: grpc.aio.ServicerContext[pb.BatchCompressRequest, pb.BatchCompressResponse],
+    ) -> AsyncIterator[pb.BatchCompressResponse]:
+        async for response in self.batch.run(request_iterator):
+            yield response
+
+    async def GetStats(
+        self,
+        request: pb.GetStatsRequest,
+        context: grpc.aio.ServicerContext[pb.GetStatsRequest, pb.GetStatsResponse],
+    ) -> pb.GetStatsResponse:
+        window = request.window_seconds or self.stages.window_seconds
+        summaries = self.stages.summary(window)
+        return pb.GetStatsResponse(
+            stages=[
+                pb.StageStats(
+                    stage=s.stage,
+                    count=s.count,
+                    p50=s.p50,
+                    p95=s.p95,
+                    p99=s.p99,
+                    total_seconds=s.total,
+                )
+                for s in summaries
+            ],
+            slowest_stage=StageWindow.slowest(summaries),
+            window_seconds=window,
+        )

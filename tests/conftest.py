@@ -1,0 +1,107 @@
+"""Shared fixtures: the real aio server on 127.0.0.1:0, real channels, the shared corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmcompress_server.app import App, create_server
+from llmcompress_server.config import Config, load_config
+from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpus" / "passages.jsonl"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_tool(name: str) -> str:
+    """Path of a system tool; a loud skip on a user's machine, a failure under CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"`{name}` is not installed; .ci/run installs it (see README, 'Testing')"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def load_corpus() -> list[dict[str, str]]:
+    if not CORPUS.is_file():
+        pytest.fail(f"shared corpus missing at {CORPUS}")
+    return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[dict[str, str]]:
+    return load_corpus()
+
+
+def make_config(**sections: dict[str, Any]) -> Config:
+    """Config for tests: loopback, any free port, no metrics port, no model preload."""
+    base: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
+        "monitoring": {"enable_prometheus": False},
+        "model": {"embedded": {"preload": False}},
+    }
+    for name, values in sections.items():
+        merged = dict(base.get(name, {}))
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        base[name] = merged
+    return load_config(environ={}, overrides=base)
+
+
+StartServer = Callable[..., Awaitable[App]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    """Start real servers with config overrides; all are stopped at teardown."""
+    apps: list[App] = []
+
+    async def start(config: Config | None = None, **sections: dict[str, Any]) -> App:
+        app = await create_server(config or make_config(**sections))
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop(grace=0)
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> App:
+    return await start_server()
+
+
+@pytest.fixture
+async def stub(server: App) -> AsyncIterator[pb_grpc.CompressionServiceStub]:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        yield pb_grpc.CompressionServiceStub(channel)
+
+
+def slow_text(n_bytes: int, seed: int = 1) -> str:
+    """Shuffled corpus words: text zstd -19 needs real time for (~1 s per MB here),
+    so a call made with it stays in flight long enough to observe."""
+    import random
+
+    rng = random.Random(seed)
+    words = " ".join(item["text"] for item in load_corpus()).split()
+    out: list[str] = []
+    size = 0
+    while size < n_bytes:
+        word = rng.choice(words)
+        out.append(word)
+        size += len(word) + 1
+    return " ".join(out)[:n_bytes]

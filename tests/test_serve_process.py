@@ -1,0 +1,198 @@
+"""`llmc serve` as a process, driven by a client generated from protos/ alone.
+
+This is what a user of another stack does: grpcio-tools over protos/, no
+llmcompress package. It runs in a separate interpreter without site hooks so
+that nothing of ours is importable there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[str]:
+    port = free_port()
+    env = dict(
+        os.environ,
+        LLMC_MONITORING__ENABLE_PROMETHEUS="false",
+        LLMC_MODEL__EMBEDDED__PRELOAD="false",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmcompress.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"llmc serve exited: {proc.stdout.read() if proc.stdout else ''}")
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("llmc serve did not listen within 60 s")
+    yield f"127.0.0.1:{port}"
+    proc.terminate()  # SIGTERM: graceful stop
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "shutting down" in out
+
+
+FOREIGN_CLIENT = textwrap.dedent(
+    """
+    import sys
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from llmcompress.v1 import compression_pb2 as pb, compression_pb2_grpc as pbg
+    assert not hasattr(pb, "__llmcompress_package__")
+    channel = grpc.insecure_channel(sys.argv[1])
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    print("health", health_pb2.HealthCheckResponse.ServingStatus.Name(health.status))
+    stub = pbg.CompressionServiceStub(channel)
+    text = open(sys.argv[2], encoding="utf-8").read()
+    resp = stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_ZSTD))
+    back = stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
+    print("ratio", round(resp.stats.ratio, 3), "exact", back.exact and back.text == text)
+    """
+)
+
+
+def test_generated_client_round_trip(
+    served: str, tmp_path: Path, corpus: list[dict[str, str]]
+) -> None:
+    out = tmp_path / "gen"
+    out.mkdir()
+    well_known = Path(protoc.__file__).parent / "_proto"
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'protos'}",
+            f"-I{well_known}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(ROOT / "protos/llmcompress/v1/compression.proto"),
+        ]
+    )
+    assert rc == 0
+    (out / "client.py").write_text(FOREIGN_CLIENT)
+    sample = tmp_path / "sample.txt"
+    sample.write_text(corpus[3]["text"], encoding="utf-8")
+    # -S: no site hooks, so our editable install (the `llmcompress` client) is invisible.
+    env = {
+        "PYTHONPATH": f"{out}{os.pathsep}{sysconfig.get_paths()['purelib']}",
+        "PATH": os.environ["PATH"],
+    }
+    done = subprocess.run(
+        [sys.executable, "-S", str(out / "client.py"), served, str(sample)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "health SERVING" in done.stdout
+    assert "exact True" in done.stdout
+    ratio = float(done.stdout.split("ratio ")[1].split()[0])
+    assert ratio > 1.2
+
+
+def test_cli_compress_and_reconstruct(
+    served: str, tmp_path: Path, corpus: list[dict[str, str]]
+) -> None:
+    text = corpus[10]["text"]
+    src = tmp_path / "in.txt"
+    src.write_text(text, encoding="utf-8")
+    env = dict(os.environ, LLMC_SERVER=served)
+    comp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmcompress.cli",
+            "compress",
+            "--mode",
+            "zstd",
+            str(src),
+            "-o",
+            str(tmp_path / "e.llmc"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert comp.returncode == 0, comp.stderr
+    assert "zstd:" in comp.stderr and "ratio" in comp.stderr
+    back = subprocess.run(
+        [sys.executable, "-m", "llmcompress.cli", "reconstruct", str(tmp_path / "e.llmc")],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.decode("utf-8") == text
+    assert b"exact" in back.stderr
+
+
+def test_cli_without_a_server_says_what_to_do(tmp_path: Path) -> None:
+    port = free_port()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmcompress.cli",
+            "reconstruct",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "3",
+            "-",
+        ],
+        input=b"x",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert b"llmc serve" in done.stderr
+
+
+def test_cli_bad_config_names_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("performance:\n  max_concurrent: lots\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "llmcompress.cli", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "performance.max_concurrent" in done.stderr
