@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +23,7 @@ EPILOG = """examples:
   echo "hello world" | llmc compress --mode lossless - > hello.llmc
   llmc reconstruct notes.llmc > notes.txt
   llmc stats                                  # per-stage p50/p95/p99, slowest stage
+  llmc warm corpus.jsonl --mode lossless      # pre-fill the cache, with a progress bar
 """
 
 
@@ -137,11 +138,92 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
     print(f"slowest stage (largest p95): {stats.slowest_stage}")
     for tier in stats.cache:
-        print(
-            f"cache {tier.tier}: hits {tier.hits}, misses {tier.misses}, "
-            f"hit ratio {tier.hit_ratio:.1%}, size {tier.size}/{tier.max_size}"
-        )
+        line = f"cache {tier.tier}: hits {tier.hits}, misses {tier.misses}, "
+        line += f"hit ratio {tier.hit_ratio:.1%}"
+        if tier.tier != "redis":
+            line += f", size {tier.size}/{tier.max_size}"
+        if tier.max_bytes:
+            line += f", {_human(tier.bytes)}/{_human(tier.max_bytes)}"
+        if tier.tier != "total":
+            line += f", avg lookup {tier.avg_lookup_seconds * 1e3:.3f} ms"
+        if tier.tier == "redis":
+            line += f", errors {tier.errors}" + ("" if tier.available else ", UNAVAILABLE")
+        print(line)
     return 0
+
+
+def _read_corpus(path: str) -> list[tuple[str, str]]:
+    """(id, text) pairs from JSONL; a bad line is an error naming the line."""
+    import json
+
+    items: list[tuple[str, str]] = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            items.append((str(item["id"]), str(item["text"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path}:{number}: expected a JSON object with id and text ({exc})"
+            ) from None
+    return items
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    import grpc
+    from tqdm import tqdm
+
+    from llmcompress_server.pb import compression_pb2 as pb
+    from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+
+    from ._client import _MODES
+    from ._errors import from_rpc_error
+
+    try:
+        items = _read_corpus(args.input)
+    except ValueError as exc:
+        print(f"llmc warm: {exc}", file=sys.stderr)
+        return 2
+    mode = _MODES[args.mode]
+
+    def requests() -> Iterator[pb.BatchCompressRequest]:
+        for item_id, text in items:
+            req = pb.CompressRequest(text=text, mode=mode)  # type: ignore[arg-type]
+            yield pb.BatchCompressRequest(id=item_id, request=req)
+
+    cached = computed = failed = 0
+    t0 = time.perf_counter()
+    with grpc.insecure_channel(args.server) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        try:
+            with tqdm(total=len(items), unit="item", desc="warming", file=sys.stderr) as bar:
+                for resp in stub.BatchCompress(requests(), timeout=args.timeout):
+                    if resp.HasField("error"):
+                        failed += 1
+                        bar.write(f"{resp.id}: {resp.error.message}", file=sys.stderr)
+                    elif resp.result.stats.cache_hit:
+                        cached += 1
+                    else:
+                        computed += 1
+                    bar.update()
+            after = stub.GetStats(pb.GetStatsRequest(), timeout=args.timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+    elapsed = time.perf_counter() - t0
+    print(
+        f"warmed {len(items)} items in {elapsed:.1f}s: {computed} compressed, "
+        f"{cached} already cached, {failed} failed",
+        file=sys.stderr,
+    )
+    for tier in after.cache:
+        if tier.tier == "total":
+            print(
+                f"server cache now: {tier.size}/{tier.max_size} entries, "
+                f"hits {tier.hits}, misses {tier.misses} ({tier.hit_ratio:.1%} hit ratio)",
+                file=sys.stderr,
+            )
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +306,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client_opts(p)
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser(
+        "warm",
+        help="pre-compress a corpus so its items are cache hits",
+        description="Compress every item of a JSONL corpus (one {id, text} object a line) "
+        "through the server's cache, with a progress bar.",
+    )
+    p.add_argument("input", metavar="FILE.jsonl", help="corpus: JSON lines with id and text")
+    p.add_argument(
+        "--mode",
+        choices=["zstd", "lossless", "semantic", "default"],
+        default="default",
+        help="the mode later requests will ask for (default: the server's default)",
+    )
+    client_opts(p)
+    p.set_defaults(func=cmd_warm)
     return parser
 
 

@@ -73,6 +73,7 @@ class App:
         for task in self._tasks:
             task.cancel()
         remove_stage_observer(self.stages.observe)
+        await self.pipeline.close()
         if self.engine is not None:
             await self.engine.close()
 

@@ -102,6 +102,8 @@ class CacheConfig(_Section):
     # e.g. redis://127.0.0.1:6379/0; None: in-process tier only.
     redis_url: str | None = None
     redis_timeout: float = Field(0.05, gt=0)
+    # In-process tier byte bound (entries are bounded by performance.cache_size).
+    max_bytes: int = Field(256 * 1024 * 1024, ge=0)
 
 
 class MonitoringConfig(_Section):

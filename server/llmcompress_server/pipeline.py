@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 
 from .admission import Admission
+from .cache import CachedResult, ResultCache
 from .codecs import Codec, CompressOptions
 from .config import Config, Mode
 from .domain import MODE_FROM_PB, MODE_TO_PB, CompressCommand, CompressOutcome, ReconstructOutcome
@@ -22,11 +23,18 @@ log = logging.getLogger(__name__)
 
 class Pipeline:
     def __init__(
-        self, config: Config, codecs: Mapping[Mode, Codec], admission: Admission | None = None
+        self,
+        config: Config,
+        codecs: Mapping[Mode, Codec],
+        admission: Admission | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.config = config
         self.codecs = dict(codecs)
         self.admission = admission or Admission(config.performance.max_queue)
+        if cache is None and config.cache.enabled:
+            cache = ResultCache.from_config(config)
+        self.cache = cache
 
     def _codec(self, mode: Mode) -> Codec:
         codec = self.codecs.get(mode)
@@ -67,23 +75,48 @@ class Pipeline:
         if not cmd.text.strip():
             # Nothing for a model to work on; a tiny exact envelope loses nothing.
             mode, reason = Mode.ZSTD, "empty or whitespace-only text is stored as ZSTD"
-        encoded = await self._codec(mode).encode(cmd.text, self.options(cmd), clock)
-        stored = MODE_FROM_PB[encoded.envelope.mode]
-        with clock.stage("pack"):
-            blob = seal(data, encoded.envelope, encoded.model)
+        codec, opts = self._codec(mode), self.options(cmd)
+
+        async def compute() -> CachedResult:
+            encoded = await codec.encode(cmd.text, opts, clock)
+            with clock.stage("pack"):
+                blob = seal(data, encoded.envelope, encoded.model)
+            return CachedResult(
+                envelope=blob,
+                mode=encoded.envelope.mode,
+                model=encoded.model.name if encoded.model else "",
+                backend=encoded.backend,
+                degraded=encoded.degraded,
+                reason=encoded.reason or reason,
+                quality=encoded.quality,
+            )
+
+        key = None
+        if self.cache is not None and not cmd.skip_cache:
+            key = self.cache.key_for(codec, data, mode, opts)
+        if self.cache is None or key is None:
+            result, hit = await compute(), False
+        else:
+            result, source = await self.cache.resolve(key, data, compute, clock)
+            hit = source != "computed"
         return CompressOutcome(
-            envelope=blob,
+            envelope=result.envelope,
             original_bytes=len(data),
             requested_mode=requested,
-            mode=stored,
-            model=encoded.model.name if encoded.model else "",
-            backend=encoded.backend,
+            mode=MODE_FROM_PB[result.mode],
+            model=result.model,
+            backend=result.backend,
             stages=clock.timings,
-            degraded=encoded.degraded,
-            reason=encoded.reason or reason,
-            quality=encoded.quality,
+            cache_hit=hit,
+            degraded=result.degraded,
+            reason=result.reason,
+            quality=result.quality,
             total_seconds=clock.total,
         )
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
 
     async def reconstruct(self, envelope: bytes) -> ReconstructOutcome:
         async with self.admission.admit():

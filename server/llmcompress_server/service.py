@@ -51,6 +51,7 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
     ) -> pb.GetStatsResponse:
         window = request.window_seconds or self.stages.window_seconds
         summaries = self.stages.summary(window)
+        cache = self.pipeline.cache
         return pb.GetStatsResponse(
             stages=[
                 pb.StageStats(
@@ -64,5 +65,6 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
                 for s in summaries
             ],
             slowest_stage=StageWindow.slowest(summaries),
+            cache=cache.tier_stats() if cache is not None else [],
             window_seconds=window,
         )

@@ -18,11 +18,17 @@ _INLINE_BYTES = 32 * 1024
 
 class ZstdCodec:
     mode = pb.MODE_ZSTD
+    # Bump when the frame for the same text and level changes (cache keys include it).
+    version = 1
 
     def __init__(self, level: int = 19) -> None:
         self.level = level
         # zstd contexts are not thread-safe; keep one per thread.
         self._local = threading.local()
+
+    def cache_params(self, opts: CompressOptions) -> dict[str, str | int | float | bool]:
+        """What shapes the frame: no model, no per-request option, only the level."""
+        return {"codec": "zstd", "version": self.version, "level": self.level}
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         comp: zstandard.ZstdCompressor | None = getattr(self._local, "comp", None)
