@@ -254,6 +254,7 @@ class RedisTier:
         backoff: tuple[float, float] = (0.5, 30.0),
         log_every: float = 30.0,
     ) -> None:
+        # Imported here: a server without Redis never loads the client.
         from aiocache import RedisCache
         from aiocache.serializers import NullSerializer
 
@@ -444,6 +445,8 @@ class ResultCache:
         return found
 
     async def lookup_redis(self, key: bytes, data: bytes) -> CachedResult | None:
+        """A Redis hit is copied into memory, where its TTL restarts (so a hot entry
+        lives at most twice the TTL; the key, not the TTL, keeps it correct)."""
         if self.redis is None or not self.redis.available:
             if self.redis is not None:
                 _emit("skip", "redis")

@@ -100,7 +100,7 @@ class CompressionConfig(_Section):
 class CacheConfig(_Section):
     enabled: bool = True
     # e.g. redis://127.0.0.1:6379/0; None: in-process tier only.
-    redis_url: str | None = None
+    redis_url: str | None = Field(None, pattern=r"^rediss?://")
     redis_timeout: float = Field(0.05, gt=0)
     # In-process tier byte bound (entries are bounded by performance.cache_size).
     max_bytes: int = Field(256 * 1024 * 1024, ge=0)
