@@ -242,18 +242,19 @@ async def test_health_and_reflection(server: App) -> None:
 
 async def test_graceful_shutdown_lets_calls_finish(start_server: StartServer) -> None:
     app = await start_server()
-    text = slow_text(1_000_000)  # ~1 s each in zstd -19
+    # Distinct texts (~1 s each in zstd -19), so the cache cannot merge the calls.
+    texts = [slow_text(1_000_000, seed=n) for n in range(3)]
     async with grpc.aio.insecure_channel(app.address) as channel:
         stub = Stub(channel)
         await _compress(stub, "warm the channel up")
-        calls = [asyncio.ensure_future(_compress(stub, text)) for _ in range(3)]
+        calls = [asyncio.ensure_future(_compress(stub, text)) for text in texts]
         await asyncio.sleep(0.2)  # all three are in flight now
         await app.stop(grace=30)
         results = await asyncio.gather(*calls, return_exceptions=True)
         with pytest.raises(grpc.aio.AioRpcError) as late:
             await _compress(stub, "too late")
     # In flight when the stop began: finished within the grace period.
-    for result in results:
+    for result, text in zip(results, texts, strict=True):
         assert isinstance(result, pb.CompressResponse), result
         assert result.stats.original_bytes == len(text)
     # After the stop: refused at once, never hung.
