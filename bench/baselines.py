@@ -94,17 +94,16 @@ async def echo_throughput(seconds: float = 3.0, concurrency: int = 16) -> dict[s
 
             call = stream()
             sent = received = 0
+            # At most 64 messages unanswered: we measure throughput, not buffering.
+            window = asyncio.Semaphore(64)
             deadline = time.perf_counter() + seconds
 
             async def writer() -> None:
                 nonlocal sent
-                # Keep at most 64 messages unanswered so we measure throughput, not buffering.
                 while time.perf_counter() < deadline:
-                    if sent - received < 64:
-                        await call.write(payload)
-                        sent += 1
-                    else:
-                        await asyncio.sleep(0)
+                    await window.acquire()
+                    await call.write(payload)
+                    sent += 1
                 await call.done_writing()
 
             async def reader() -> None:
@@ -114,6 +113,7 @@ async def echo_throughput(seconds: float = 3.0, concurrency: int = 16) -> dict[s
                     if message is grpc.aio.EOF:
                         return
                     received += 1
+                    window.release()
 
             t0 = time.perf_counter()
             await asyncio.gather(writer(), reader())

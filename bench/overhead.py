@@ -26,6 +26,7 @@ from llmcompress_server.stages import add_llm_observer, remove_llm_observer
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATOR = "tests.sim_ollama"
+NOT_ON_BUILD = "section not available on this build (tests/sim_ollama.py is missing)"
 
 
 def _free_port() -> int:
@@ -72,7 +73,7 @@ async def service_overhead(
     simulator's address, in-flight limit = slots), for backends configured differently.
     """
     if importlib.util.find_spec(SIMULATOR) is None:
-        return {"available": False, "reason": "tests/sim_ollama.py is not on this build"}
+        return {"available": False, "reason": NOT_ON_BUILD}
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -114,6 +115,9 @@ async def service_overhead(
         await app.start()
         async with grpc.aio.insecure_channel(app.address) as channel:
             stub = pb_grpc.CompressionServiceStub(channel)
+            why_not = await _semantic_missing(stub)
+            if why_not:
+                return {"available": False, "reason": why_not}
             return {
                 "available": True,
                 "slots": slots,
@@ -128,6 +132,18 @@ async def service_overhead(
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
+
+
+async def _semantic_missing(stub: pb_grpc.CompressionServiceStub) -> str:
+    """Why SEMANTIC (the mode that calls the backend) is not offered, or ""."""
+    probe = pb.CompressRequest(text="A probe.", mode=pb.MODE_SEMANTIC, skip_cache=True)
+    try:
+        await stub.Compress(probe, timeout=60)
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            return f"SEMANTIC is not offered: {err.details()}"
+        raise
+    return ""
 
 
 async def _sequential(

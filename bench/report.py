@@ -348,7 +348,7 @@ def _section(results: dict[str, Any], name: str, title: str) -> list[str]:
     data = results.get(name, {})
     lines = ["", f"## {title}", ""]
     if not data.get("available"):
-        return [*lines, f"Section not available on this build: {data.get('reason', 'not run')}"]
+        return [*lines, f"Not measured: {data.get('reason', 'not run')}."]
     rows = [[key, _fmt(value)] for key, value in _flatten(data) if key != "available"]
     return lines + _table(["figure", "value"], rows)
 
@@ -384,9 +384,12 @@ def markdown(results: dict[str, Any]) -> str:
         "The ratio is original UTF-8 bytes / serialized envelope bytes, taken from the "
         "envelope the server returned.",
         "",
-        "## Targets",
-        "",
     ]
+    if results["problems"]:
+        lines += ["## Problems found by this run", ""]
+        lines += [f"- {p}" for p in results["problems"]]
+        lines.append("")
+    lines += ["## Targets", ""]
     lines += _table(
         ["target", "from", "goal", "measured", "status", "note"],
         [

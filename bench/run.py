@@ -179,7 +179,10 @@ async def optional_section(module: str, *args: Any) -> dict[str, Any]:
     """Run `<module>.measure(*args)` when the module is on this build; never fail the run."""
     if importlib.util.find_spec(module) is None:
         path = module.replace(".", "/") + ".py"
-        return {"available": False, "reason": f"{path} is not on this build"}
+        return {
+            "available": False,
+            "reason": f"section not available on this build ({path} is missing)",
+        }
     measure: Callable[..., Any] = importlib.import_module(module).measure
     try:
         if inspect.iscoroutinefunction(measure):
@@ -188,8 +191,46 @@ async def optional_section(module: str, *args: Any) -> dict[str, Any]:
             result = await asyncio.to_thread(measure, *args)
     except Exception as exc:
         traceback.print_exc()
-        return {"available": False, "reason": f"{module}.measure failed: {exc!r}"}
+        return {"available": False, "failed": True, "reason": f"{module}.measure failed: {exc!r}"}
     return {"available": True, **dict(result)}
+
+
+async def overhead_section(rows: Rows, profile: Profile) -> dict[str, Any]:
+    try:
+        return await service_overhead(
+            rows, items=profile.overhead_items, sequential=profile.overhead_sequential
+        )
+    except Exception as exc:
+        traceback.print_exc()
+        return {"available": False, "failed": True, "reason": f"service overhead failed: {exc!r}"}
+
+
+def problems(results: dict[str, Any]) -> list[str]:
+    """What makes this run wrong rather than slow: lost items, inexact round trips in
+    exact modes, ratios that disagree with the server, sections that crashed."""
+    found = []
+    for mode, entry in results["modes"].items():
+        for tier, data in entry.get("tiers", {}).items():
+            for f in data["failures"]:
+                found.append(f"{mode}/{tier}: {f['id']} failed: {f['code']} {f['details']}")
+            for it in data["items"]:
+                where = f"{mode}/{tier}: {it['id']}"
+                if it["stored_mode"] in mode_bench.EXACT_MODES and not it["exact"]:
+                    found.append(f"{where}: stored as {it['stored_mode']} but not exact")
+                if (
+                    it["exact"] != it["server_exact"]
+                    and it["stored_mode"] in mode_bench.EXACT_MODES
+                ):
+                    found.append(f"{where}: server says exact={it['server_exact']}")
+                if abs(it["ratio"] - it["server_ratio"]) > 1e-9 * it["ratio"]:
+                    found.append(
+                        f"{where}: ratio {it['ratio']:.6f} from the envelope, "
+                        f"{it['server_ratio']:.6f} in Stats"
+                    )
+    for name in ("lossless", "semantic", "cache", "overhead"):
+        if results.get(name, {}).get("failed"):
+            found.append(results[name]["reason"])
+    return found
 
 
 async def measure_server(
@@ -294,11 +335,10 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             "bench.semantic", profile.semantic_section.pick(rows)
         )
         results["cache"] = await optional_section("bench.cache", profile.cache_section.pick(rows))
-        results["overhead"] = await service_overhead(
-            rows, items=profile.overhead_items, sequential=profile.overhead_sequential
-        )
+        results["overhead"] = await overhead_section(rows, profile)
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["wall_seconds"] = time.perf_counter() - t_start
+    results["problems"] = problems(results)
     return results
 
 
@@ -363,7 +403,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=ROOT / "docs" / "benchmarks",
-        help="output directory for report.md, results.json and plots (default: docs/benchmarks)",
+        help="output directory for report.md, results.json and plots (default: %(default)s)",
     )
 
 
@@ -385,20 +425,32 @@ def check_arguments(opts: argparse.Namespace) -> str | None:
 
 
 def execute(opts: argparse.Namespace) -> int:
-    """Run, write the outputs, print where they are."""
+    """Run, write the outputs, print where they are; status 1 if the run found problems."""
     from .report import write_outputs
 
-    problem = check_arguments(opts)
-    if problem:
-        print(f"bench: {problem}", file=sys.stderr)
+    bad_option = check_arguments(opts)
+    if bad_option:
+        print(f"bench: {bad_option}", file=sys.stderr)
         return 2
-    results = asyncio.run(run(opts))
+    try:
+        results = asyncio.run(run(opts))
+    except grpc.aio.AioRpcError as err:
+        if err.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        print(
+            f"bench: cannot reach a server at {opts.server} ({err.details()}); "
+            "start one with `llmc serve` or leave out --server for an in-process one",
+            file=sys.stderr,
+        )
+        return 3
     written = write_outputs(results, opts.out)
     print(
         f"bench: {results['wall_seconds']:.0f}s, wrote {', '.join(str(p) for p in written)}",
         file=sys.stderr,
     )
-    return 0
+    for problem in results["problems"]:
+        print(f"bench: PROBLEM: {problem}", file=sys.stderr)
+    return 1 if results["problems"] else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
