@@ -52,10 +52,11 @@ class ItemResult:
     reconstruct_stages: list[tuple[str, float]] = field(default_factory=list)
 
 
-async def discover_modes(stub: pb_grpc.CompressionServiceStub) -> dict[str, str]:
+async def discover_modes(stub: pb_grpc.CompressionServiceStub, names: list[str]) -> dict[str, str]:
     """mode -> "" if offered, else why not. FAILED_PRECONDITION means "not on this server"."""
     found: dict[str, str] = {}
-    for name, mode in MODES.items():
+    for name in names:
+        mode = MODES[name]
         try:
             await stub.Compress(
                 pb.CompressRequest(text=_PROBE, mode=mode, skip_cache=True), timeout=600

@@ -72,7 +72,7 @@ def _target(
 def targets(results: dict[str, Any]) -> list[dict[str, str]]:
     """The seed's targets and ours, each with what this run measured."""
     rows: list[dict[str, str]] = []
-    measured_modes = [m for m, e in results["modes"].items() if e.get("measured")]
+    measured_modes = [m for m, e in results["modes"].items() if e.get("available")]
     for mode in measured_modes:
         for label, group in mode_groups(results, mode):
             s = group["all"]
@@ -304,9 +304,6 @@ def _mode_tables(results: dict[str, Any]) -> list[str]:
         lines += ["", f"### {mode.upper()}", ""]
         if not entry.get("available"):
             lines.append(f"Not available on this server: {entry.get('reason', '')}")
-            continue
-        if not entry.get("measured"):
-            lines.append("Offered by the server, not measured in this run (`--modes`).")
             continue
         lines.append(f"Texts: {entry['subset']}.")
         for tier, data in entry["tiers"].items():

@@ -40,6 +40,8 @@ from .overhead import service_overhead
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "passages.jsonl"
 DEFAULT_EDGES = [1024, 2048, 4096]
+# Sections beside the per-mode tables; all but "overhead" are bench.<name> modules.
+SECTIONS = ("lossless", "semantic", "cache", "overhead")
 Rows = list[dict[str, str]]
 
 
@@ -240,11 +242,8 @@ async def measure_server(
     out: dict[str, Any] = {}
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
-        offered = await mode_bench.discover_modes(stub)
+        offered = await mode_bench.discover_modes(stub, opts.modes or list(mode_bench.MODES))
         for mode, why_not in offered.items():
-            if opts.modes and mode not in opts.modes:
-                out[mode] = {"available": bool(not why_not), "measured": False, "reason": "--modes"}
-                continue
             if why_not:
                 out[mode] = {"available": False, "reason": why_not}
                 continue
@@ -252,7 +251,6 @@ async def measure_server(
             picked = subset.pick(rows)
             entry: dict[str, Any] = {
                 "available": True,
-                "measured": True,
                 "subset": subset.describe(),
                 "tiers": {},
             }
@@ -323,19 +321,20 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
     results["baselines"] = {"compression": compression_baselines(texts)}
     results["baselines"]["echo"] = await echo_throughput(profile.echo_seconds)
 
-    remote = {"available": False, "reason": "in-process only; not measured with --server"}
-    if opts.server:
-        for name in ("lossless", "semantic", "cache", "overhead"):
-            results[name] = remote
-    else:
-        results["lossless"] = await optional_section(
-            "bench.lossless", profile.lossless_section.pick(rows)
-        )
-        results["semantic"] = await optional_section(
-            "bench.semantic", profile.semantic_section.pick(rows)
-        )
-        results["cache"] = await optional_section("bench.cache", profile.cache_section.pick(rows))
-        results["overhead"] = await overhead_section(rows, profile)
+    subsets = {
+        "lossless": profile.lossless_section,
+        "semantic": profile.semantic_section,
+        "cache": profile.cache_section,
+    }
+    for name in SECTIONS:
+        if name not in opts.sections:
+            results[name] = {"available": False, "reason": "not selected (--sections)"}
+        elif opts.server:
+            results[name] = {"available": False, "reason": "in-process only, not with --server"}
+        elif name == "overhead":
+            results[name] = await overhead_section(rows, profile)
+        else:
+            results[name] = await optional_section(f"bench.{name}", subsets[name].pick(rows))
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["wall_seconds"] = time.perf_counter() - t_start
     results["problems"] = problems(results)
@@ -400,6 +399,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only these modes, comma-separated: zstd,lossless,semantic (default: all offered)",
     )
     parser.add_argument(
+        "--sections",
+        type=_csv(str),
+        default=list(SECTIONS),
+        help="extra sections to run, comma-separated, or '' for none: "
+        f"{','.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=ROOT / "docs" / "benchmarks",
@@ -412,6 +418,9 @@ def check_arguments(opts: argparse.Namespace) -> str | None:
     bad = [m for m in opts.models if m not in mode_bench.TIERS]
     if bad:
         return f"--models: unknown tier(s) {bad}; use {', '.join(mode_bench.TIERS)}"
+    bad = [m for m in opts.sections if m not in SECTIONS]
+    if bad:
+        return f"--sections: unknown section(s) {bad}; use {', '.join(SECTIONS)}"
     bad = [m for m in opts.modes if m not in mode_bench.MODES]
     if bad:
         return f"--modes: unknown mode(s) {bad}; use {', '.join(mode_bench.MODES)}"
