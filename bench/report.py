@@ -115,13 +115,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                         "exact modes: byte-for-byte equality",
                     )
                 )
+    for mode, entry in results["modes"].items():
+        if not entry.get("available"):
+            rows.append(
+                _target(
+                    f"seed targets, {mode.upper()}",
+                    "seed",
+                    "latency, throughput, ratio",
+                    "-",
+                    None,
+                    f"not available on this server: {entry.get('reason', '')}",
+                )
+            )
     similarity = section_figure(results, "semantic_similarity")
+    embedder = section_figure(results, "semantic_embedding_model")
     rows.append(
         _target(
             "quality, SEMANTIC",
             "seed",
             ">= 0.85 similarity",
-            _fmt(similarity),
+            f"{_fmt(similarity)} (embeddings: {embedder})" if similarity is not None else "-",
             None if similarity is None else similarity >= 0.85,
             _note(results, "semantic"),
         )
@@ -187,7 +200,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
             "SEMANTIC quality at ratio",
             "issue 4",
             "similarity >= 0.6 at median ratio >= 8x, entity recall 100%",
-            f"similarity {_fmt(sim)}, ratio {_fmt(ratio)}x, recall {_fmt(recall, pct=True)}"
+            f"similarity {_fmt(sim)} ({embedder}), ratio {_fmt(ratio)}x, "
+            f"recall {_fmt(recall, pct=True)}"
             if have
             else "-",
             (sim >= 0.6 and ratio >= 8 and recall >= 1.0) if have else None,
