@@ -412,7 +412,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append(
         "Each text: Compress (cache bypassed), then Reconstruct of the returned envelope, one "
         "call at a time; `exact` compares the reconstructed text with the original here, byte "
-        "for byte. zstd -19 / brotli -11 are the baselines on exactly the same texts."
+        "for byte. zstd -19 / brotli -11 are the baselines on exactly the same texts. "
+        "In-process runs put client and server in one process and event loop (as the echo "
+        "baseline does), so the client's own work is inside the latencies."
     )
     lines += _mode_tables(results)
     lines += _baseline_lines(results)
@@ -459,14 +461,27 @@ def _baseline_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _jsonable(value: Any) -> Any:
+    # Sections may hand back numpy scalars or paths.
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
 def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
     from .plots import write_plots
 
     out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "results.json"
+
+    def dump() -> None:
+        text = json.dumps(results, indent=1, default=_jsonable)
+        json_path.write_text(text + "\n", encoding="utf-8")
+
+    dump()  # first, so a long run's figures survive a failure below
     results["targets"] = targets(results)
     results["plots"] = [p.name for p in write_plots(results, out)]
-    json_path = out / "results.json"
-    json_path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    dump()
     md_path = out / "report.md"
     md_path.write_text(markdown(results), encoding="utf-8")
     return [md_path, json_path, *(out / p for p in results["plots"])]
