@@ -73,6 +73,20 @@ fmt: install ## apply ruff format and fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Benchmarks (bench/run.py). Subsets are fixed and listed in the report: `bench`
+# runs the model modes on every 16th passage and bench.lossless on every 4th.
+BENCH_OUT ?= docs/benchmarks
+BENCH_ARGS ?=
+
+bench: install ## measure modes, baselines and overhead (<30 min); report in $(BENCH_OUT)
+	$(PY) -m bench.run --profile standard --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-full: install ## the whole corpus in every mode, however long it takes
+	$(PY) -m bench.run --profile full --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min)
+	$(PY) -m bench.run --profile quick --out $(BENCH_OUT) $(BENCH_ARGS)
+
 clean: ## remove generated stubs and caches (keeps .venv)
 	find $(PB) -type f ! -name __init__.py -delete
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,7 @@ EPILOG = """examples:
   llmc reconstruct notes.llmc > notes.txt
   llmc stats                                  # per-stage p50/p95/p99, slowest stage
   llmc warm corpus.jsonl --mode lossless      # pre-fill the cache, with a progress bar
+  llmc bench --server 127.0.0.1:50051 --profile quick --out bench-out
 """
 
 
@@ -226,6 +227,34 @@ def cmd_warm(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    # The harness is the source checkout's bench/ package, next to client/; it is
+    # not part of the installed client.
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "bench" / "run.py").is_file():
+        print(
+            "llmc bench: the harness (bench/) comes with a source checkout of llmcompress; "
+            "run `make bench` or `llmc bench` from an editable install of one",
+            file=sys.stderr,
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    harness = importlib.import_module("bench.run")
+    parser = argparse.ArgumentParser(
+        prog="llmc bench",
+        description="Benchmark a server (--server HOST:PORT) or an in-process one: ratio, "
+        "latency, throughput and exactness per mode and text size, beside zstd -19, "
+        "brotli -11 and a bare gRPC echo. Writes report.md, results.json and PNG plots.",
+    )
+    harness.add_arguments(parser)
+    parser.set_defaults(out=Path("llmc-bench"))
+    code: int = harness.execute(parser.parse_args(args.bench_args))
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmc",
@@ -322,11 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client_opts(p)
     p.set_defaults(func=cmd_warm)
+    # Options are parsed by the harness itself (`llmc bench --help` lists them).
+    p = sub.add_parser("bench", help="benchmark a server and write a report", add_help=False)
+    p.set_defaults(func=cmd_bench, server="(see llmc bench --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":  # the harness parses its own options
+        args.bench_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.func(args)
     except Unavailable as exc:

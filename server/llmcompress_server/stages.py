@@ -69,6 +69,11 @@ def add_llm_observer(observer: LLMObserver) -> None:
     _llm_observers.append(observer)
 
 
+def remove_llm_observer(observer: LLMObserver) -> None:
+    if observer in _llm_observers:
+        _llm_observers.remove(observer)
+
+
 class LLMCall:
     """What a backend learns about one model call; filled in inside `llm_call`."""
 

@@ -1,0 +1,216 @@
+"""Service overhead against the simulated Ollama (fixed latency, N slots): BatchCompress
+throughput as a fraction of the Little's-law ideal, and what the service adds per call.
+
+The backend's own time is known exactly (the simulator sleeps `latency` per call), so
+everything else the server spends is overhead: ours, grpc's and the HTTP client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from llmcompress_server.app import create_server
+from llmcompress_server.config import load_config
+from llmcompress_server.pb import compression_pb2 as pb
+from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+from llmcompress_server.stages import add_llm_observer, remove_llm_observer
+
+ROOT = Path(__file__).resolve().parents[1]
+SIMULATOR = "tests.sim_ollama"
+NOT_ON_BUILD = "section not available on this build (tests/sim_ollama.py is missing)"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _wait_listening(port: int, proc: asyncio.subprocess.Process, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise RuntimeError(f"{SIMULATOR} exited with status {proc.returncode} at start")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{SIMULATOR} did not listen on port {port} within {limit:.0f}s")
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p50, p95 = np.percentile(np.asarray(values), [50, 95])
+    return {"p50": float(p50), "p95": float(p95)}
+
+
+async def service_overhead(
+    passages: list[dict[str, str]],
+    *,
+    items: int,
+    sequential: int = 20,
+    slots: int = 8,
+    latency: float = 0.05,
+    config_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run SEMANTIC through an in-process server whose backend is the simulated Ollama.
+
+    `config_overrides` are merged over the default wiring (model.backend=ollama at the
+    simulator's address, in-flight limit = slots), for backends configured differently.
+    """
+    if importlib.util.find_spec(SIMULATOR) is None:
+        return {"available": False, "reason": NOT_ON_BUILD}
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        SIMULATOR,
+        "--port",
+        str(port),
+        "--slots",
+        str(slots),
+        "--latency",
+        str(latency),
+        cwd=ROOT,
+    )
+    overrides: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
+        "monitoring": {"enable_prometheus": False},
+        "model": {
+            "backend": "ollama",
+            "ollama_endpoint": f"http://127.0.0.1:{port}",
+            "embedded": {"preload": False},
+        },
+        "performance": {"max_concurrent": slots},
+        "cache": {"enabled": False},
+    }
+    for section, values in (config_overrides or {}).items():
+        overrides[section] = {**overrides.get(section, {}), **values}
+    calls: list[float] = []
+
+    def observe(
+        attributes: dict[str, Any], seconds: float, tokens_in: int, tokens_out: int
+    ) -> None:
+        calls.append(seconds)
+
+    add_llm_observer(observe)
+    app = None
+    try:
+        await _wait_listening(port, proc, 15.0)
+        app = await create_server(load_config(environ={}, overrides=overrides))
+        await app.start()
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            stub = pb_grpc.CompressionServiceStub(channel)
+            why_not = await _semantic_missing(stub)
+            if why_not:
+                return {"available": False, "reason": why_not}
+            return {
+                "available": True,
+                "slots": slots,
+                "latency_s": latency,
+                **await _sequential(stub, passages[:sequential], calls, latency),
+                **await _batch(stub, passages, items, calls, slots, latency),
+            }
+    finally:
+        remove_llm_observer(observe)
+        if app is not None:
+            await app.stop(grace=0)
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+async def _semantic_missing(stub: pb_grpc.CompressionServiceStub) -> str:
+    """Why SEMANTIC (the mode that calls the backend) is not offered, or ""."""
+    probe = pb.CompressRequest(text="A probe.", mode=pb.MODE_SEMANTIC, skip_cache=True)
+    try:
+        await stub.Compress(probe, timeout=60)
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            return f"SEMANTIC is not offered: {err.details()}"
+        raise
+    return ""
+
+
+async def _sequential(
+    stub: pb_grpc.CompressionServiceStub,
+    passages: list[dict[str, str]],
+    calls: list[float],
+    latency: float,
+) -> dict[str, Any]:
+    """One item at a time, so each item's backend calls are known: overhead = total - backend."""
+    per_item: list[float] = []
+    per_call: list[float] = []
+    degraded = 0
+    for row in passages:
+        calls.clear()
+        request = pb.CompressRequest(text=row["text"], mode=pb.MODE_SEMANTIC, skip_cache=True)
+        response = await stub.Compress(request, timeout=60)
+        degraded += response.stats.degraded
+        per_item.append(response.stats.total_seconds - sum(calls))
+        per_call.extend(seconds - latency for seconds in calls)
+    return {
+        "sequential_items": len(passages),
+        "sequential_degraded": degraded,
+        "overhead_per_item_s": _pct(per_item),
+        "overhead_per_backend_call_s": _pct(per_call),
+    }
+
+
+async def _batch(
+    stub: pb_grpc.CompressionServiceStub,
+    passages: list[dict[str, str]],
+    items: int,
+    calls: list[float],
+    slots: int,
+    latency: float,
+) -> dict[str, Any]:
+    """One BatchCompress stream of `items` items (passages reused in turn)."""
+
+    async def requests() -> Any:
+        for i in range(items):
+            text = passages[i % len(passages)]["text"]
+            req = pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC, skip_cache=True)
+            yield pb.BatchCompressRequest(id=str(i), request=req)
+
+    calls.clear()
+    answered: set[str] = set()
+    errors = degraded = 0
+    t0 = time.perf_counter()
+    async for reply in stub.BatchCompress(requests(), timeout=3600):
+        answered.add(reply.id)
+        if reply.WhichOneof("outcome") == "error":
+            errors += 1
+        else:
+            degraded += reply.result.stats.degraded
+    elapsed = time.perf_counter() - t0
+    calls_per_item = len(calls) / items
+    # Little's law: `slots` calls in flight, each `latency` long. No backend calls
+    # (every item degraded to ZSTD, say) leaves no ideal to compare with.
+    ideal = slots / latency / calls_per_item if calls_per_item else None
+    return {
+        "batch_items": items,
+        "batch_answered": len(answered),
+        "batch_errors": errors,
+        "batch_degraded": degraded,
+        "batch_seconds": elapsed,
+        "backend_calls": len(calls),
+        "backend_calls_per_item": calls_per_item,
+        "items_per_s": items / elapsed,
+        "ideal_items_per_s": ideal,
+        "fraction_of_ideal": items / elapsed / ideal if ideal else None,
+    }

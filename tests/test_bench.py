@@ -1,0 +1,162 @@
+"""The benchmark harness: its quick path on a handful of passages, and whether the
+figures it writes agree with each other and with direct computations."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import brotli
+import pytest
+import zstandard
+
+from bench.modes import bucket_of
+from bench.report import MET, NOT_MEASURED, NOT_MET, write_outputs
+from bench.run import add_arguments, optional_section, problems, run
+from llmcompress.cli import main as llmc
+from llmcompress_server.codecs.zstd import ZstdCodec
+from llmcompress_server.envelope import seal
+from llmcompress_server.pb import compression_pb2 as pb
+
+EDGES = [1024, 2048, 4096]
+
+
+def _handful(corpus: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Two passages from each size bucket, so every bucket row is exercised."""
+    chosen: list[dict[str, str]] = []
+    for label in ("<1 KB", "1 KB-2 KB", "2 KB-4 KB", ">=4 KB"):
+        rows = [r for r in corpus if bucket_of(len(r["text"].encode("utf-8")), EDGES) == label]
+        chosen += rows[:2]
+    return chosen
+
+
+def _options(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture(scope="module")
+def passages(corpus: list[dict[str, str]]) -> list[dict[str, str]]:
+    return _handful(corpus)
+
+
+@pytest.fixture(scope="module")
+async def bench_run(
+    passages: list[dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path]:
+    tmp_path = tmp_path_factory.mktemp("bench")
+    corpus_file = tmp_path / "handful.jsonl"
+    corpus_file.write_text("".join(json.dumps(r) + "\n" for r in passages), encoding="utf-8")
+    out = tmp_path / "out"
+    # ZSTD only and no extra sections: no model loads, so this stays a fast test.
+    opts = _options(
+        "--profile", "quick", "--corpus", str(corpus_file), "--modes", "zstd",
+        "--sections", "", "--out", str(out),
+    )  # fmt: skip
+    results = await run(opts)
+    write_outputs(results, out)
+    return json.loads((out / "results.json").read_text(encoding="utf-8")), out
+
+
+async def test_quick_run_writes_consistent_figures(
+    bench_run: tuple[dict[str, Any], Path], passages: list[dict[str, str]]
+) -> None:
+    results, out = bench_run
+    texts = {r["id"]: r["text"].encode("utf-8") for r in passages}
+    assert results["problems"] == []
+    machine = results["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["python"]
+    assert "llama-cpp-python" in machine["versions"]
+
+    zstd = results["modes"]["zstd"]
+    items = zstd["tiers"]["default"]["items"]
+    assert sorted(it["id"] for it in items) == sorted(texts)
+    codec = ZstdCodec(19)
+    for it in items:
+        data = texts[it["id"]]
+        assert it["original_bytes"] == len(data)
+        # The envelope the server returned, rebuilt here from the same zstd frame.
+        body = pb.ZstdBody(frame=codec.compress_bytes(data))
+        envelope = seal(data, pb.Envelope(mode=pb.MODE_ZSTD, zstd=body))
+        assert it["envelope_bytes"] == len(envelope)
+        assert it["ratio"] == pytest.approx(len(data) / len(envelope), rel=1e-12)
+        assert it["server_ratio"] == pytest.approx(it["ratio"], rel=1e-9)
+        assert it["exact"] and it["server_exact"] and it["stored_mode"] == "zstd"
+        assert it["bucket"] == bucket_of(len(data), EDGES)
+        assert [s for s, _ in it["compress_stages"]] == ["validate", "zstd.encode", "pack"]
+
+    (group,) = zstd["tiers"]["default"]["groups"].values()
+    summary = group["all"]
+    assert summary["n"] == len(texts) == summary["exact"]
+    assert sum(b["n"] for b in group["buckets"].values()) == summary["n"]
+    assert len(group["buckets"]) == 4
+    ratios = [it["ratio"] for it in items]
+    assert summary["ratio"]["p50"] == pytest.approx(statistics.median(ratios))
+    r = summary["ratio"]
+    assert r["min"] <= r["p10"] <= r["p50"] <= r["p90"] <= r["max"]
+    assert summary["aggregate_ratio"] == pytest.approx(
+        sum(map(len, texts.values())) / sum(it["envelope_bytes"] for it in items)
+    )
+    lat = summary["compress_seconds"]
+    assert 0 < lat["p50"] <= lat["p95"]
+    assert summary["items_per_min"] == pytest.approx(
+        60 * len(items) / sum(it["compress_seconds"][0] for it in items)
+    )
+    assert zstd["batch"]["items"] == len(texts) and zstd["batch"]["errors"] == 0
+
+    baselines = results["baselines"]["compression"]
+    for item_id, data in texts.items():
+        assert baselines[item_id]["zstd19_bytes"] == len(
+            zstandard.ZstdCompressor(level=19).compress(data)
+        )
+        assert baselines[item_id]["brotli11_bytes"] == len(brotli.compress(data, quality=11))
+    echo = results["baselines"]["echo"]
+    assert echo["unary_calls_per_s"] > 0 and echo["stream_messages_per_s"] > 0
+
+    statuses = {t["target"]: t for t in results["targets"]}
+    ratio_target = statuses["ratio, ZSTD"]
+    assert ratio_target["status"] == (MET if r["p50"] > 10 else NOT_MET)
+    assert ratio_target["measured"] == f"{r['p50']:.2f}x"
+    assert statuses["quality, ZSTD"]["status"] == MET
+    assert statuses["BatchCompress vs Little's-law ideal"]["status"] == NOT_MEASURED
+
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for heading in ("## Targets", "### ZSTD", "## Baselines", "## Subsets", machine["cpu"]):
+        assert heading in report
+    for name in results["plots"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_problems_catch_a_ratio_that_disagrees(
+    bench_run: tuple[dict[str, Any], Path],
+) -> None:
+    results, _ = bench_run
+    broken = copy.deepcopy(results)
+    item = broken["modes"]["zstd"]["tiers"]["default"]["items"][0]
+    item["ratio"] *= 1.01
+    item["exact"] = False
+    found = problems(broken)
+    assert any("in Stats" in p for p in found)
+    assert any("not exact" in p for p in found)
+
+
+async def test_missing_section_says_so() -> None:
+    section = await optional_section("bench.no_such_section", [])
+    assert section == {
+        "available": False,
+        "reason": "section not available on this build (bench/no_such_section.py is missing)",
+    }
+
+
+def test_llmc_bench_checks_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert llmc(["bench", "--iterations", "0"]) == 2
+    assert "--iterations must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        llmc(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "--profile" in capsys.readouterr().out
