@@ -48,10 +48,10 @@ def _human(n: float) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from llmcompress_server.app import serve
     from llmcompress_server.config import ConfigError, load_config
+    from llmcompress_server.telemetry import configure_logging
 
     overrides: dict[str, dict[str, object]] = {"server": {}}
     if args.host is not None:
@@ -63,10 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llmc serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.monitoring.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.monitoring)
     try:
         asyncio.run(serve(config))
     except OSError as exc:
@@ -135,7 +132,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"  {s.stage:<22}{s.count:>8}{s.p50 * 1e3:>10.2f}{s.p95 * 1e3:>10.2f}"
             f"{s.p99 * 1e3:>10.2f}{s.total_seconds:>10.2f}"
         )
-    print(f"slowest stage (largest p95): {stats.slowest_stage}")
+    print(
+        f"slowest stage (largest p95 of its own time, nested stages excluded): "
+        f"{stats.slowest_stage}"
+    )
     for tier in stats.cache:
         print(
             f"cache {tier.tier}: hits {tier.hits}, misses {tier.misses}, "
