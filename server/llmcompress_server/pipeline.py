@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from opentelemetry import trace
+
 from .admission import Admission
 from .codecs import Codec, CompressOptions
 from .config import Config, Mode
@@ -55,8 +57,9 @@ class Pipeline:
     async def _compress(self, cmd: CompressCommand) -> CompressOutcome:
         clock = StageClock()
         limit = self.config.compression.max_text_bytes
-        with clock.stage("validate"):
+        with clock.stage("validate") as span:
             data = cmd.text.encode("utf-8")
+            span.set_attribute("llmc.bytes", len(data))
             if len(data) > limit:
                 raise InvalidInput(
                     f"text is {len(data)} bytes, above this server's limit of {limit} bytes "
@@ -69,8 +72,19 @@ class Pipeline:
             mode, reason = Mode.ZSTD, "empty or whitespace-only text is stored as ZSTD"
         encoded = await self._codec(mode).encode(cmd.text, self.options(cmd), clock)
         stored = MODE_FROM_PB[encoded.envelope.mode]
-        with clock.stage("pack"):
+        with clock.stage("pack") as span:
             blob = seal(data, encoded.envelope, encoded.model)
+            span.set_attribute("llmc.envelope_bytes", len(blob))
+        # On the RPC's (or batch item's) span: what was asked and what came out.
+        trace.get_current_span().set_attributes(
+            {
+                "llmc.mode.requested": requested.value,
+                "llmc.mode": stored.value,
+                "llmc.bytes": len(data),
+                "llmc.envelope_bytes": len(blob),
+                "llmc.degraded": encoded.degraded,
+            }
+        )
         return CompressOutcome(
             envelope=blob,
             original_bytes=len(data),

@@ -404,6 +404,10 @@ def tracing_interceptor(
     return interceptor
 
 
+def service_resource(environ: Mapping[str, str]) -> Resource:
+    return Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "llmcompress")})
+
+
 def build_tracer_provider(
     monitoring: MonitoringConfig, environ: Mapping[str, str]
 ) -> TracerProvider | None:
@@ -411,8 +415,7 @@ def build_tracer_provider(
     endpoint = monitoring.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not endpoint and not monitoring.console_traces:
         return None
-    resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "llmcompress")})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=service_resource(environ))
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -438,10 +441,9 @@ def setup_telemetry(
     one passed in (tests) is used by this service only.
     """
     monitoring = config.monitoring
+    env = os.environ if environ is None else environ
     owned = tracer_provider is None
-    provider = tracer_provider or build_tracer_provider(
-        monitoring, os.environ if environ is None else environ
-    )
+    provider = tracer_provider or build_tracer_provider(monitoring, env)
     if provider is not None:
         if owned:
             trace.set_tracer_provider(provider)
@@ -452,7 +454,7 @@ def setup_telemetry(
     if monitoring.enable_prometheus:
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
-    meter_provider = MeterProvider(metric_readers=readers)
+    meter_provider = MeterProvider(metric_readers=readers, resource=service_resource(env))
     metrics = Metrics(meter_provider)
     stages.add_stage_observer(metrics.observe_stage)
     stages.add_llm_observer(metrics.observe_llm)
