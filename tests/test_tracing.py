@@ -263,3 +263,47 @@ def test_slowest_stage_is_the_leaf_not_its_parent() -> None:
     # ...but its own time is next to nothing, so the child is named.
     assert summaries["lossless.encode"].self_p95 < 0.01
     assert StageWindow.slowest(list(summaries.values())) == "llm.call"
+
+
+async def test_llm_call_span_and_genai_metrics(traced: Traced) -> None:
+    from llmcompress_server.errors import BackendTimeout
+    from llmcompress_server.telemetry import record_cache, register_inflight
+
+    with stages.llm_call("chat", "tiny-model", "ollama", "127.0.0.1", 11434) as call:
+        call.usage(12, 34)
+    with (
+        pytest.raises(BackendTimeout),
+        stages.llm_call("chat", "tiny-model", "ollama", "127.0.0.1", 11434),
+    ):
+        raise BackendTimeout("no answer in 30 s", endpoint="http://127.0.0.1:11434")
+    ok, failed = [s for s in traced.spans.get_finished_spans() if s.name == "chat tiny-model"]
+    assert ok.kind is SpanKind.CLIENT
+    assert ok.attributes is not None
+    assert ok.attributes["gen_ai.usage.input_tokens"] == 12
+    assert ok.attributes["gen_ai.usage.output_tokens"] == 34
+    assert ok.status.status_code is StatusCode.UNSET
+    assert failed.attributes is not None
+    assert failed.attributes["error.type"] == "BackendTimeout"
+    assert failed.status.status_code is StatusCode.ERROR  # UNAVAILABLE: a server-side fault
+
+    record_cache("memory", True)
+    record_cache("memory", False)
+    record_cache("memory", False)
+    unregister = register_inflight(lambda: [("http://127.0.0.1:11434", 3)])
+    try:
+        inflight = _points(traced.metrics, "llmc_backend_inflight")
+    finally:
+        unregister()
+    assert [(a["endpoint"], p.value) for a, p in inflight] == [("http://127.0.0.1:11434", 3)]  # type: ignore[attr-defined]
+    assert _points(traced.metrics, "llmc_backend_inflight") == []
+    cache = {a["result"]: p.value for a, p in _points(traced.metrics, "llmc_cache_lookups")}  # type: ignore[attr-defined]
+    assert cache == {"hit": 1, "miss": 2}
+    errors = _points(traced.metrics, "llmc_backend_errors")
+    assert [(a["kind"], p.value) for a, p in errors] == [("BackendTimeout", 1)]  # type: ignore[attr-defined]
+    tokens = {
+        a["gen_ai.token.type"]: p.sum  # type: ignore[attr-defined]
+        for a, p in _points(traced.metrics, "gen_ai.client.token.usage")
+    }
+    assert tokens == {"input": 12, "output": 34}
+    durations = _points(traced.metrics, "gen_ai.client.operation.duration")
+    assert sorted(str(a.get("error.type", "")) for a, _ in durations) == ["", "BackendTimeout"]
