@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from llmcompress_server.app import create_server
 from llmcompress_server.pb import compression_pb2 as pb
@@ -45,7 +46,8 @@ def _free_port() -> int:
 @pytest.fixture
 async def telemetry() -> AsyncIterator[Telemetry]:
     config = make_config(monitoring={"enable_prometheus": True, "prometheus_port": 0})
-    tel = setup_telemetry(config, environ={})
+    # Its own tracer provider, so the test leaves the process-global one alone.
+    tel = setup_telemetry(config, tracer_provider=TracerProvider(), environ={})
     try:
         yield tel
     finally:

@@ -307,3 +307,30 @@ async def test_llm_call_span_and_genai_metrics(traced: Traced) -> None:
     assert tokens == {"input": 12, "output": 34}
     durations = _points(traced.metrics, "gen_ai.client.operation.duration")
     assert sorted(str(a.get("error.type", "")) for a, _ in durations) == ["", "BackendTimeout"]
+
+
+def test_tracer_provider_from_config_and_environment() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    from llmcompress_server.telemetry import build_tracer_provider
+
+    def exporters(provider: TracerProvider) -> list[type]:
+        processors = provider._active_span_processor._span_processors  # no public accessor
+        kinds = [type(p.span_exporter) for p in processors]  # type: ignore[attr-defined]
+        provider.shutdown()
+        return kinds
+
+    monitoring = make_config().monitoring
+    assert exporters(build_tracer_provider(monitoring, {})) == []
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
+    assert exporters(build_tracer_provider(monitoring, env)) == [OTLPSpanExporter]
+    console = make_config(monitoring={"console_traces": True}).monitoring
+    assert exporters(build_tracer_provider(console, {})) == [ConsoleSpanExporter]
+    both = make_config(
+        monitoring={"otlp_endpoint": "http://127.0.0.1:4317", "console_traces": True}
+    )
+    assert exporters(build_tracer_provider(both.monitoring, {})) == [
+        OTLPSpanExporter,
+        ConsoleSpanExporter,
+    ]

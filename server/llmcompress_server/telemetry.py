@@ -321,7 +321,7 @@ class RequestMetricsInterceptor(_ServerInterceptor):
             extra["text"] = text[:_TEXT_IN_LOG]
         parts = ", ".join(f"{name} {ms:.1f} ms" for name, ms in breakdown)
         slow_log.warning(
-            "slow %s: %.0f ms (threshold %.0f ms); stages: %s",
+            "slow %s: %.1f ms (threshold %g ms); stages: %s",
             rpc,
             seconds * 1e3,
             threshold_ms,
@@ -348,7 +348,7 @@ class Telemetry:
     """What `setup_telemetry` built; `shutdown()` flushes and stops it."""
 
     monitoring: MonitoringConfig
-    tracer_provider: TracerProvider | None
+    tracer_provider: TracerProvider
     meter_provider: MeterProvider
     metrics: Metrics
     # Bound /metrics address, when Prometheus is on (port 0 in config: any free port).
@@ -388,10 +388,9 @@ class Telemetry:
             server.server_close()
             thread.join(timeout=5)
         self.meter_provider.shutdown()
-        if self.tracer_provider is not None:
-            stages.use_tracer_provider(None)
-            if self._owned_tracer_provider:
-                self.tracer_provider.shutdown()
+        stages.use_tracer_provider(None)
+        if self._owned_tracer_provider:
+            self.tracer_provider.shutdown()
 
 
 def tracing_interceptor(
@@ -410,19 +409,17 @@ def service_resource(environ: Mapping[str, str]) -> Resource:
 
 def build_tracer_provider(
     monitoring: MonitoringConfig, environ: Mapping[str, str]
-) -> TracerProvider | None:
-    """OTLP export when an endpoint is configured, console export on request, else None."""
-    endpoint = monitoring.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if not endpoint and not monitoring.console_traces:
-        return None
+) -> TracerProvider:
+    """Spans always exist (logs carry their trace ids); export goes to OTLP when an
+    endpoint is configured, to the console on request, and nowhere otherwise."""
     provider = TracerProvider(resource=service_resource(environ))
+    endpoint = monitoring.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        # Without an explicit endpoint the exporter reads the OTEL_EXPORTER_OTLP_* variables
-        # itself (headers, certificates, insecure).
-        exporter = OTLPSpanExporter(endpoint=monitoring.otlp_endpoint or None)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        # Headers, certificates and timeouts still come from the OTEL_EXPORTER_OTLP_* variables;
+        # an http:// endpoint means an insecure channel.
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     if monitoring.console_traces:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     return provider
@@ -437,17 +434,17 @@ def setup_telemetry(
 ) -> Telemetry:
     """Build traces, metrics and httpx instrumentation from config, once, at the entry point.
 
-    A tracer provider built here from config also becomes the process-global one;
-    one passed in (tests) is used by this service only.
+    A tracer provider built here from config also becomes the process-global one
+    (OTel allows that once per process); one passed in (tests) is used by this
+    service only.
     """
     monitoring = config.monitoring
     env = os.environ if environ is None else environ
     owned = tracer_provider is None
     provider = tracer_provider or build_tracer_provider(monitoring, env)
-    if provider is not None:
-        if owned:
-            trace.set_tracer_provider(provider)
-        stages.use_tracer_provider(provider)
+    if owned:
+        trace.set_tracer_provider(provider)
+    stages.use_tracer_provider(provider)
 
     readers = list(metric_readers)
     registry: CollectorRegistry | None = None
@@ -461,7 +458,7 @@ def setup_telemetry(
     _live.append(metrics)
 
     telemetry = Telemetry(monitoring, provider, meter_provider, metrics)
-    telemetry._owned_tracer_provider = owned and provider is not None
+    telemetry._owned_tracer_provider = owned
     httpx_instrumentor = HTTPXClientInstrumentor()
     if not httpx_instrumentor.is_instrumented_by_opentelemetry:
         httpx_instrumentor.instrument(tracer_provider=provider, meter_provider=meter_provider)
