@@ -334,3 +334,52 @@ def test_tracer_provider_from_config_and_environment() -> None:
         OTLPSpanExporter,
         ConsoleSpanExporter,
     ]
+
+
+async def test_llmc_serve_wires_telemetry_and_json_logs() -> None:
+    """The entry point: `llmc serve` serves /metrics and logs JSON lines with the client's trace."""
+    import os
+    import sys
+
+    import httpx
+
+    from tests.test_serve_process import free_port
+
+    port, metrics_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        LLMC_MODEL__EMBEDDED__PRELOAD="false",
+        LLMC_MONITORING__PROMETHEUS_PORT=str(metrics_port),
+        LLMC_MONITORING__LOG_FORMAT="json",
+        LLMC_MONITORING__SLOW_REQUEST_MS="0.001",
+    )
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "llmcompress.cli", "serve", "--port", str(port)),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    trace_id, _, header = _traceparent()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), timeout=60)
+            stub = pb_grpc.CompressionServiceStub(channel)
+            await stub.Compress(
+                pb.CompressRequest(text="secret words " * 20, mode=pb.MODE_ZSTD),
+                metadata=(("traceparent", header),),
+            )
+        async with httpx.AsyncClient(timeout=5) as http:
+            metrics = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    finally:
+        proc.terminate()
+        raw, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    out = raw.decode()
+    items = [line for line in metrics.splitlines() if line.startswith("llmc_items_total{")]
+    assert len(items) == 1 and items[0].endswith(" 1.0"), items
+    assert 'outcome="ok"' in items[0]
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    slow = [r for r in records if r["logger"] == "llmcompress_server.slow"]
+    assert len(slow) == 1, out
+    assert slow[0]["trace_id"] == format(trace_id, "032x")
+    assert "secret words" not in out
