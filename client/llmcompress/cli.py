@@ -126,11 +126,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"no requests in the last {stats.window_seconds:.0f}s")
         return 0
     print(f"per-stage latency over the last {stats.window_seconds:.0f}s (ms):")
-    print(f"  {'stage':<22}{'count':>8}{'p50':>10}{'p95':>10}{'p99':>10}{'total s':>10}")
+    print(
+        f"  {'stage':<22}{'count':>8}{'p50':>10}{'p95':>10}{'p99':>10}{'self p95':>10}"
+        f"{'total s':>10}"
+    )
     for s in stats.stages:
         print(
             f"  {s.stage:<22}{s.count:>8}{s.p50 * 1e3:>10.2f}{s.p95 * 1e3:>10.2f}"
-            f"{s.p99 * 1e3:>10.2f}{s.total_seconds:>10.2f}"
+            f"{s.p99 * 1e3:>10.2f}{s.self_p95 * 1e3:>10.2f}{s.total_seconds:>10.2f}"
         )
     print(
         f"slowest stage (largest p95 of its own time, nested stages excluded): "
