@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -106,7 +107,7 @@ async def test_compress_span_tree_keeps_client_trace(traced: Traced) -> None:
     assert server.attributes is not None
     assert server.attributes["llmc.mode"] == "zstd"
     assert server.attributes["llmc.bytes"] == len(text.encode())
-    for name in ("validate", "zstd.encode", "pack"):
+    for name in ("admission.wait", "validate", "zstd.encode", "pack"):
         stage = _one(spans, name)
         assert stage.context.trace_id == trace_id, name
         assert _parent_id(stage) == server.context.span_id, name
@@ -142,7 +143,7 @@ async def test_batch_item_span_tree(traced: Traced) -> None:
     for item in items:
         assert _parent_id(item) == server.context.span_id
         children = {s.name for s in spans if _parent_id(s) == item.context.span_id}
-        assert children == {"validate", "zstd.encode", "pack"}, children
+        assert children == {"admission.wait", "validate", "zstd.encode", "pack"}, children
 
 
 async def test_client_errors_are_not_span_errors_server_faults_are(traced: Traced) -> None:
@@ -238,7 +239,12 @@ async def test_slow_request_log_has_stage_breakdown_and_no_text() -> None:
     slow = [r for r in lines if r["logger"] == "llmcompress_server.slow"]
     assert len(slow) == 1, lines
     record = slow[0]
-    assert [name for name, _ in record["stages_ms"]] == ["validate", "zstd.encode", "pack"]
+    assert [name for name, _ in record["stages_ms"]] == [
+        "admission.wait",
+        "validate",
+        "zstd.encode",
+        "pack",
+    ]
     assert record["rpc"] == "Compress"
     assert record["trace_id"] == format(_one(spans, SERVICE + "Compress").context.trace_id, "032x")
     assert "do-not-log" not in stream.getvalue()
@@ -383,3 +389,22 @@ async def test_llmc_serve_wires_telemetry_and_json_logs() -> None:
     assert len(slow) == 1, out
     assert slow[0]["trace_id"] == format(trace_id, "032x")
     assert "secret words" not in out
+
+
+async def test_admission_wait_shows_queueing(start_server: Any) -> None:
+    # One request at a time: the second batch item waits for the first one's zstd.
+    from tests.conftest import slow_text
+
+    app = await start_server(performance={"max_queue": 1})
+    texts = [slow_text(300_000, seed=1), slow_text(300_000, seed=2)]
+
+    async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+        for i, text in enumerate(texts):
+            yield pb.BatchCompressRequest(id=str(i), request=pb.CompressRequest(text=text))
+
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        answers = [r async for r in stub.BatchCompress(requests())]
+    timings = [dict((t.stage, t.seconds) for t in a.result.stats.stages) for a in answers]
+    first, second = sorted(timings, key=lambda t: t["admission.wait"])
+    assert second["admission.wait"] >= 0.5 * first["zstd.encode"] > 0
