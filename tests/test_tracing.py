@@ -408,3 +408,35 @@ async def test_admission_wait_shows_queueing(start_server: Any) -> None:
     timings = [dict((t.stage, t.seconds) for t in a.result.stats.stages) for a in answers]
     first, second = sorted(timings, key=lambda t: t["admission.wait"])
     assert second["admission.wait"] >= 0.5 * first["zstd.encode"] > 0
+
+
+async def test_httpx_calls_get_client_spans_under_the_stage() -> None:
+    """Outbound httpx (the Ollama/OpenAI backends' transport) is instrumented at setup."""
+    import httpx
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # Its own /metrics endpoint is a real local HTTP server to call.
+    config = make_config(monitoring={"enable_prometheus": True, "prometheus_port": 0})
+    telemetry = setup_telemetry(config, tracer_provider=provider, environ={})
+    try:
+        clock = stages.StageClock()
+        async with httpx.AsyncClient(timeout=5) as client:
+            with clock.stage("llm.summarize"):
+                reply = await client.get(f"http://127.0.0.1:{telemetry.metrics_port}/metrics")
+        assert reply.status_code == 200
+    finally:
+        telemetry.shutdown()
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    stage = _one(spans, "llm.summarize")
+    (http_span,) = [s for s in spans if s.kind is SpanKind.CLIENT]
+    assert _parent_id(http_span) == stage.context.span_id
+    assert http_span.attributes is not None
+    assert (
+        http_span.attributes.get(
+            "http.response.status_code", http_span.attributes.get("http.status_code")
+        )
+        == 200
+    )
