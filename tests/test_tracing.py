@@ -295,6 +295,7 @@ async def test_llm_call_span_and_genai_metrics(traced: Traced) -> None:
     record_cache("memory", True)
     record_cache("memory", False)
     record_cache("memory", False)
+    traced.telemetry.metrics.observe_cache("evict", "memory", 0.0)
     unregister = register_inflight(lambda: [("http://127.0.0.1:11434", 3)])
     try:
         inflight = _points(traced.metrics, "llmc_backend_inflight")
@@ -304,6 +305,8 @@ async def test_llm_call_span_and_genai_metrics(traced: Traced) -> None:
     assert _points(traced.metrics, "llmc_backend_inflight") == []
     cache = {a["result"]: p.value for a, p in _points(traced.metrics, "llmc_cache_lookups")}  # type: ignore[attr-defined]
     assert cache == {"hit": 1, "miss": 2}
+    events = _points(traced.metrics, "llmc_cache_events")
+    assert [(a["event"], p.value) for a, p in events] == [("evict", 1)]  # type: ignore[attr-defined]
     errors = _points(traced.metrics, "llmc_backend_errors")
     assert [(a["kind"], p.value) for a, p in errors] == [("BackendTimeout", 1)]  # type: ignore[attr-defined]
     tokens = {

@@ -15,6 +15,7 @@ Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
     llmc_backend_inflight              gauge      endpoint (from `register_inflight` probes)
     llmc_backend_errors_total          counter    kind (exception class), server_address
     llmc_cache_lookups_total           counter    tier, result=hit|miss
+    llmc_cache_events_total            counter    tier, event (store, evict, error, ...)
     gen_ai_client_operation_duration_seconds  histogram  GenAI semconv attributes
     gen_ai_client_token_usage          histogram  gen_ai_token_type=input|output, ...
 
@@ -91,7 +92,7 @@ def register_inflight(probe: Probe) -> Callable[[], None]:
 def record_cache(tier: str, hit: bool) -> None:
     """Count one cache lookup (`llmc_cache_lookups_total{tier, result}`)."""
     for metrics in _live:
-        metrics.cache_lookups.add(1, {"tier": tier, "result": "hit" if hit else "miss"})
+        metrics.observe_cache("hit" if hit else "miss", tier)
 
 
 def record_backend_error(kind: str, endpoint: str) -> None:
@@ -147,6 +148,9 @@ class Metrics:
         self.cache_lookups = meter.create_counter(
             "llmc_cache_lookups", description="Cache lookups by tier and result"
         )
+        self.cache_events = meter.create_counter(
+            "llmc_cache_events", description="Other cache events (store, evict, error, ...)"
+        )
         self.llm_duration = meter.create_histogram(
             "gen_ai.client.operation.duration",
             unit="s",
@@ -180,6 +184,13 @@ class Metrics:
         for probe in list(_inflight_probes):
             for endpoint, count in probe():
                 yield Observation(count, {"endpoint": endpoint})
+
+    def observe_cache(self, event: str, tier: str, seconds: float = 0.0) -> None:
+        """Shaped as a cache observer (event, tier, seconds): hit/miss are lookups."""
+        if event in ("hit", "miss"):
+            self.cache_lookups.add(1, {"tier": tier, "result": event})
+        else:
+            self.cache_events.add(1, {"tier": tier, "event": event})
 
     def observe_stage(self, stage: str, seconds: float, self_seconds: float) -> None:
         self.stage_duration.record(seconds, {"stage": stage})
