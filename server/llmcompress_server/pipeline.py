@@ -58,6 +58,16 @@ class Pipeline:
             with clock.stage("admission.wait"):
                 await admitted.enter_async_context(gate)
             outcome = await self._compress(cmd, clock)
+        # On the RPC's (or batch item's) span: what was asked and what came out.
+        trace.get_current_span().set_attributes(
+            {
+                "llmc.mode.requested": outcome.requested_mode.value,
+                "llmc.mode": outcome.mode.value,
+                "llmc.bytes": outcome.original_bytes,
+                "llmc.envelope_bytes": len(outcome.envelope),
+                "llmc.degraded": outcome.degraded,
+            }
+        )
         return outcome
 
     async def _compress(self, cmd: CompressCommand, clock: StageClock) -> CompressOutcome:
@@ -77,19 +87,8 @@ class Pipeline:
             mode, reason = Mode.ZSTD, "empty or whitespace-only text is stored as ZSTD"
         encoded = await self._codec(mode).encode(cmd.text, self.options(cmd), clock)
         stored = MODE_FROM_PB[encoded.envelope.mode]
-        with clock.stage("pack") as span:
+        with clock.stage("pack"):
             blob = seal(data, encoded.envelope, encoded.model)
-            span.set_attribute("llmc.envelope_bytes", len(blob))
-        # On the RPC's (or batch item's) span: what was asked and what came out.
-        trace.get_current_span().set_attributes(
-            {
-                "llmc.mode.requested": requested.value,
-                "llmc.mode": stored.value,
-                "llmc.bytes": len(data),
-                "llmc.envelope_bytes": len(blob),
-                "llmc.degraded": encoded.degraded,
-            }
-        )
         return CompressOutcome(
             envelope=blob,
             original_bytes=len(data),
