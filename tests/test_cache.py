@@ -420,7 +420,7 @@ async def test_fifty_identical_requests_make_one_encode(
     text = slow_text(300_000, seed=7)
     encodes: list[str] = []
 
-    def count(stage: str, seconds: float) -> None:
+    def count(stage: str, seconds: float, self_seconds: float) -> None:
         if stage == "zstd.encode":
             encodes.append(stage)
 

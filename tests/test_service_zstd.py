@@ -59,7 +59,14 @@ async def test_envelope_header_is_readable_without_the_server(stub: Stub) -> Non
 async def test_stats_carry_stage_timings(stub: Stub) -> None:
     resp = await _compress(stub, "timed " * 50)
     stages = [s.stage for s in resp.stats.stages]
-    assert stages == ["validate", "cache.lookup", "zstd.encode", "pack", "cache.store"]
+    assert stages == [
+        "admission.wait",
+        "validate",
+        "cache.lookup",
+        "zstd.encode",
+        "pack",
+        "cache.store",
+    ]
     assert all(s.seconds >= 0 for s in resp.stats.stages)
     assert resp.stats.total_seconds >= sum(s.seconds for s in resp.stats.stages)
 

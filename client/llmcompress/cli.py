@@ -50,10 +50,10 @@ def _human(n: float) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from llmcompress_server.app import serve
     from llmcompress_server.config import ConfigError, load_config
+    from llmcompress_server.telemetry import configure_logging
 
     overrides: dict[str, dict[str, object]] = {"server": {}}
     if args.host is not None:
@@ -65,10 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llmc serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.monitoring.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.monitoring)
     try:
         asyncio.run(serve(config))
     except OSError as exc:
@@ -131,13 +128,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"no requests in the last {stats.window_seconds:.0f}s")
         return 0
     print(f"per-stage latency over the last {stats.window_seconds:.0f}s (ms):")
-    print(f"  {'stage':<22}{'count':>8}{'p50':>10}{'p95':>10}{'p99':>10}{'total s':>10}")
+    print(
+        f"  {'stage':<22}{'count':>8}{'p50':>10}{'p95':>10}{'p99':>10}{'self p95':>10}"
+        f"{'total s':>10}"
+    )
     for s in stats.stages:
         print(
             f"  {s.stage:<22}{s.count:>8}{s.p50 * 1e3:>10.2f}{s.p95 * 1e3:>10.2f}"
-            f"{s.p99 * 1e3:>10.2f}{s.total_seconds:>10.2f}"
+            f"{s.p99 * 1e3:>10.2f}{s.self_p95 * 1e3:>10.2f}{s.total_seconds:>10.2f}"
         )
-    print(f"slowest stage (largest p95): {stats.slowest_stage}")
+    print(
+        f"slowest stage (largest p95 of its own time, nested stages excluded): "
+        f"{stats.slowest_stage}"
+    )
     for tier in stats.cache:
         line = f"cache {tier.tier}: hits {tier.hits}, misses {tier.misses}, "
         line += f"hit ratio {tier.hit_ratio:.1%}"

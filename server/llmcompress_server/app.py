@@ -29,6 +29,7 @@ from .pb import compression_pb2_grpc as pb_grpc
 from .pipeline import Pipeline
 from .service import CompressionServicer
 from .stages import add_stage_observer, remove_stage_observer
+from .telemetry import Telemetry, setup_telemetry, tracing_interceptor
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompressionService"].full_name
@@ -83,8 +84,11 @@ def build_codecs(config: Config, engine: EmbeddedEngine | None) -> dict[Mode, Co
     return codecs
 
 
-async def create_server(config: Config) -> App:
-    """Build (not start) the server bound to config.server.host:port (port 0: any free one)."""
+async def create_server(config: Config, telemetry: Telemetry | None = None) -> App:
+    """Build (not start) the server bound to config.server.host:port (port 0: any free one).
+
+    Without `telemetry`, server spans still go to the global tracer provider.
+    """
     engine = EmbeddedEngine(config.model.embedded)
     pipeline = Pipeline(config, build_codecs(config, engine))
     stages = StageWindow()
@@ -94,8 +98,11 @@ async def create_server(config: Config) -> App:
     servicer = CompressionServicer(pipeline, batch, stages)
 
     limit = config.security.max_message_bytes
+    inner = [ErrorInterceptor()]
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=telemetry.server_interceptors(inner)
+        if telemetry
+        else [tracing_interceptor(), *inner],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -115,18 +122,26 @@ async def create_server(config: Config) -> App:
     port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
     if port == 0:
         raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
+    if telemetry is not None:
+        telemetry.watch_queue(
+            lambda: [("admission", pipeline.admission.active), ("embedded", engine.queue_depth)]
+        )
     return App(config, server, port, health_servicer, pipeline, stages, engine)
 
 
 async def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    app = await create_server(config)
-    await app.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: health NOT_SERVING, %.0fs grace", config.server.grace_seconds)
-    await app.stop()
-    log.info("stopped")
+    telemetry = setup_telemetry(config)
+    try:
+        app = await create_server(config, telemetry)
+        await app.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: health NOT_SERVING, %.0fs grace", config.server.grace_seconds)
+        await app.stop()
+        log.info("stopped")
+    finally:
+        telemetry.shutdown()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 import grpc
 from google.rpc import status_pb2
 
+from . import stages
 from .domain import CompressCommand, CompressOutcome
 from .errors import InvalidInput, LLMCompressError
 from .interceptors import UndecodableRequest
@@ -46,15 +47,23 @@ class BatchRunner:
             # No id can be read from bytes that do not parse; answer with an empty id.
             error = InvalidInput(f"a stream item cannot be parsed: {item.error}")
             return pb.BatchCompressResponse(id="", error=status_for(error))
-        try:
-            outcome = await self.compress(CompressCommand.from_pb(item.request))
-            return pb.BatchCompressResponse(id=item.id, result=outcome.to_pb())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not isinstance(exc, LLMCompressError):
-                log.exception("item %r failed unexpectedly", item.id)
-            return pb.BatchCompressResponse(id=item.id, error=status_for(exc))
+        # One span per item, so each item's stages sit together under the stream's span.
+        with stages.tracer.start_as_current_span(
+            "batch.item",
+            attributes={"llmc.item.id": item.id},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                outcome = await self.compress(CompressCommand.from_pb(item.request))
+                return pb.BatchCompressResponse(id=item.id, result=outcome.to_pb())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                stages.mark_failure(span, exc)
+                if not isinstance(exc, LLMCompressError):
+                    log.exception("item %r failed unexpectedly", item.id)
+                return pb.BatchCompressResponse(id=item.id, error=status_for(exc))
 
     async def run(
         self, requests: AsyncIterable[pb.BatchCompressRequest]

@@ -1,7 +1,9 @@
 """Recent per-stage latency, for `GetStats` / `llmc stats`: which stage ate the time.
 
 The seed's `get_bottleneck_analysis().slowest_component`, computed from a
-bounded window of samples fed by the stage clock.
+bounded window of samples fed by the stage clock. Stages nest (an encode
+stage holds its LLM call), so the slowest stage is ranked by its own time,
+nested stages excluded: the leaf that ate the time, not what encloses it.
 """
 
 from __future__ import annotations
@@ -22,37 +24,42 @@ class StageSummary:
     p95: float
     p99: float
     total: float
+    # p95 of the stage's own time (nested stages excluded); ranks the slowest.
+    self_p95: float = 0.0
 
 
 class StageWindow:
-    """Bounded deque of (time, stage, seconds); old samples fall off."""
+    """Bounded deque of (time, stage, seconds, self seconds); old samples fall off."""
 
     def __init__(self, max_samples: int = 200_000, window_seconds: float = 300.0) -> None:
         self.window_seconds = window_seconds
-        self._samples: deque[tuple[float, str, float]] = deque(maxlen=max_samples)
+        self._samples: deque[tuple[float, str, float, float]] = deque(maxlen=max_samples)
         self._lock = threading.Lock()  # stages may be recorded from worker threads
 
-    def observe(self, stage: str, seconds: float) -> None:
+    def observe(self, stage: str, seconds: float, self_seconds: float) -> None:
         with self._lock:
-            self._samples.append((time.monotonic(), stage, seconds))
+            self._samples.append((time.monotonic(), stage, seconds, self_seconds))
 
     def summary(self, window_seconds: float | None = None) -> list[StageSummary]:
         horizon = time.monotonic() - (window_seconds or self.window_seconds)
-        by_stage: dict[str, list[float]] = {}
+        by_stage: dict[str, list[tuple[float, float]]] = {}
         with self._lock:
             samples = list(self._samples)
-        for at, stage, seconds in samples:
+        for at, stage, seconds, self_seconds in samples:
             if at >= horizon:
-                by_stage.setdefault(stage, []).append(seconds)
+                by_stage.setdefault(stage, []).append((seconds, self_seconds))
         out = []
         for stage, values in by_stage.items():
             arr = np.asarray(values)
-            p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-            out.append(StageSummary(stage, len(values), p50, p95, p99, float(arr.sum())))
+            p50, p95, p99 = np.percentile(arr[:, 0], [50, 95, 99])
+            self_p95 = float(np.percentile(arr[:, 1], 95))
+            out.append(
+                StageSummary(stage, len(values), p50, p95, p99, float(arr[:, 0].sum()), self_p95)
+            )
         out.sort(key=lambda s: s.total, reverse=True)
         return out
 
     @staticmethod
     def slowest(summaries: list[StageSummary]) -> str:
-        """The stage with the largest p95 (what a slow request waits on)."""
-        return max(summaries, key=lambda s: s.p95).stage if summaries else ""
+        """The stage with the largest p95 of its own time (what a slow request waits on)."""
+        return max(summaries, key=lambda s: s.self_p95).stage if summaries else ""

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
+
+from opentelemetry import trace
 
 from .admission import Admission
 from .cache import CachedResult, ResultCache
@@ -57,14 +60,29 @@ class Pipeline:
     async def compress(self, cmd: CompressCommand, *, wait: bool = False) -> CompressOutcome:
         """Compress one text; `wait` queues for admission (streams) instead of refusing."""
         gate = self.admission.wait() if wait else self.admission.admit()
-        async with gate:
-            return await self._compress(cmd)
-
-    async def _compress(self, cmd: CompressCommand) -> CompressOutcome:
         clock = StageClock()
+        async with AsyncExitStack() as admitted:
+            # A stage of its own, so time spent queued shows up in the breakdown.
+            with clock.stage("admission.wait"):
+                await admitted.enter_async_context(gate)
+            outcome = await self._compress(cmd, clock)
+        # On the RPC's (or batch item's) span: what was asked and what came out.
+        trace.get_current_span().set_attributes(
+            {
+                "llmc.mode.requested": outcome.requested_mode.value,
+                "llmc.mode": outcome.mode.value,
+                "llmc.bytes": outcome.original_bytes,
+                "llmc.envelope_bytes": len(outcome.envelope),
+                "llmc.degraded": outcome.degraded,
+            }
+        )
+        return outcome
+
+    async def _compress(self, cmd: CompressCommand, clock: StageClock) -> CompressOutcome:
         limit = self.config.compression.max_text_bytes
-        with clock.stage("validate"):
+        with clock.stage("validate") as span:
             data = cmd.text.encode("utf-8")
+            span.set_attribute("llmc.bytes", len(data))
             if len(data) > limit:
                 raise InvalidInput(
                     f"text is {len(data)} bytes, above this server's limit of {limit} bytes "

@@ -61,6 +61,7 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
                     p95=s.p95,
                     p99=s.p99,
                     total_seconds=s.total,
+                    self_p95=s.self_p95,
                 )
                 for s in summaries
             ],
