@@ -88,7 +88,12 @@ async def test_quick_run_writes_consistent_figures(
         assert it["server_ratio"] == pytest.approx(it["ratio"], rel=1e-9)
         assert it["exact"] and it["server_exact"] and it["stored_mode"] == "zstd"
         assert it["bucket"] == bucket_of(len(data), EDGES)
-        assert [s for s, _ in it["compress_stages"]] == ["validate", "zstd.encode", "pack"]
+        assert [s for s, _ in it["compress_stages"]] == [
+            "admission.wait",
+            "validate",
+            "zstd.encode",
+            "pack",
+        ]
 
     (group,) = zstd["tiers"]["default"]["groups"].values()
     summary = group["all"]

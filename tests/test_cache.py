@@ -282,7 +282,7 @@ async def test_hit_returns_stats_of_the_stored_envelope(
     assert again.envelope == first.envelope
     for field in ("original_bytes", "compressed_bytes", "ratio", "mode", "model", "reason"):
         assert getattr(again.stats, field) == getattr(first.stats, field), field
-    assert [s.stage for s in again.stats.stages] == ["validate", "cache.lookup"]
+    assert [s.stage for s in again.stats.stages] == ["admission.wait", "validate", "cache.lookup"]
     back = await stub.Reconstruct(pb.ReconstructRequest(envelope=again.envelope))
     assert back.text == TEXT
 
@@ -453,6 +453,7 @@ async def test_two_servers_share_hits_through_redis(
     for field in ("original_bytes", "compressed_bytes", "ratio", "mode", "model"):
         assert getattr(shared.stats, field) == getattr(first.stats, field), field
     assert [s.stage for s in shared.stats.stages] == [
+        "admission.wait",
         "validate",
         "cache.lookup",
         "cache.lookup.redis",

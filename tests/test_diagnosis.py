@@ -15,7 +15,9 @@ from tests.conftest import slow_text
 
 async def test_llmc_stats_names_the_slowest_stage(server: App) -> None:
     # zstd -19 on ~200 KB takes a few hundred ms; validate and pack take microseconds.
-    texts = [slow_text(200_000, seed=i) for i in range(3)] + ["short text " * 10] * 5
+    texts = [slow_text(200_000, seed=i) for i in range(3)] + [
+        f"short text {i} " * 10 for i in range(5)
+    ]
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         for text in texts:

@@ -143,7 +143,14 @@ async def test_batch_item_span_tree(traced: Traced) -> None:
     for item in items:
         assert _parent_id(item) == server.context.span_id
         children = {s.name for s in spans if _parent_id(s) == item.context.span_id}
-        assert children == {"admission.wait", "validate", "zstd.encode", "pack"}, children
+        assert children == {
+            "admission.wait",
+            "validate",
+            "cache.lookup",
+            "zstd.encode",
+            "pack",
+            "cache.store",
+        }, children
 
 
 async def test_client_errors_are_not_span_errors_server_faults_are(traced: Traced) -> None:
@@ -242,8 +249,10 @@ async def test_slow_request_log_has_stage_breakdown_and_no_text() -> None:
     assert [name for name, _ in record["stages_ms"]] == [
         "admission.wait",
         "validate",
+        "cache.lookup",
         "zstd.encode",
         "pack",
+        "cache.store",
     ]
     assert record["rpc"] == "Compress"
     assert record["trace_id"] == format(_one(spans, SERVICE + "Compress").context.trace_id, "032x")
