@@ -134,11 +134,13 @@ class AsyncClient:
         evaluate_quality: bool = False,
         in_order: bool = False,
         on_progress: ProgressCallback | None = None,
+        max_in_flight: int = 512,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> AsyncIterator[BatchResult]:
         """As `Client.compress_stream`; `items` may also be an async iterable."""
         defaults = StreamDefaults(mode, verify, target_ratio, evaluate_quality, in_order)
-        state = StreamState(on_progress)
+        state = StreamState(on_progress, max_in_flight)
+        room = asyncio.Event()
         # One reader task feeds a one-slot queue: a call being torn down can be
         # cancelled mid-wait without cancelling the caller's (async) iterator.
         slot: asyncio.Queue[pb.BatchCompressRequest | None] = asyncio.Queue(maxsize=1)
@@ -161,6 +163,9 @@ class AsyncClient:
             for req in replay:
                 yield req
             while not state.exhausted:
+                while not state.has_room():
+                    room.clear()
+                    await room.wait()
                 got = await slot.get()
                 if got is None:
                     state.exhausted = True
@@ -180,7 +185,9 @@ class AsyncClient:
                 try:
                     async for resp in call:
                         attempt = 1
-                        yield state.answer(resp, attempt)
+                        answer = state.answer(resp, attempt)
+                        room.set()
+                        yield answer
                     break
                 except grpc.RpcError as err:
                     error: LLMCompressError = from_rpc_error(err)

@@ -166,19 +166,20 @@ class Client:
         evaluate_quality: bool = False,
         in_order: bool = False,
         on_progress: ProgressCallback | None = None,
+        max_in_flight: int = 512,
         timeout: float | None = None,
     ) -> Iterator[BatchResult]:
         """Compress `(id, text)` pairs or `BatchItem`s through BatchCompress.
 
-        Items are read from `items` only as the server's window has room, so
-        memory stays flat for any length. Results come as items finish (in
+        Items are read from `items` only while fewer than `max_in_flight` are
+        unanswered, so memory stays flat for any length. Results come as items finish (in
         input order with `in_order=True`); a failed item is a `BatchResult`
         with `error` set, and the stream goes on. `timeout` bounds the whole
         stream (default: none). A stream cut by UNAVAILABLE or
         RESOURCE_EXHAUSTED is reopened and the unanswered items sent again.
         """
         defaults = StreamDefaults(mode, verify, target_ratio, evaluate_quality, in_order)
-        state = StreamState(on_progress)
+        state = StreamState(on_progress, max_in_flight)
         source = iter(items)
         deadline = Deadline(timeout)
         generation = [0]
@@ -189,7 +190,7 @@ class Client:
             gen: int, replay: list[pb.BatchCompressRequest]
         ) -> Iterator[pb.BatchCompressRequest]:
             yield from replay
-            while True:
+            while state.wait_for_room(lambda: generation[0] == gen):
                 with pulling:
                     # A stream that failed stops pulling, so no item goes to a dead call.
                     if generation[0] != gen or state.exhausted:
@@ -223,6 +224,7 @@ class Client:
                 call.cancel()  # type: ignore[no-untyped-call]
             with pulling:
                 generation[0] += 1
+            state.wake()
             wait = self.retry.delay(attempt, error.retry_after)
             if (
                 error.code not in RETRYABLE

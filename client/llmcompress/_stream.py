@@ -1,9 +1,10 @@
 """Bookkeeping of a `compress_stream`: requests built lazily, answers matched to ids.
 
-Only the items sent and not yet answered are held (at most the server's window
-plus what HTTP/2 flow control lets through), so memory stays flat however long
-the input is. Those items are what a retried stream sends again, so a broken
-connection loses none.
+At most `max_in_flight` items are sent and not yet answered: HTTP/2 flow control
+alone would let megabytes through (the server's receive window grows with its
+bandwidth-delay probe), so the client bounds its own share. Memory stays flat
+however long the input is. The unanswered items are what a reopened stream
+sends again, so a broken connection loses none.
 """
 
 from __future__ import annotations
@@ -58,10 +59,14 @@ class StreamDefaults:
 class StreamState:
     """Sent-but-unanswered requests and running totals, shared by the sender and reader."""
 
-    def __init__(self, on_progress: ProgressCallback | None) -> None:
-        # id -> requests in send order (a repeated id is answered once per send).
+    def __init__(self, on_progress: ProgressCallback | None, max_in_flight: int) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.max_in_flight = max_in_flight
         # The sync client's sender runs on grpc's thread, its reader on the caller's.
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        # id -> requests in send order (a repeated id is answered once per send).
         self.pending: OrderedDict[str, deque[pb.BatchCompressRequest]] = OrderedDict()
         self.on_progress = on_progress
         self.started = time.monotonic()
@@ -75,6 +80,19 @@ class StreamState:
             self.pending.setdefault(req.id, deque()).append(req)
             self.sent += 1
 
+    def has_room(self) -> bool:
+        return self.sent - self.done < self.max_in_flight
+
+    def wait_for_room(self, current: Callable[[], bool]) -> bool:
+        """Block until an item may be sent; False when this stream was abandoned."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.has_room() or not current())
+            return current()
+
+    def wake(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
     def unanswered(self) -> list[pb.BatchCompressRequest]:
         with self.lock:
             return [req for reqs in self.pending.values() for req in reqs]
@@ -86,7 +104,8 @@ class StreamState:
                 reqs.popleft()
                 if not reqs:
                     del self.pending[resp.id]
-        self.done += 1
+            self.done += 1
+            self.changed.notify_all()
         if resp.WhichOneof("outcome") == "result":
             result = CompressResult.from_pb(resp.result, attempts)
             self.original_bytes += result.stats.original_bytes
