@@ -8,7 +8,7 @@ import datetime
 import sys
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -273,3 +273,31 @@ async def test_stream_of_10000_items_keeps_client_memory_flat(server: App) -> No
     # lazily, ~9 MB when the same items are passed as a list.
     assert at_10k - at_1k < 256 * 1024, (at_1k, at_10k)
     assert peak < 2 * 1024 * 1024, peak
+
+
+async def test_stream_reopens_after_the_server_restarts(start_server: StartServer) -> None:
+    first = await start_server()
+    text = "a stream that outlives its server " * 8
+
+    async def items() -> AsyncIterator[tuple[str, str]]:
+        for i in range(400):
+            yield (str(i), text)
+
+    answered: list[str] = []
+    second: App | None = None
+    policy = RetryPolicy(max_attempts=40, initial_backoff=0.1, max_backoff=0.5)
+    async with AsyncClient(first.address, retry=policy) as client:
+        stream = client.compress_stream(items(), mode=Mode.ZSTD, max_in_flight=50)
+        async for answer in stream:
+            assert answer.ok, answer.error
+            answered.append(answer.id)
+            if len(answered) == 100:
+                # Items in flight now are lost with the server; the client sends them again.
+                await first.stop(grace=0)
+                second = await start_server(server={"port": first.port})
+    assert second is not None
+    assert sorted(answered, key=int) == [str(i) for i in range(400)]
+    # The second server did the rest: the 300 items after the restart, less the
+    # answers the first one had already sent, plus the in-flight items sent again.
+    served = {s.stage: s.count for s in second.stages.summary()}
+    assert 250 <= served["zstd.encode"] <= 350
