@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import sys
+import threading
 import time
 import types
 from collections.abc import AsyncIterator, Iterator
@@ -301,3 +302,56 @@ async def test_stream_reopens_after_the_server_restarts(start_server: StartServe
     # answers the first one had already sent, plus the in-flight items sent again.
     served = {s.stage: s.count for s in second.stages.summary()}
     assert 250 <= served["zstd.encode"] <= 350
+
+
+async def test_sync_stream_reopens_after_the_server_restarts(start_server: StartServer) -> None:
+    first = await start_server()
+    loop = asyncio.get_running_loop()
+
+    async def restart() -> App:
+        await first.stop(grace=0)
+        return await start_server(server={"port": first.port})
+
+    def run() -> list[str]:
+        answered: list[str] = []
+        policy = RetryPolicy(max_attempts=40, initial_backoff=0.1, max_backoff=0.5)
+        items = ((str(i), f"sync item {i} " * 10) for i in range(400))
+        with Client(first.address, retry=policy) as client:
+            for answer in client.compress_stream(items, mode=Mode.ZSTD, max_in_flight=50):
+                assert answer.ok, answer.error
+                answered.append(answer.id)
+                if len(answered) == 100:
+                    asyncio.run_coroutine_threadsafe(restart(), loop).result(30)
+        return answered
+
+    answered = await asyncio.to_thread(run)
+    assert sorted(answered, key=int) == [str(i) for i in range(400)]
+
+
+async def test_leaving_a_sync_stream_early_stops_reading_the_input(server: App) -> None:
+    pulled = 0
+
+    def items() -> Iterator[tuple[str, str]]:
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            yield (str(i), "x" * 100)
+
+    def run() -> int:
+        with Client(server.address) as client:
+            for n, _ in enumerate(client.compress_stream(items(), mode=Mode.ZSTD), 1):
+                if n == 20:
+                    break
+        return threading.active_count()
+
+    threads_before = threading.active_count()
+    threads_after = await asyncio.to_thread(run)
+    at_exit = pulled
+    await asyncio.sleep(0.5)
+    assert pulled == at_exit <= 20 + 512 + 1  # read no further than max_in_flight ahead
+    # The sender thread waiting for room was woken and ended with the call.
+    for _ in range(100):
+        if threading.active_count() <= threads_before:
+            break
+        await asyncio.sleep(0.05)
+    assert threading.active_count() <= threads_before, threads_after

@@ -192,7 +192,7 @@ class Client:
             yield from replay
             while state.wait_for_room(lambda: generation[0] == gen):
                 with pulling:
-                    # A stream that failed stops pulling, so no item goes to a dead call.
+                    # A stream that ended stops pulling, so no item goes to a dead call.
                     if generation[0] != gen or state.exhausted:
                         return
                     try:
@@ -221,10 +221,11 @@ class Client:
             except grpc.RpcError as err:
                 error: LLMCompressError = from_rpc_error(err)
             finally:
+                # Done, failed or abandoned by the caller: stop this call's sender,
+                # which may be waiting for room that will never come.
                 call.cancel()  # type: ignore[no-untyped-call]
-            with pulling:
                 generation[0] += 1
-            state.wake()
+                state.wake()
             wait = self.retry.delay(attempt, error.retry_after)
             if (
                 error.code not in RETRYABLE
@@ -235,7 +236,8 @@ class Client:
             log.info("stream: %s; reopening in %.2fs", error, wait)
             time.sleep(wait)
             attempt += 1
-            replay = state.unanswered()
+            with pulling:  # an item being pulled by the old sender is pending once it has it
+                replay = state.unanswered()
         if state.source_error is not None:
             raise state.source_error
         if state.pending:
