@@ -355,3 +355,14 @@ async def test_leaving_a_sync_stream_early_stops_reading_the_input(server: App) 
             break
         await asyncio.sleep(0.05)
     assert threading.active_count() <= threads_before, threads_after
+
+
+async def test_a_message_size_limit_is_not_retried(server: App) -> None:
+    # grpc reports an oversized message as RESOURCE_EXHAUSTED too; waiting cannot fix it.
+    policy = RetryPolicy(max_attempts=5, initial_backoff=1.0, jitter=0.0)
+    async with AsyncClient(server.address, retry=policy, max_message_bytes=1024) as client:
+        t0 = time.monotonic()
+        with pytest.raises(ResourceExhausted) as info:
+            await client.compress("z" * 2048, Mode.ZSTD)
+    assert not info.value.retryable
+    assert time.monotonic() - t0 < 1.0  # no backoff was slept

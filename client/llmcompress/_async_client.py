@@ -14,7 +14,7 @@ from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 from ._client import DEFAULT_TARGET, channel_options, compress_request, unanswered_error
 from ._errors import LLMCompressError, from_rpc_error
-from ._options import RETRYABLE, TLS, Deadline, RetryPolicy, bearer_metadata
+from ._options import TLS, Deadline, RetryPolicy, bearer_metadata
 from ._results import BatchResult, CompressResult, Mode, ReconstructResult, ServerStats
 from ._stream import ItemLike, ProgressCallback, StreamDefaults, StreamState
 
@@ -71,7 +71,7 @@ class AsyncClient:
                 error = from_rpc_error(err)
             wait = self.retry.delay(attempt, error.retry_after)
             if (
-                error.code not in RETRYABLE
+                not error.retryable
                 or attempt >= self.retry.max_attempts
                 or not deadline.allows(wait)
             ):
@@ -195,7 +195,7 @@ class AsyncClient:
                     call.cancel()
                 wait = self.retry.delay(attempt, error.retry_after)
                 if (
-                    error.code not in RETRYABLE
+                    not error.retryable
                     or attempt >= self.retry.max_attempts
                     or not deadline.allows(wait)
                 ):

@@ -14,7 +14,7 @@ from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 from ._errors import LLMCompressError, ServerError, from_rpc_error
-from ._options import RETRYABLE, TLS, Deadline, RetryPolicy, bearer_metadata
+from ._options import TLS, Deadline, RetryPolicy, bearer_metadata
 from ._results import (
     BatchResult,
     CompressResult,
@@ -112,7 +112,7 @@ class Client:
                 error = from_rpc_error(err)
             wait = self.retry.delay(attempt, error.retry_after)
             if (
-                error.code not in RETRYABLE
+                not error.retryable
                 or attempt >= self.retry.max_attempts
                 or not deadline.allows(wait)
             ):
@@ -228,7 +228,7 @@ class Client:
                 state.wake()
             wait = self.retry.delay(attempt, error.retry_after)
             if (
-                error.code not in RETRYABLE
+                not error.retryable
                 or attempt >= self.retry.max_attempts
                 or not deadline.allows(wait)
             ):

@@ -36,6 +36,17 @@ class LLMCompressError(Exception):
         self.details = details
         self.retry_after = retry_after
 
+    @property
+    def retryable(self) -> bool:
+        """Whether the same call may succeed later: UNAVAILABLE, and RESOURCE_EXHAUSTED
+        unless it is a message-size limit (grpc reports those with the same code)."""
+        if self.code == grpc.StatusCode.UNAVAILABLE:
+            return True
+        return (
+            self.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and "message larger than max" not in self.details
+        )
+
 
 class InvalidArgument(LLMCompressError):
     """The request is wrong (text too large, unknown mode, bad option)."""

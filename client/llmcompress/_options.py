@@ -1,7 +1,7 @@
 """Connection options: TLS, the bearer token, and the retry policy with its backoff.
 
-Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried: every other status means
-the same call would fail the same way again.
+Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried (`LLMCompressError.retryable`):
+every other status means the same call would fail the same way again.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 @dataclass(frozen=True)
@@ -83,9 +81,6 @@ class RetryPolicy:
             # The hint is the server's floor; jitter above it so waiting clients spread out.
             return max(backoff * draw, hint * (1 + abs(draw - 1)))
         return backoff * draw
-
-
-NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 class Deadline:
