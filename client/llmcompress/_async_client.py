@@ -184,8 +184,8 @@ class AsyncClient:
                 )
                 try:
                     async for resp in call:
-                        attempt = 1
-                        answer = state.answer(resp, attempt)
+                        attempt = 1  # progress: a later failure starts its backoff afresh
+                        answer = state.answer(resp)
                         room.set()
                         yield answer
                     break

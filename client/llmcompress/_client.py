@@ -215,8 +215,8 @@ class Client:
             )
             try:
                 for resp in call:
-                    attempt = 1
-                    yield state.answer(resp, attempt)
+                    attempt = 1  # progress: a later failure starts its backoff afresh
+                    yield state.answer(resp)
                 break
             except grpc.RpcError as err:
                 error: LLMCompressError = from_rpc_error(err)

@@ -109,7 +109,7 @@ class CompressStats:
 class CompressResult:
     """A compressed text: the envelope (store it as is) and its stats.
 
-    `attempts` counts the calls made, retries included."""
+    `attempts` counts the calls made, retries included (1 for stream items)."""
 
     envelope: bytes
     stats: CompressStats

@@ -97,7 +97,7 @@ class StreamState:
         with self.lock:
             return [req for reqs in self.pending.values() for req in reqs]
 
-    def answer(self, resp: pb.BatchCompressResponse, attempts: int) -> BatchResult:
+    def answer(self, resp: pb.BatchCompressResponse) -> BatchResult:
         with self.lock:
             reqs = self.pending.get(resp.id)
             if reqs:
@@ -107,7 +107,7 @@ class StreamState:
             self.done += 1
             self.changed.notify_all()
         if resp.WhichOneof("outcome") == "result":
-            result = CompressResult.from_pb(resp.result, attempts)
+            result = CompressResult.from_pb(resp.result)
             self.original_bytes += result.stats.original_bytes
             self.compressed_bytes += result.stats.compressed_bytes
             answer = BatchResult(resp.id, result=result)

@@ -189,7 +189,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(ratio=f"{p.ratio:.2f}x", errors=p.errors, refresh=False)
 
-    failures: list[str] = []
+    failures: list[str] = []  # the first few, for the summary
     try:
         with (
             src.open(encoding="utf-8") as corpus,
@@ -206,7 +206,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                     sink.write(result_line(answer.id, answer.result))
                 elif answer.error is not None:
                     sink.write(error_line(answer.id, answer.error))
-                    failures.append(f"{answer.id}: {answer.error}")
+                    if len(failures) < 10:
+                        failures.append(f"{answer.id}: {answer.error}")
                 # Flushed per item: a killed run loses at most the line being written.
                 sink.flush()
     except CorpusError as exc:
@@ -215,6 +216,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    except LLMCompressError:
+        print(
+            f"llmc batch: stopped after {last.done} items; {out} keeps them, "
+            "run again with --resume to finish",
+            file=sys.stderr,
+        )
+        raise
     finally:
         bar.close()
     print(
@@ -224,12 +232,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         f"({_human(last.original_bytes)} -> {_human(last.compressed_bytes)})",
         file=sys.stderr,
     )
-    if failures:
-        for line in failures[:10]:
+    if last.errors:
+        for line in failures:
             print(f"  failed {line}", file=sys.stderr)
-        if len(failures) > 10:
+        if last.errors > len(failures):
             print(
-                f'  ... and {len(failures) - 10} more (lines with "error" in {out})',
+                f'  ... and {last.errors - len(failures)} more (lines with "error" in {out})',
                 file=sys.stderr,
             )
         print("  run again with --resume to retry the failed items", file=sys.stderr)
