@@ -225,7 +225,7 @@ class StageStats:
 
 @dataclass(frozen=True)
 class CacheStats:
-    """One cache tier of the server."""
+    """One cache tier of the server ("memory", "redis", or "total")."""
 
     tier: str
     hits: int
@@ -235,6 +235,9 @@ class CacheStats:
     max_size: int
     avg_lookup_seconds: float
     available: bool
+    errors: int
+    bytes: int
+    max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,9 @@ class ServerStats:
                     c.max_size,
                     c.avg_lookup_seconds,
                     c.available,
+                    c.errors,
+                    c.bytes,
+                    c.max_bytes,
                 )
                 for c in r.cache
             ),
