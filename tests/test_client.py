@@ -69,7 +69,9 @@ async def test_sync_round_trip(server: App) -> None:
     assert result.stats.original_bytes == len(TEXT.encode())
     assert result.stats.compressed_bytes == len(result.envelope)
     assert result.ratio == pytest.approx(len(TEXT.encode()) / len(result.envelope))
-    assert [s.stage for s in result.stats.stages] == ["validate", "zstd.encode", "pack"]
+    stages = [s.stage for s in result.stats.stages]
+    core = [stage for stage in stages if stage in {"validate", "zstd.encode", "pack"}]
+    assert core == ["validate", "zstd.encode", "pack"], stages  # in order, among others
     assert not result.degraded and result.quality is None and result.attempts == 1
     assert {"zstd.encode", "zstd.decode"} <= {s.stage for s in stats.stages}
 
@@ -278,11 +280,10 @@ async def test_stream_of_10000_items_keeps_client_memory_flat(server: App) -> No
 
 async def test_stream_reopens_after_the_server_restarts(start_server: StartServer) -> None:
     first = await start_server()
-    text = "a stream that outlives its server " * 8
 
     async def items() -> AsyncIterator[tuple[str, str]]:
         for i in range(400):
-            yield (str(i), text)
+            yield (str(i), f"item {i} of a stream that outlives its server " * 8)
 
     answered: list[str] = []
     second: App | None = None
@@ -301,7 +302,7 @@ async def test_stream_reopens_after_the_server_restarts(start_server: StartServe
     # The second server did the rest: the 300 items after the restart, less the
     # answers the first one had already sent, plus the in-flight items sent again.
     served = {s.stage: s.count for s in second.stages.summary()}
-    assert 250 <= served["zstd.encode"] <= 350
+    assert 250 <= served["validate"] <= 350
 
 
 async def test_sync_stream_reopens_after_the_server_restarts(start_server: StartServer) -> None:
