@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto run test test-fast lint fmt node bench bench-quick bench-full clean
+.PHONY: help install proto run test test-fast lint fmt node bench bench-quick bench-full clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -63,11 +63,21 @@ test: install node ## run the whole test suite
 test-fast: install ## tests that do not load the model
 	$(PY) -m pytest -m "not model" $(PYTEST_ARGS)
 
-lint: install node ## ruff format+check, mypy strict, buf lint
+lint: install node ## ruff format+check, mypy strict, buf lint, buf breaking
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	npx buf lint
+	npx buf breaking --against protos/baseline.binpb
+
+proto-baseline: node ## on release: make the current protos the buf breaking baseline
+	npx buf build -o protos/baseline.binpb
+
+stubs: node ## TypeScript types (grpc-js) and a descriptor set for any gRPC tool, into stubs/
+	rm -rf stubs && mkdir -p stubs
+	npx proto-loader-gen-types $(PROTO:protos/%=%) -I protos --grpcLib=@grpc/grpc-js \
+	  --outDir=stubs/ts --longs=String --enums=String --defaults --oneofs --includeComments
+	npx buf build -o stubs/llmcompress.binpb
 
 fmt: install ## apply ruff format and fixes
 	$(VENV)/bin/ruff format .

@@ -1,0 +1,212 @@
+"""The asyncio client (grpc.aio): the same calls, options and retries as `Client`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import grpc
+
+from llmcompress_server.pb import compression_pb2 as pb
+from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+
+from ._client import DEFAULT_TARGET, channel_options, compress_request, unanswered_error
+from ._errors import LLMCompressError, from_rpc_error
+from ._options import TLS, Deadline, RetryPolicy, bearer_metadata
+from ._results import BatchResult, CompressResult, Mode, ReconstructResult, ServerStats
+from ._stream import ItemLike, ProgressCallback, StreamDefaults, StreamState
+
+log = logging.getLogger("llmcompress")
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """asyncio client for CompressionService; options as for `Client`.
+
+    Use `async with AsyncClient(...) as client:` or call `await client.close()`."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 300.0,
+        tls: TLS | None = None,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._metadata = bearer_metadata(token)
+        options = channel_options(tls, max_message_bytes)
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
+        self._stub = pb_grpc.CompressionServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def _call(
+        self,
+        rpc: Callable[[float | None], Awaitable[T]],
+        timeout: float | None,  # noqa: ASYNC109 (a gRPC deadline, passed to each call)
+    ) -> tuple[T, int]:
+        deadline = Deadline(self.timeout if timeout is None else timeout)
+        attempt = 1
+        while True:
+            try:
+                return await rpc(deadline.remaining()), attempt
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+            wait = self.retry.delay(attempt, error.retry_after)
+            if (
+                not error.retryable
+                or attempt >= self.retry.max_attempts
+                or not deadline.allows(wait)
+            ):
+                raise error
+            log.info("%s; retry %d in %.2fs", error, attempt, wait)
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def compress(
+        self,
+        text: str,
+        mode: Mode | str = Mode.DEFAULT,
+        *,
+        verify: bool | None = None,
+        target_ratio: float | None = None,
+        evaluate_quality: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> CompressResult:
+        """Compress one text; `verify` and `target_ratio` left None take the server's defaults."""
+        req = compress_request(text, mode, verify, target_ratio, evaluate_quality)
+        resp, attempts = await self._call(
+            lambda t: self._stub.Compress(req, timeout=t, metadata=self._metadata), timeout
+        )
+        return CompressResult.from_pb(resp, attempts)
+
+    async def reconstruct(
+        self,
+        envelope: bytes,
+        *,
+        evaluate_quality: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ReconstructResult:
+        """The text held in an envelope (exact for ZSTD and LOSSLESS)."""
+        req = pb.ReconstructRequest(envelope=envelope, evaluate_quality=evaluate_quality)
+        resp, attempts = await self._call(
+            lambda t: self._stub.Reconstruct(req, timeout=t, metadata=self._metadata), timeout
+        )
+        return ReconstructResult.from_pb(resp, attempts)
+
+    async def stats(
+        self,
+        window_seconds: float = 0.0,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ServerStats:
+        """The server's recent per-stage latency, slowest stage and cache statistics."""
+        req = pb.GetStatsRequest(window_seconds=window_seconds)
+        resp, _ = await self._call(
+            lambda t: self._stub.GetStats(req, timeout=t, metadata=self._metadata), timeout
+        )
+        return ServerStats.from_pb(resp)
+
+    async def compress_stream(
+        self,
+        items: Iterable[ItemLike] | AsyncIterable[ItemLike],
+        *,
+        mode: Mode | str = Mode.DEFAULT,
+        verify: bool | None = None,
+        target_ratio: float | None = None,
+        evaluate_quality: bool = False,
+        in_order: bool = False,
+        on_progress: ProgressCallback | None = None,
+        max_in_flight: int = 512,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[BatchResult]:
+        """As `Client.compress_stream`; `items` may also be an async iterable."""
+        defaults = StreamDefaults(mode, verify, target_ratio, evaluate_quality, in_order)
+        state = StreamState(on_progress, max_in_flight)
+        room = asyncio.Event()
+        # One reader task feeds a one-slot queue: a call being torn down can be
+        # cancelled mid-wait without cancelling the caller's (async) iterator.
+        slot: asyncio.Queue[pb.BatchCompressRequest | None] = asyncio.Queue(maxsize=1)
+
+        async def pump() -> None:
+            try:
+                if isinstance(items, AsyncIterable):
+                    async for item in items:
+                        await slot.put(defaults.request(item))
+                else:
+                    for item in items:
+                        await slot.put(defaults.request(item))
+            except Exception as exc:  # re-raised to the caller once the stream ends
+                state.source_error = exc
+            await slot.put(None)
+
+        async def requests(
+            replay: list[pb.BatchCompressRequest],
+        ) -> AsyncIterator[pb.BatchCompressRequest]:
+            for req in replay:
+                yield req
+            while not state.exhausted:
+                while not state.has_room():
+                    room.clear()
+                    await room.wait()
+                got = await slot.get()
+                if got is None:
+                    state.exhausted = True
+                    return
+                state.mark_sent(got)
+                yield got
+
+        reader = asyncio.create_task(pump())
+        deadline = Deadline(timeout)
+        attempt = 1
+        replay: list[pb.BatchCompressRequest] = []
+        try:
+            while True:
+                call = self._stub.BatchCompress(
+                    requests(replay), timeout=deadline.remaining(), metadata=self._metadata
+                )
+                try:
+                    async for resp in call:
+                        attempt = 1  # progress: a later failure starts its backoff afresh
+                        answer = state.answer(resp)
+                        room.set()
+                        yield answer
+                    break
+                except grpc.RpcError as err:
+                    error: LLMCompressError = from_rpc_error(err)
+                finally:
+                    call.cancel()
+                wait = self.retry.delay(attempt, error.retry_after)
+                if (
+                    not error.retryable
+                    or attempt >= self.retry.max_attempts
+                    or not deadline.allows(wait)
+                ):
+                    raise error
+                log.info("stream: %s; reopening in %.2fs", error, wait)
+                await asyncio.sleep(wait)
+                attempt += 1
+                replay = state.unanswered()
+        finally:
+            reader.cancel()
+        if state.source_error is not None:
+            raise state.source_error
+        if state.pending:
+            raise unanswered_error(len(state.unanswered()))
