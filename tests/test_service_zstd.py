@@ -331,3 +331,12 @@ async def test_overload_is_refused_at_once_with_a_retry_hint(start_server: Start
         answers = [a async for a in stub.BatchCompress(iter(items))]
         assert all(a.WhichOneof("outcome") == "result" for a in answers)
         assert len(answers) == 20
+
+
+async def test_a_second_server_on_the_same_port_is_refused(server: App) -> None:
+    from llmcompress_server.app import create_server
+
+    from .conftest import make_config
+
+    with pytest.raises(OSError, match="cannot bind"):
+        await create_server(make_config(server={"port": server.port}))

@@ -106,6 +106,9 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> A
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # Without this a second server on the same port binds silently and
+            # steals half the connections.
+            ("grpc.so_reuseport", 0),
         ],
     )
     pb_grpc.add_CompressionServiceServicer_to_server(servicer, server)
@@ -119,9 +122,13 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> A
         ),
         server,
     )
-    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    address = f"{config.server.host}:{config.server.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc >= 1.60 raises instead of returning 0
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
+        raise OSError(f"cannot bind {address}: in use, or not an address of this host")
     if telemetry is not None:
         telemetry.watch_queue(
             lambda: [("admission", pipeline.admission.active), ("embedded", engine.queue_depth)]
