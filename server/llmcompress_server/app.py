@@ -17,7 +17,9 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .backends import TextBackend
 from .backends.embedded import EmbeddedEngine
+from .backends.router import build_text_backend
 from .batch import BatchRunner
 from .bottleneck import StageWindow
 from .codecs import Codec
@@ -45,6 +47,8 @@ class App:
     pipeline: Pipeline
     stages: StageWindow
     engine: EmbeddedEngine | None = None
+    # What model-backed codecs call: the engine, or a router over Ollama/OpenAI pools.
+    backend: TextBackend | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -73,6 +77,8 @@ class App:
         for task in self._tasks:
             task.cancel()
         remove_stage_observer(self.stages.observe)
+        if self.backend is not None and self.backend is not self.engine:
+            await self.backend.close()
         if self.engine is not None:
             await self.engine.close()
 
@@ -85,6 +91,7 @@ def build_codecs(config: Config, engine: EmbeddedEngine | None) -> dict[Mode, Co
 async def create_server(config: Config) -> App:
     """Build (not start) the server bound to config.server.host:port (port 0: any free one)."""
     engine = EmbeddedEngine(config.model.embedded)
+    backend = build_text_backend(config, engine)
     pipeline = Pipeline(config, build_codecs(config, engine))
     stages = StageWindow()
     add_stage_observer(stages.observe)
@@ -114,7 +121,7 @@ async def create_server(config: Config) -> App:
     port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
     if port == 0:
         raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
-    return App(config, server, port, health_servicer, pipeline, stages, engine)
+    return App(config, server, port, health_servicer, pipeline, stages, engine, backend)
 
 
 async def serve(config: Config) -> None:

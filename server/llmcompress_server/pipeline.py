@@ -10,11 +10,12 @@ import logging
 from collections.abc import Mapping
 
 from .admission import Admission
-from .codecs import Codec, CompressOptions
+from .backends.router import collect_fallbacks
+from .codecs import Codec, CompressOptions, Encoded
 from .config import Config, Mode
 from .domain import MODE_FROM_PB, MODE_TO_PB, CompressCommand, CompressOutcome, ReconstructOutcome
 from .envelope import check_original, mode_name, open_envelope, seal
-from .errors import InvalidInput, PreconditionFailed
+from .errors import BackendError, InvalidInput, PreconditionFailed
 from .stages import StageClock
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Pipeline:
         if not cmd.text.strip():
             # Nothing for a model to work on; a tiny exact envelope loses nothing.
             mode, reason = Mode.ZSTD, "empty or whitespace-only text is stored as ZSTD"
-        encoded = await self._codec(mode).encode(cmd.text, self.options(cmd), clock)
+        encoded = await self._encode(mode, cmd.text, self.options(cmd), clock)
         stored = MODE_FROM_PB[encoded.envelope.mode]
         with clock.stage("pack"):
             blob = seal(data, encoded.envelope, encoded.model)
@@ -84,6 +85,27 @@ class Pipeline:
             quality=encoded.quality,
             total_seconds=clock.total,
         )
+
+    async def _encode(
+        self, mode: Mode, text: str, opts: CompressOptions, clock: StageClock
+    ) -> Encoded:
+        """The codec's answer; ZSTD marked degraded when no model backend could answer."""
+        codec = self._codec(mode)
+        with collect_fallbacks() as fallbacks:
+            try:
+                encoded = await codec.encode(text, opts, clock)
+            except BackendError as exc:
+                if mode is Mode.ZSTD or not self.config.llm.allow_degraded:
+                    raise
+                log.warning("%s mode fell back to ZSTD: %s", mode.value, exc)
+                encoded = await self._codec(Mode.ZSTD).encode(text, opts, clock)
+                encoded.degraded = True
+                encoded.reason = f"stored as ZSTD: no model backend answered ({exc})"
+                return encoded
+        if fallbacks and not encoded.degraded:
+            encoded.degraded = True
+            encoded.reason = encoded.reason or "; ".join(fallbacks)
+        return encoded
 
     async def reconstruct(self, envelope: bytes) -> ReconstructOutcome:
         async with self.admission.admit():
