@@ -12,6 +12,7 @@ It speaks the documented Ollama API closely enough for the service's backend:
     GET  /api/tags      {"models": [{"name", "model", "digest", "size", "details"}]}
     GET  /api/ps        models used so far.
     GET  /api/version   {"version": "0.12.6"}
+    GET  /sim/stats     the stats below as JSON (for a sim running in another process).
 
 Replies: `format` as a JSON schema gets a valid instance of that schema (strings
 are taken from the last user message); `format: "json"` gets `{}`; otherwise the
@@ -191,6 +192,20 @@ class SimOllama:
     def reset_stats(self) -> None:
         self.stats = SimStats()
 
+    def stats_dict(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "calls": s.calls,
+            "in_flight": s.in_flight,
+            "max_in_flight": s.max_in_flight,
+            "running": s.running,
+            "max_running": s.max_running,
+            "cancelled": s.cancelled,
+            "completed": s.completed,
+            "faults": dict(s.faults),
+            "paths": dict(s.paths),
+        }
+
     # -- HTTP plumbing -------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -295,6 +310,8 @@ class SimOllama:
         elif method == "GET" and path == "/api/ps":
             used = sorted(self.stats.models_used)
             await self._send_json(writer, 200, {"models": [self._tag(m) for m in used]})
+        elif method == "GET" and path == "/sim/stats":
+            await self._send_json(writer, 200, self.stats_dict())
         elif method == "GET" and path == "/":
             await self._send(writer, 200, b"Ollama is running", "text/plain")
         elif method == "POST" and path in MODEL_PATHS:
@@ -492,11 +509,12 @@ class SimOllama:
 async def _main() -> None:
     parser = argparse.ArgumentParser(description="simulated Ollama for tests and benchmarks")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--port", type=int, default=11434, help="0: any free port (printed)")
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--max-queue", type=int, default=512)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--duration", type=float, default=0.0, help="stop after N s (0: never)")
     args = parser.parse_args()
     sim = SimOllama(
@@ -505,6 +523,7 @@ async def _main() -> None:
             max_queue=args.max_queue,
             latency=args.latency,
             fail_rate=args.fail_rate,
+            error_rate=args.error_rate,
         ),
         host=args.host,
     )

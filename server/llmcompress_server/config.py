@@ -81,8 +81,9 @@ class OllamaConfig(_Section):
     embed_model: str | None = "nomic-embed-text"
     keep_alive: str | None = "5m"
     num_ctx: int | None = Field(None, ge=128)
-    # Stream /api/chat answers (NDJSON, every line checked for an error).
-    stream: bool = True
+    # Stream /api/chat answers (NDJSON, every line checked for an error). Off by
+    # default: one JSON body costs far fewer wakeups per call than ~1 line per token.
+    stream: bool = False
 
 
 class OpenAIConfig(_Section):
