@@ -12,6 +12,8 @@ It speaks the documented Ollama API closely enough for the service's backend:
     GET  /api/tags      {"models": [{"name", "model", "digest", "size", "details"}]}
     GET  /api/ps        models used so far.
     GET  /api/version   {"version": "0.12.6"}
+    POST /v1/chat/completions, /v1/embeddings, GET /v1/models: Ollama's OpenAI-compatible
+                        API (`response_format` json_schema respected; `api_key` checked).
     GET  /sim/stats     the stats below as JSON (for a sim running in another process).
 
 Replies: `format` as a JSON schema gets a valid instance of that schema (strings
@@ -69,7 +71,13 @@ DEFAULT_MODELS = (
 )
 FAULTS = ("503", "error", "hang", "drop", "garbage")
 EMBED_DIM = 256
-MODEL_PATHS = {"/api/chat", "/api/generate", "/api/embed"}
+MODEL_PATHS = {
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+}
 
 
 @dataclass
@@ -85,6 +93,8 @@ class SimOptions:
     garbage_rate: float = 0.0
     script: list[str] = field(default_factory=list)
     seed: int = 0
+    # When set, /v1/* requests need "Authorization: Bearer <api_key>" (else 401).
+    api_key: str | None = None
     reply: Callable[[dict[str, Any]], str] | None = None
 
 
@@ -224,7 +234,17 @@ class SimOllama:
                 }
                 size = int(headers.get("content-length", "0"))
                 raw = await reader.readexactly(size) if size else b""
-                keep = await self._request(method, path.split("?")[0], raw, reader, writer)
+                path = path.split("?")[0]
+                key = self.options.api_key
+                if (
+                    path.startswith("/v1/")
+                    and key
+                    and headers.get("authorization") != f"Bearer {key}"
+                ):
+                    self.stats.paths[path] += 1
+                    await self._send_json(writer, 401, {"error": {"message": "bad API key"}})
+                    continue
+                keep = await self._request(method, path, raw, reader, writer)
                 if not keep or headers.get("connection", "").lower() == "close":
                     return
         except (_Disconnected, ConnectionError, asyncio.IncompleteReadError):
@@ -310,6 +330,9 @@ class SimOllama:
         elif method == "GET" and path == "/api/ps":
             used = sorted(self.stats.models_used)
             await self._send_json(writer, 200, {"models": [self._tag(m) for m in used]})
+        elif method == "GET" and path == "/v1/models":
+            models = [{"id": m, "object": "model"} for m in self.options.models]
+            await self._send_json(writer, 200, {"object": "list", "data": models})
         elif method == "GET" and path == "/sim/stats":
             await self._send_json(writer, 200, self.stats_dict())
         elif method == "GET" and path == "/":
@@ -420,6 +443,9 @@ class SimOllama:
             slots.release()
 
     def _content(self, body: dict[str, Any]) -> str:
+        if "max_tokens" in body or "response_format" in body:  # OpenAI-style request
+            fmt = (body.get("response_format") or {}).get("json_schema", {}).get("schema")
+            body = {**body, "format": fmt, "options": {"num_predict": body.get("max_tokens")}}
         if self.options.reply is not None:
             return self.options.reply(body)
         words = _words(body)
@@ -437,6 +463,28 @@ class SimOllama:
     ) -> None:
         if fault == "garbage":
             await self._send(writer, 200, b"<html>not json at all", "application/json")
+            return
+        if path == "/v1/embeddings":
+            inputs = body.get("input", "")
+            texts = [inputs] if isinstance(inputs, str) else list(inputs)
+            data = [
+                {"object": "embedding", "index": i, "embedding": self._embedding(t)}
+                for i, t in enumerate(texts)
+            ]
+            usage = {"prompt_tokens": sum(len(t.split()) for t in texts)}
+            await self._send_json(writer, 200, {"data": data, "usage": usage})
+            return
+        if path == "/v1/chat/completions":
+            content = self._content(body)
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+            prompt = sum(len(m.get("content", "").split()) for m in body.get("messages", []))
+            usage = {"prompt_tokens": prompt, "completion_tokens": len(content.split())}
+            answer = {"object": "chat.completion", "model": body["model"], "choices": [choice]}
+            await self._send_json(writer, 200, {**answer, "usage": usage})
             return
         if path == "/api/embed":
             if fault == "error":

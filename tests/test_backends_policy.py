@@ -33,7 +33,7 @@ from llmcompress_server.errors import (
     DeadlineExceeded,
     ModelNotFound,
 )
-from tests.conftest import ROOT, SimFactory, make_config
+from tests.conftest import ROOT, SimFactory, StartServer, make_config
 from tests.test_backends_ollama import HELLO, MODEL, pool_for
 
 SEED = ROOT.parent / "shared" / "examples" / "seed-config.yaml"
@@ -295,3 +295,24 @@ def test_openai_key_comes_from_the_named_env_var_and_is_never_shown() -> None:
     assert not isinstance(client, OllamaEndpoint)
     assert client._client.headers["authorization"] == "Bearer sk-secret-123"  # type: ignore[attr-defined]
     assert "sk-secret" not in repr(backend.routes[0].pool.endpoints)
+
+
+async def test_server_built_from_the_seed_config_uses_ollama_host(
+    sim_ollama: SimFactory, start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = await sim_ollama(latency=0.0)
+    monkeypatch.setenv("OLLAMA_HOST", sim.host_port)
+    config = load_config(
+        SEED,
+        environ={},
+        overrides={
+            "server": {"host": "127.0.0.1", "port": 0},
+            "monitoring": {"enable_prometheus": False},
+            "model": {"embedded": {"preload": False}},
+        },
+    )
+    app = await start_server(config)
+    assert isinstance(app.backend, BackendRouter)
+    assert app.backend.last_resort is app.engine  # llm.fallback_embedded
+    result = await app.backend.chat(HELLO)
+    assert result.endpoint == sim.url and sim.stats.completed == 1

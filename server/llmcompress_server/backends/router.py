@@ -104,7 +104,8 @@ class BackendRouter:
             except (BackendError, PreconditionFailed, Overloaded) as exc:
                 failures.append(f"{self.last_resort.name}: {exc}")
             else:
-                note_fallback(f"answered by the {self.last_resort.name} model after: {failures[0]}")
+                cause = failures[0] if failures else "no remote backend configured"
+                note_fallback(f"answered by the {self.last_resort.name} model after: {cause}")
                 return result
         raise BackendUnavailable(
             "no model backend could answer: " + " | ".join(failures), retryable=False
