@@ -137,6 +137,22 @@ async def test_endpoint_down_items_fall_back_and_are_marked(
     assert pool_in_flight(app) == 0
 
 
+@pytest.mark.model
+async def test_endpoint_down_falls_back_to_the_embedded_model(
+    start_server: StartServer, sim_ollama: SimFactory
+) -> None:
+    sim = await sim_ollama()
+    url = sim.url
+    await sim.close()
+    app = await semantic_server(start_server, url, max_retries=1, fallback_embedded=True)
+    answers = await batch(app, 2)
+    for a in answers:
+        stats = a.result.stats
+        assert stats.mode == pb.MODE_SEMANTIC and stats.degraded
+        assert stats.backend == "embedded"
+        assert "answered by the embedded model" in stats.reason and "cannot reach" in stats.reason
+
+
 async def test_client_cancel_mid_stream_stops_backend_requests(
     start_server: StartServer, sim_ollama: SimFactory
 ) -> None:
