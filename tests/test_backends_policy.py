@@ -293,7 +293,7 @@ def test_openai_key_comes_from_the_named_env_var_and_is_never_shown() -> None:
     client = backend.routes[0].pool.endpoints[0].client
     assert "sk-secret" not in repr(client)
     assert not isinstance(client, OllamaEndpoint)
-    assert client._client.headers["authorization"] == "Bearer sk-secret-123"  # type: ignore[attr-defined]
+    assert client._clients.spare.headers["authorization"] == "Bearer sk-secret-123"  # type: ignore[attr-defined]
     assert "sk-secret" not in repr(backend.routes[0].pool.endpoints)
 
 

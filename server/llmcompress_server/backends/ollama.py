@@ -14,13 +14,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from ..envelope import ModelIdentity
 from ..errors import BackendProtocolError
 from ..stages import llm_call
 from . import ChatRequest, ChatResult
-from .transport import backend_errors, json_object, new_client, split_address, status_error
+from .transport import ClientSlots, backend_errors, json_object, split_address, status_error
 
 DEFAULT_PORT = 11434
 NS = 1e-9
@@ -65,7 +63,6 @@ class OllamaEndpoint:
         keep_alive: str | None = "5m",
         num_ctx: int | None = None,
         stream: bool = True,
-        client: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = normalise_host(url)
         self.keep_alive = keep_alive
@@ -73,7 +70,7 @@ class OllamaEndpoint:
         self.stream = stream
         self.address, self.port = split_address(self.url)
         # Beyond the in-flight limit so health probes never queue behind model calls.
-        self._client = client or new_client(max_connections + 2)
+        self._clients = ClientSlots(max_connections)
         self._digests: dict[str, str] = {}
         self._tags_lock = asyncio.Lock()
         self._tags_loaded = False
@@ -82,13 +79,13 @@ class OllamaEndpoint:
         return f"OllamaEndpoint({self.url})"
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._clients.aclose()
 
     # -- health and model availability -------------------------------------------------
 
     async def version(self) -> str:
         with backend_errors(self.url):
-            resp = await self._client.get(f"{self.url}/api/version")
+            resp = await self._clients.spare.get(f"{self.url}/api/version")
         if resp.status_code != 200:
             raise status_error(self.url, resp.status_code, resp.content)
         return str(json_object(self.url, resp.content).get("version", ""))
@@ -96,7 +93,7 @@ class OllamaEndpoint:
     async def tags(self) -> dict[str, str]:
         """Installed models: name -> digest."""
         with backend_errors(self.url):
-            resp = await self._client.get(f"{self.url}/api/tags")
+            resp = await self._clients.spare.get(f"{self.url}/api/tags")
         if resp.status_code != 200:
             raise status_error(self.url, resp.status_code, resp.content)
         models = json_object(self.url, resp.content).get("models") or []
@@ -107,7 +104,7 @@ class OllamaEndpoint:
     async def loaded(self) -> list[str]:
         """Models loaded in memory now (/api/ps)."""
         with backend_errors(self.url):
-            resp = await self._client.get(f"{self.url}/api/ps")
+            resp = await self._clients.spare.get(f"{self.url}/api/ps")
         if resp.status_code != 200:
             raise status_error(self.url, resp.status_code, resp.content)
         return [str(m.get("name")) for m in json_object(self.url, resp.content).get("models") or []]
@@ -179,7 +176,8 @@ class OllamaEndpoint:
 
     async def _chat_once(self, payload: dict[str, Any], model: str) -> tuple[str, dict[str, Any]]:
         with backend_errors(self.url):
-            resp = await self._client.post(f"{self.url}/api/chat", json=payload)
+            async with self._clients.client() as client:
+                resp = await client.post(f"{self.url}/api/chat", json=payload)
         if resp.status_code != 200:
             raise status_error(self.url, resp.status_code, resp.content, model)
         data = json_object(self.url, resp.content)
@@ -189,7 +187,10 @@ class OllamaEndpoint:
         parts: list[str] = []
         final: dict[str, Any] | None = None
         with backend_errors(self.url):
-            async with self._client.stream("POST", f"{self.url}/api/chat", json=payload) as resp:
+            async with (
+                self._clients.client() as client,
+                client.stream("POST", f"{self.url}/api/chat", json=payload) as resp,
+            ):
                 if resp.status_code != 200:
                     body = await resp.aread()
                     raise status_error(self.url, resp.status_code, body, model)
@@ -210,10 +211,11 @@ class OllamaEndpoint:
     async def embed(self, texts: Sequence[str], model: str) -> list[list[float]]:
         with llm_call("embeddings", model, self.provider, self.address, self.port) as call:
             with backend_errors(self.url):
-                resp = await self._client.post(
-                    f"{self.url}/api/embed",
-                    json={"model": model, "input": list(texts), "keep_alive": self.keep_alive},
-                )
+                async with self._clients.client() as client:
+                    resp = await client.post(
+                        f"{self.url}/api/embed",
+                        json={"model": model, "input": list(texts), "keep_alive": self.keep_alive},
+                    )
             if resp.status_code != 200:
                 raise status_error(self.url, resp.status_code, resp.content, model)
             data = json_object(self.url, resp.content)

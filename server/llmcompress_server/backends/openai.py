@@ -11,13 +11,11 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
-
 from ..envelope import ModelIdentity
 from ..errors import BackendProtocolError
 from ..stages import llm_call
 from . import ChatRequest, ChatResult
-from .transport import backend_errors, json_object, new_client, split_address, status_error
+from .transport import ClientSlots, backend_errors, json_object, split_address, status_error
 
 
 class OpenAIEndpoint:
@@ -31,23 +29,22 @@ class OpenAIEndpoint:
         *,
         max_connections: int,
         api_key: str | None = None,
-        client: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = base_url.rstrip("/")
         self.address, self.port = split_address(self.url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        self._client = client or new_client(max_connections + 2, headers)
+        self._clients = ClientSlots(max_connections, headers)
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIEndpoint({self.url})"
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._clients.aclose()
 
     async def version(self) -> str:
         """Health probe: the model list answers when the server is up and the key is good."""
         with backend_errors(self.url):
-            resp = await self._client.get(f"{self.url}/models")
+            resp = await self._clients.spare.get(f"{self.url}/models")
         if resp.status_code != 200:
             raise status_error(self.url, resp.status_code, resp.content)
         json_object(self.url, resp.content)
@@ -74,7 +71,8 @@ class OpenAIEndpoint:
             }
         with llm_call("chat", model, self.provider, self.address, self.port) as call:
             with backend_errors(self.url):
-                resp = await self._client.post(f"{self.url}/chat/completions", json=payload)
+                async with self._clients.client() as client:
+                    resp = await client.post(f"{self.url}/chat/completions", json=payload)
             if resp.status_code != 200:
                 raise status_error(self.url, resp.status_code, resp.content, model)
             data = json_object(self.url, resp.content)
@@ -106,9 +104,10 @@ class OpenAIEndpoint:
     async def embed(self, texts: Sequence[str], model: str) -> list[list[float]]:
         with llm_call("embeddings", model, self.provider, self.address, self.port) as call:
             with backend_errors(self.url):
-                resp = await self._client.post(
-                    f"{self.url}/embeddings", json={"model": model, "input": list(texts)}
-                )
+                async with self._clients.client() as client:
+                    resp = await client.post(
+                        f"{self.url}/embeddings", json={"model": model, "input": list(texts)}
+                    )
             if resp.status_code != 200:
                 raise status_error(self.url, resp.status_code, resp.content, model)
             data = json_object(self.url, resp.content)
