@@ -253,7 +253,7 @@ async def test_load_20k_items_one_endpoint(
     ideal = 8 / 0.05 / calls_per_item
     achieved = n / elapsed
     print(
-        f"\n20k SEMANTIC items: {elapsed:.1f}s, {achieved:.1f} items/s; ideal {ideal:.1f} items/s "
+        f"\n{n} SEMANTIC items: {elapsed:.1f}s, {achieved:.1f} items/s; ideal {ideal:.1f} items/s "
         f"({calls_per_item:.2f} backend calls/item); {achieved / ideal:.1%} of ideal; "
         f"max concurrent at the endpoint {stats['max_in_flight']}; "
         f"RSS growth {rss_growth / 2**20:.1f} MB; errors {errors}; degraded {degraded}; "

@@ -97,7 +97,8 @@ class Pipeline:
             except BackendError as exc:
                 if mode is Mode.ZSTD or not self.config.llm.allow_degraded:
                     raise
-                log.warning("%s mode fell back to ZSTD: %s", mode.value, exc)
+                # Per item, so debug; the pool logs each endpoint's cooldown once.
+                log.debug("%s mode fell back to ZSTD: %s", mode.value, exc)
                 encoded = await self._codec(Mode.ZSTD).encode(text, opts, clock)
                 encoded.degraded = True
                 encoded.reason = f"stored as ZSTD: no model backend answered ({exc})"

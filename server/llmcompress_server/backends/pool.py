@@ -222,14 +222,14 @@ class EndpointPool:
                 "(llm.timeout or the request's deadline)",
                 endpoint=endpoint.url,
             )
-            endpoint.breaker.failure(str(exc))
+            self._failed(endpoint, str(exc))
             raise exc from None
         except (BusyError, ModelNotFound):
             endpoint.breaker.release()  # alive and answering: not a breaker failure
             raise
         except BackendError as exc:
             if exc.retryable:
-                endpoint.breaker.failure(str(exc))
+                self._failed(endpoint, str(exc))
             else:
                 endpoint.breaker.release()
             raise
@@ -238,6 +238,16 @@ class EndpointPool:
             raise
         endpoint.breaker.success()
         return result
+
+    def _failed(self, endpoint: Endpoint, reason: str) -> None:
+        was_open = endpoint.breaker.state is BreakerState.OPEN
+        endpoint.breaker.failure(reason)
+        if not was_open and endpoint.breaker.state is BreakerState.OPEN:
+            log.warning(
+                "%s endpoint %s is cooling down for %.0fs after %d failures in a row: %s",
+                self.name, endpoint.url, endpoint.breaker.cooldown,
+                endpoint.breaker.consecutive, reason,
+            )  # fmt: skip
 
     # -- health ------------------------------------------------------------------------
 
