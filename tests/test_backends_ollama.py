@@ -23,6 +23,7 @@ from llmcompress_server.errors import (
     ModelNotFound,
 )
 from tests.conftest import SimFactory
+from tests.sim_ollama import instance_for
 
 MODEL = "qwen2.5:7b-instruct-q4_k_m"
 HELLO = ChatRequest([{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}])
@@ -93,18 +94,12 @@ async def test_chat_stream_and_not(sim_ollama: SimFactory, stream: bool) -> None
 
 async def test_format_schema_is_sent_and_answer_parses(sim_ollama: SimFactory) -> None:
     seen: list[dict[str, Any]] = []
-    sim = await sim_ollama(latency=0.0)
-    default_reply = sim._content
 
     def record(body: dict[str, Any]) -> str:
         seen.append(body)
-        sim.options.reply = None
-        try:
-            return default_reply(body)
-        finally:
-            sim.options.reply = record
+        return json.dumps(instance_for(body["format"], ["some", "words"]))
 
-    sim.options.reply = record
+    sim = await sim_ollama(latency=0.0, reply=record)
     endpoint = OllamaEndpoint(sim.url, max_connections=2, keep_alive="10m", num_ctx=4096)
     try:
         request = ChatRequest(
