@@ -60,8 +60,8 @@ run: install ## serve with the embedded model on $(HOST):$(PORT)
 test: install node ## run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install ## tests that do not load the model
-	$(PY) -m pytest -m "not model" $(PYTEST_ARGS)
+test-fast: install ## tests that neither load the model nor run the load tests
+	$(PY) -m pytest -m "not model and not load" $(PYTEST_ARGS)
 
 lint: install node ## ruff format+check, mypy strict, buf lint, buf breaking
 	$(VENV)/bin/ruff format --check .

@@ -7,7 +7,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -15,6 +15,9 @@ import pytest
 from llmcompress_server.app import App, create_server
 from llmcompress_server.config import Config, load_config
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from tests.sim_ollama import SimOllama
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus" / "passages.jsonl"
@@ -105,3 +108,26 @@ def slow_text(n_bytes: int, seed: int = 1) -> str:
         out.append(word)
         size += len(word) + 1
     return " ".join(out)[:n_bytes]
+
+
+SimFactory = Callable[..., Awaitable["SimOllama"]]
+
+
+@pytest.fixture
+async def sim_ollama() -> AsyncIterator[SimFactory]:
+    """Start simulated Ollama servers: `sim = await sim_ollama(slots=8, latency=0.05)`.
+
+    Keyword arguments are `tests.sim_ollama.SimOptions` fields; all are closed at teardown.
+    """
+    from tests.sim_ollama import SimOllama, SimOptions
+
+    sims: list[SimOllama] = []
+
+    async def start(**options: Any) -> SimOllama:
+        sim = await SimOllama(SimOptions(**options)).start()
+        sims.append(sim)
+        return sim
+
+    yield start
+    for sim in sims:
+        await sim.close()

@@ -17,7 +17,9 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .backends import TextBackend
 from .backends.embedded import EmbeddedEngine
+from .backends.router import build_text_backend
 from .batch import BatchRunner
 from .bottleneck import StageWindow
 from .codecs import Codec
@@ -46,6 +48,8 @@ class App:
     pipeline: Pipeline
     stages: StageWindow
     engine: EmbeddedEngine | None = None
+    # What model-backed codecs call: the engine, or a router over Ollama/OpenAI pools.
+    backend: TextBackend | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -75,6 +79,8 @@ class App:
             task.cancel()
         remove_stage_observer(self.stages.observe)
         await self.pipeline.close()
+        if self.backend is not None and self.backend is not self.engine:
+            await self.backend.close()
         if self.engine is not None:
             await self.engine.close()
 
@@ -90,6 +96,7 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> A
     Without `telemetry`, server spans still go to the global tracer provider.
     """
     engine = EmbeddedEngine(config.model.embedded)
+    backend = build_text_backend(config, engine)
     pipeline = Pipeline(config, build_codecs(config, engine))
     stages = StageWindow()
     add_stage_observer(stages.observe)
@@ -133,7 +140,7 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> A
         telemetry.watch_queue(
             lambda: [("admission", pipeline.admission.active), ("embedded", engine.queue_depth)]
         )
-    return App(config, server, port, health_servicer, pipeline, stages, engine)
+    return App(config, server, port, health_servicer, pipeline, stages, engine, backend)
 
 
 async def serve(config: Config) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.rpc import status_pb2
 
 from . import stages
+from .deadline import deadline_scope
 from .domain import CompressCommand, CompressOutcome
 from .errors import InvalidInput, LLMCompressError
 from .interceptors import UndecodableRequest
@@ -23,6 +25,8 @@ from .pb import compression_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+# How long a cancelled stream waits for its items' cleanup (HTTP requests closed).
+CANCEL_WAIT_SECONDS = 1.0
 CompressFn = Callable[[CompressCommand], Awaitable[CompressOutcome]]
 
 
@@ -66,25 +70,40 @@ class BatchRunner:
                 return pb.BatchCompressResponse(id=item.id, error=status_for(exc))
 
     async def run(
-        self, requests: AsyncIterable[pb.BatchCompressRequest]
+        self,
+        requests: AsyncIterable[pb.BatchCompressRequest],
+        time_remaining: float | None = None,
     ) -> AsyncIterator[pb.BatchCompressResponse]:
+        """Answer every item; `time_remaining` is the stream's gRPC deadline (None: none)."""
         room = asyncio.Semaphore(self.window)
         # Unbounded in type, bounded in practice: at most `window` items are
         # in flight or finished-but-unsent, because the reader waits on `room`.
         done: asyncio.Queue[tuple[int, pb.BatchCompressResponse] | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         in_order = False
+        limit = None if time_remaining is None else time.monotonic() + time_remaining
 
         async def work(seq: int, item: pb.BatchCompressRequest) -> None:
-            done.put_nowait((seq, await self._answer(item)))
+            # Each item's backend calls stop at the stream's deadline.
+            left = None if limit is None else limit - time.monotonic()
+            with deadline_scope(left):
+                done.put_nowait((seq, await self._answer(item)))
 
         async def read() -> None:
             nonlocal in_order
             seq = 0
-            async for item in requests:
+            stream = aiter(requests)
+            while True:
+                # Room first, then read: while the window is full nothing is read,
+                # so HTTP/2 flow control holds the sender back.
+                await room.acquire()
+                try:
+                    item = await anext(stream)
+                except StopAsyncIteration:
+                    room.release()
+                    break
                 if seq == 0 and isinstance(item, pb.BatchCompressRequest):
                     in_order = item.in_order
-                await room.acquire()
                 task = asyncio.create_task(work(seq, item))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -114,6 +133,9 @@ class BatchRunner:
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
+            # A client cancel or deadline lands here: stop reading, cancel every
+            # item (and so its backend HTTP request), and wait until they are gone.
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
+            await asyncio.wait([reader, *tasks], timeout=CANCEL_WAIT_SECONDS)

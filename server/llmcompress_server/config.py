@@ -32,7 +32,9 @@ class Mode(StrEnum):
 
 
 class BackendKind(StrEnum):
-    AUTO = "auto"  # Ollama when OLLAMA_HOST is set, else the embedded engine
+    # Ollama when OLLAMA_HOST, model.ollama.endpoints or model.ollama_endpoint is
+    # set explicitly; else the embedded engine (backends/router.py).
+    AUTO = "auto"
     EMBEDDED = "embedded"
     OLLAMA = "ollama"
     OPENAI = "openai"
@@ -64,12 +66,43 @@ class EmbeddedConfig(_Section):
     preload: bool = True
 
 
+class ModelTiers(_Section):
+    """Model names per quality tier (the seed's ModelSelector)."""
+
+    low: str = "gemma3:4b"
+    standard: str = "qwen2.5:7b-instruct-q4_k_m"
+    high: str = "llama3.1:8b"
+
+
+class OllamaConfig(_Section):
+    # Empty: OLLAMA_HOST when set, else model.ollama_endpoint.
+    endpoints: tuple[str, ...] = ()
+    models: ModelTiers = ModelTiers()
+    embed_model: str | None = "nomic-embed-text"
+    keep_alive: str | None = "5m"
+    num_ctx: int | None = Field(None, ge=128)
+    # Stream /api/chat answers (NDJSON, every line checked for an error). Off by
+    # default: one JSON body costs far fewer wakeups per call than ~1 line per token.
+    stream: bool = False
+
+
+class OpenAIConfig(_Section):
+    # Base URLs ending in /v1 (a cloud API, vLLM, llama.cpp server, LM Studio).
+    endpoints: tuple[str, ...] = ()
+    # Name of the env var holding the API key; the key itself never goes in config.
+    api_key_env: str | None = "OPENAI_API_KEY"
+    models: ModelTiers = ModelTiers(low="gpt-4o-mini", standard="gpt-4o-mini", high="gpt-4o")
+    embed_model: str | None = "text-embedding-3-small"
+
+
 class ModelConfig(_Section):
     prefer_local: bool = True
     ollama_endpoint: str = "http://localhost:11434"
     quality_threshold: float = Field(0.85, ge=0.0, le=1.0)
     backend: BackendKind = BackendKind.AUTO
     embedded: EmbeddedConfig = EmbeddedConfig()
+    ollama: OllamaConfig = OllamaConfig()
+    openai: OpenAIConfig = OpenAIConfig()
 
 
 class PerformanceConfig(_Section):
@@ -127,6 +160,19 @@ class LLMConfig(_Section):
     max_retries: int = Field(3, ge=0)
     # Requests per minute per backend (token bucket); 0 disables.
     rate_limit: float = Field(60, ge=0)
+    rate_burst: int = Field(10, ge=1)
+    # Backoff before retry n: uniform(0, min(retry_max_delay, retry_base_delay * 2**(n-1))).
+    retry_base_delay: float = Field(0.1, ge=0)
+    retry_max_delay: float = Field(5.0, ge=0)
+    # Consecutive failures that open an endpoint's circuit breaker, and for how long.
+    breaker_failures: int = Field(5, ge=1)
+    cooldown: float = Field(5.0, ge=0)
+    # Seconds between health probes of backend endpoints; 0 disables.
+    health_interval: float = Field(10.0, ge=0)
+    # After the remote backends, try the embedded engine.
+    fallback_embedded: bool = True
+    # When no model backend answers: store ZSTD marked degraded (true) or fail UNAVAILABLE.
+    allow_degraded: bool = True
 
 
 class SecurityConfig(_Section):

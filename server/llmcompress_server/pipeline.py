@@ -13,12 +13,13 @@ from contextlib import AsyncExitStack
 from opentelemetry import trace
 
 from .admission import Admission
+from .backends.router import collect_fallbacks
 from .cache import CachedResult, ResultCache
-from .codecs import Codec, CompressOptions
+from .codecs import Codec, CompressOptions, Encoded
 from .config import Config, Mode
 from .domain import MODE_FROM_PB, MODE_TO_PB, CompressCommand, CompressOutcome, ReconstructOutcome
 from .envelope import check_original, mode_name, open_envelope, seal
-from .errors import InvalidInput, PreconditionFailed
+from .errors import BackendError, InvalidInput, PreconditionFailed
 from .stages import StageClock
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Pipeline:
         codec, opts = self._codec(mode), self.options(cmd)
 
         async def compute() -> CachedResult:
-            encoded = await codec.encode(cmd.text, opts, clock)
+            encoded = await self._encode(mode, cmd.text, opts, clock)
             with clock.stage("pack"):
                 blob = seal(data, encoded.envelope, encoded.model)
             return CachedResult(
@@ -135,6 +136,28 @@ class Pipeline:
     async def close(self) -> None:
         if self.cache is not None:
             await self.cache.close()
+
+    async def _encode(
+        self, mode: Mode, text: str, opts: CompressOptions, clock: StageClock
+    ) -> Encoded:
+        """The codec's answer; ZSTD marked degraded when no model backend could answer."""
+        codec = self._codec(mode)
+        with collect_fallbacks() as fallbacks:
+            try:
+                encoded = await codec.encode(text, opts, clock)
+            except BackendError as exc:
+                if mode is Mode.ZSTD or not self.config.llm.allow_degraded:
+                    raise
+                # Per item, so debug; the pool logs each endpoint's cooldown once.
+                log.debug("%s mode fell back to ZSTD: %s", mode.value, exc)
+                encoded = await self._codec(Mode.ZSTD).encode(text, opts, clock)
+                encoded.degraded = True
+                encoded.reason = f"stored as ZSTD: no model backend answered ({exc})"
+                return encoded
+        if fallbacks and not encoded.degraded:
+            encoded.degraded = True
+            encoded.reason = encoded.reason or "; ".join(fallbacks)
+        return encoded
 
     async def reconstruct(self, envelope: bytes) -> ReconstructOutcome:
         async with self.admission.admit():

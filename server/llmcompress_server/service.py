@@ -8,6 +8,7 @@ import grpc
 
 from .batch import BatchRunner
 from .bottleneck import StageWindow
+from .deadline import deadline_scope
 from .domain import CompressCommand
 from .pb import compression_pb2 as pb
 from .pb import compression_pb2_grpc as pb_grpc
@@ -25,7 +26,8 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
         request: pb.CompressRequest,
         context: grpc.aio.ServicerContext[pb.CompressRequest, pb.CompressResponse],
     ) -> pb.CompressResponse:
-        outcome = await self.pipeline.compress(CompressCommand.from_pb(request))
+        with deadline_scope(context.time_remaining()):
+            outcome = await self.pipeline.compress(CompressCommand.from_pb(request))
         return outcome.to_pb()
 
     async def Reconstruct(
@@ -33,7 +35,8 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
         request: pb.ReconstructRequest,
         context: grpc.aio.ServicerContext[pb.ReconstructRequest, pb.ReconstructResponse],
     ) -> pb.ReconstructResponse:
-        outcome = await self.pipeline.reconstruct(request.envelope)
+        with deadline_scope(context.time_remaining()):
+            outcome = await self.pipeline.reconstruct(request.envelope)
         return outcome.to_pb()
 
     async def BatchCompress(
@@ -41,7 +44,7 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
         request_iterator: AsyncIterator[pb.BatchCompressRequest],
         context: grpc.aio.ServicerContext[pb.BatchCompressRequest, pb.BatchCompressResponse],
     ) -> AsyncIterator[pb.BatchCompressResponse]:
-        async for response in self.batch.run(request_iterator):
+        async for response in self.batch.run(request_iterator, context.time_remaining()):
             yield response
 
     async def GetStats(

@@ -1,0 +1,266 @@
+"""End to end: the real gRPC server, SEMANTIC mode, the ollama backend, the simulated Ollama.
+
+Acceptance for backends and flow control (issue 5): retries through 503s, fallback
+when the endpoint is down, cancellation and deadlines reaching the backend, and
+the 20,000-item load test (`-m load`). Needs the SEMANTIC codec, which takes the
+server's TextBackend (`app.backend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from llmcompress_server.app import App
+from llmcompress_server.backends.router import BackendRouter
+from llmcompress_server.config import Mode
+from llmcompress_server.pb import compression_pb2 as pb
+from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+from tests.conftest import ROOT, SimFactory, StartServer, load_corpus, make_config
+
+pytest.importorskip("llmcompress_server.codecs.semantic")
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+def semantic_config(endpoint: str, **llm: Any) -> Any:
+    return make_config(
+        model={"backend": "ollama", "ollama": {"endpoints": [endpoint]}},
+        performance={"max_concurrent": 8, "max_queue": 256},
+        compression={"default_mode": "semantic"},
+        llm={"rate_limit": 0, "fallback_embedded": False, "retry_base_delay": 0.01,
+             "retry_max_delay": 0.2, "health_interval": 0, **llm},
+    )  # fmt: skip
+
+
+async def semantic_server(start_server: StartServer, endpoint: str, **llm: Any) -> App:
+    app = await start_server(semantic_config(endpoint, **llm))
+    assert isinstance(app.backend, BackendRouter)
+    if Mode.SEMANTIC not in app.pipeline.codecs:
+        pytest.fail("SEMANTIC is not wired: build_codecs must give it app.backend")
+    return app
+
+
+def texts(n: int) -> Iterator[str]:
+    corpus = [p["text"] for p in load_corpus()]
+    for i in range(n):
+        yield corpus[i % len(corpus)]
+
+
+def requests(n: int, in_order: bool = False) -> Iterator[pb.BatchCompressRequest]:
+    for i, text in enumerate(texts(n)):
+        yield pb.BatchCompressRequest(
+            id=str(i),
+            request=pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC),
+            in_order=in_order,
+        )
+
+
+async def batch(app: App, n: int) -> list[pb.BatchCompressResponse]:
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        return [r async for r in stub.BatchCompress(requests(n))]
+
+
+def pool_in_flight(app: App) -> int:
+    assert isinstance(app.backend, BackendRouter)
+    return sum(route.pool.in_flight for route in app.backend.routes)
+
+
+async def wait_until(cond: Any, within: float) -> float:
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > within:
+            raise AssertionError(f"not within {within}s")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def test_semantic_compress_goes_through_ollama(
+    start_server: StartServer, sim_ollama: SimFactory
+) -> None:
+    sim = await sim_ollama(latency=0.01, slots=4)
+    app = await semantic_server(start_server, sim.url)
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        text = next(texts(1))
+        response = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC))
+    assert response.stats.mode == pb.MODE_SEMANTIC and not response.stats.degraded
+    assert response.stats.backend == "ollama"
+    assert sim.stats.completed >= 1
+
+
+async def test_503s_are_retried_until_every_item_completes(
+    start_server: StartServer, sim_ollama: SimFactory
+) -> None:
+    sim = await sim_ollama(latency=0.01, slots=8, fail_rate=0.3, seed=3)
+    app = await semantic_server(start_server, sim.url, max_retries=12)
+    answers = await batch(app, 300)
+    assert Counter(a.id for a in answers) == Counter(str(i) for i in range(300))
+    failed = [a.error.message for a in answers if a.HasField("error")]
+    assert failed == []
+    assert not any(a.result.stats.degraded for a in answers)
+    assert sim.stats.faults["503"] >= 0.2 * sim.stats.calls  # the faults really happened
+
+
+@pytest.mark.parametrize("allow_degraded", [True, False])
+async def test_endpoint_down_items_fall_back_and_are_marked(
+    start_server: StartServer, sim_ollama: SimFactory, allow_degraded: bool
+) -> None:
+    sim = await sim_ollama()
+    url = sim.url
+    await sim.close()  # nothing listens there now
+    app = await semantic_server(start_server, url, max_retries=1, allow_degraded=allow_degraded)
+    answers = await batch(app, 40)
+    assert Counter(a.id for a in answers) == Counter(str(i) for i in range(40))
+    for a in answers:
+        if allow_degraded:
+            stats = a.result.stats
+            assert stats.degraded and stats.mode == pb.MODE_ZSTD
+            assert stats.requested_mode == pb.MODE_SEMANTIC
+            assert "no model backend" in stats.reason
+        else:
+            assert a.error.code == UNAVAILABLE
+            assert "no model backend could answer" in a.error.message
+    assert pool_in_flight(app) == 0
+
+
+@pytest.mark.model
+async def test_endpoint_down_falls_back_to_the_embedded_model(
+    start_server: StartServer, sim_ollama: SimFactory
+) -> None:
+    sim = await sim_ollama()
+    url = sim.url
+    await sim.close()
+    app = await semantic_server(start_server, url, max_retries=1, fallback_embedded=True)
+    answers = await batch(app, 2)
+    for a in answers:
+        stats = a.result.stats
+        assert stats.mode == pb.MODE_SEMANTIC and stats.degraded
+        assert stats.backend == "embedded"
+        assert "answered by the embedded model" in stats.reason and "cannot reach" in stats.reason
+
+
+async def test_client_cancel_mid_stream_stops_backend_requests(
+    start_server: StartServer, sim_ollama: SimFactory
+) -> None:
+    sim = await sim_ollama(latency=60.0, slots=8)
+    app = await semantic_server(start_server, sim.url)
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        call = stub.BatchCompress(requests(200))
+        await wait_until(lambda: sim.stats.in_flight == 8, within=10)
+        call.cancel()
+        took = await wait_until(lambda: sim.stats.in_flight == 0, within=1.0)
+    assert sim.stats.max_in_flight == 8 and sim.stats.cancelled >= 8
+    await wait_until(lambda: pool_in_flight(app) == 0 and app.pipeline.admission.active == 0, 1.0)
+    print(f"backend requests gone {took * 1000:.0f} ms after the cancel")
+
+
+async def test_grpc_deadline_becomes_the_backend_timeout(
+    start_server: StartServer, sim_ollama: SimFactory
+) -> None:
+    sim = await sim_ollama(latency=60.0, slots=8)
+    app = await semantic_server(start_server, sim.url)
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        start = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Compress(
+                pb.CompressRequest(text=next(texts(1)), mode=pb.MODE_SEMANTIC), timeout=0.5
+            )
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - start < 2.0
+    await wait_until(lambda: sim.stats.in_flight == 0, within=1.0)
+    await wait_until(lambda: pool_in_flight(app) == 0, within=1.0)
+
+
+# -- the acceptance load test ----------------------------------------------------------
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class SimProcess:
+    """The simulated Ollama in its own process, so it does not share the server's core."""
+
+    def __init__(self, slots: int, latency: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.sim_ollama", "--port", "0", "--slots", str(slots),
+             "--latency", str(latency), "--duration", "900"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        found = re.search(r"(http://[\d.]+:\d+)", line)
+        assert found, f"simulated Ollama did not start: {line!r}"
+        self.url = found.group(1)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(json.loads(httpx.get(f"{self.url}/sim/stats").content))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def sim_process() -> Iterator[SimProcess]:
+    sim = SimProcess(slots=8, latency=0.05)
+    yield sim
+    sim.close()
+
+
+@pytest.mark.load
+async def test_load_20k_items_one_endpoint(
+    start_server: StartServer, sim_process: SimProcess
+) -> None:
+    n = int(os.environ.get("LLMC_LOAD_ITEMS", "20000"))  # fewer only for a quick local look
+    app = await semantic_server(start_server, sim_process.url)
+    rss_before = rss_bytes()
+    seen: Counter[str] = Counter()
+    errors = degraded = 0
+    start, cpu_start = time.monotonic(), time.process_time()
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        stream: AsyncIterator[pb.BatchCompressResponse] = stub.BatchCompress(requests(n))
+        async for answer in stream:
+            seen[answer.id] += 1
+            errors += answer.HasField("error")
+            degraded += answer.result.stats.degraded
+    elapsed = time.monotonic() - start
+    cpu_per_item = (time.process_time() - cpu_start) / n
+    rss_growth = rss_bytes() - rss_before
+    stats = sim_process.stats()
+    calls_per_item = stats["calls"] / n
+    ideal = 8 / 0.05 / calls_per_item
+    achieved = n / elapsed
+    print(
+        f"\n{n} SEMANTIC items: {elapsed:.1f}s, {achieved:.1f} items/s; ideal {ideal:.1f} items/s "
+        f"({calls_per_item:.2f} backend calls/item); {achieved / ideal:.1%} of ideal; "
+        f"max concurrent at the endpoint {stats['max_in_flight']}; "
+        f"RSS growth {rss_growth / 2**20:.1f} MB; errors {errors}; degraded {degraded}; "
+        f"server+client CPU {cpu_per_item * 1000:.2f} ms/item; {os.getloadavg()[0]:.1f} load avg"
+    )
+    assert len(seen) == n and set(seen.values()) == {1}  # every id once
+    assert errors == 0 and degraded == 0
+    assert stats["max_in_flight"] <= 8
+    assert rss_growth <= 50 * 2**20
+    assert achieved >= 0.9 * ideal
