@@ -17,6 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .auth import build_auth
 from .backends.embedded import EmbeddedEngine
 from .batch import BatchRunner
 from .bottleneck import StageWindow
@@ -29,6 +30,7 @@ from .pb import compression_pb2_grpc as pb_grpc
 from .pipeline import Pipeline
 from .service import CompressionServicer
 from .stages import add_stage_observer, remove_stage_observer
+from .tls import server_credentials
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompressionService"].full_name
@@ -93,8 +95,11 @@ async def create_server(config: Config) -> App:
     servicer = CompressionServicer(pipeline, batch, stages)
 
     limit = config.security.max_message_bytes
+    auth = build_auth(config.security)
+    credentials = server_credentials(config.security)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        # Auth first (outermost): a refused call never reaches the pipeline.
+        interceptors=[*([auth] if auth else []), ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -111,7 +116,11 @@ async def create_server(config: Config) -> App:
         ),
         server,
     )
-    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    bind = f"{config.server.host}:{config.server.port}"
+    if credentials is None:
+        port = server.add_insecure_port(bind)
+    else:
+        port = server.add_secure_port(bind, credentials)
     if port == 0:
         raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
     return App(config, server, port, health_servicer, pipeline, stages, engine)
