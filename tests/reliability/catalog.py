@@ -235,7 +235,8 @@ async def _cancel(c: Caller) -> grpc.StatusCode:
 
 
 async def _overload(c: Caller) -> grpc.StatusCode:
-    texts = [slow_text(MAX_TEXT // 2, seed=10 + i) for i in range(MAX_QUEUE)]
+    # Big enough to stay in flight until all are counted (admission is polled, not slept on).
+    texts = [slow_text(MAX_TEXT // 8, seed=10 + i) for i in range(MAX_QUEUE)]
     busy = [asyncio.ensure_future(c.compress(t)) for t in texts]
     try:
         await c.wait_active(MAX_QUEUE)
