@@ -175,9 +175,7 @@ def test_quality_alert_uses_the_configured_threshold() -> None:
 
 
 def _run(*cmd: str, cwd: Path = DEPLOY) -> str:
-    done = subprocess.run(
-        cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -267,7 +265,9 @@ def test_selectors_match_pod_labels(manifests: list[dict[str, Any]]) -> None:
 def test_server_pod_probes_resources_and_config(
     manifests: list[dict[str, Any]], k8s_config: Config
 ) -> None:
-    dep = next(d for d in _by_kind(manifests, "Deployment") if d["metadata"]["name"] == "llmcompress")
+    dep = next(
+        d for d in _by_kind(manifests, "Deployment") if d["metadata"]["name"] == "llmcompress"
+    )
     spec = dep["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -303,7 +303,9 @@ def test_kubectl_kustomize_builds() -> None:
     name = configmaps[0]["metadata"]["name"]
     assert name.startswith("llmcompress-config-")  # content hash: config changes roll pods
     assert load_config(overrides=_yaml_text(configmaps[0]["data"]["llmcompress.yaml"]))
-    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "llmcompress")
+    dep = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "llmcompress"
+    )
     volume = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == name
 

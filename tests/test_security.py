@@ -182,11 +182,11 @@ async def test_mtls_requires_a_client_certificate(start_server: StartServer, pki
 def test_tls_config_mistakes_name_the_key(pki: Pki, tmp_path: Path) -> None:
     from llmcompress_server.tls import server_credentials
 
-    with pytest.raises(ConfigError, match="tls_cert and security.tls_key"):
+    with pytest.raises(ConfigError, match=r"tls_cert and security\.tls_key"):
         server_credentials(SecurityConfig(tls_cert=pki.server_cert))
     with pytest.raises(ConfigError, match="tls_client_ca needs"):
         server_credentials(SecurityConfig(tls_client_ca=pki.ca_file))
-    with pytest.raises(ConfigError, match="tls_key .* cannot be read"):
+    with pytest.raises(ConfigError, match=r"tls_key .* cannot be read"):
         server_credentials(
             SecurityConfig(tls_cert=pki.server_cert, tls_key=tmp_path / "missing.key")
         )
@@ -278,7 +278,9 @@ async def test_text_and_tokens_never_reach_the_logs(
         code = await _code(stub.Compress(too_big, metadata=auth))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         bad_mode = pb.CompressRequest(text=text, mode=99)  # type: ignore[arg-type]
-        assert await _code(stub.Compress(bad_mode, metadata=auth)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            await _code(stub.Compress(bad_mode, metadata=auth)) == grpc.StatusCode.INVALID_ARGUMENT
+        )
         items = [
             pb.BatchCompressRequest(id=str(i), request=pb.CompressRequest(text=text, mode=m))
             for i, m in enumerate([pb.MODE_ZSTD, 99])  # type: ignore[list-item]

@@ -1,4 +1,4 @@
-"""TLS for the listening port: server certificate, and client certificates (mTLS) when a CA is set."""
+"""TLS for the listening port: a server certificate, and client certificates (mTLS) with a CA."""
 
 from __future__ import annotations
 

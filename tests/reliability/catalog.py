@@ -12,6 +12,7 @@ a server; see `BACKEND_ROWS_TODO`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -93,11 +94,11 @@ class Caller:
             setattr(env, name, value)
         return env.SerializeToString()
 
-    async def wait_active(self, n: int, timeout: float = 10.0) -> None:
+    async def wait_active(self, n: int, within: float = 10.0) -> None:
         """Until `n` calls hold admission slots: no sleeps that race the server."""
         admission = self.app.pipeline.admission
         loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
+        end = loop.time() + within
         while admission.active != n:
             if loop.time() > end:
                 raise AssertionError(f"admission.active stayed {admission.active}, wanted {n}")
@@ -136,7 +137,9 @@ def compress_case(name: str, text: str, expect: grpc.StatusCode, **fields: Any) 
     return Case(name, run, expect)
 
 
-def envelope_case(name: str, make: Callable[[Caller], Awaitable[bytes]], expect: grpc.StatusCode) -> Case:
+def envelope_case(
+    name: str, make: Callable[[Caller], Awaitable[bytes]], expect: grpc.StatusCode
+) -> Case:
     async def run(c: Caller) -> grpc.StatusCode:
         return await observed(c.reconstruct(await make(c)))
 
@@ -226,10 +229,8 @@ async def _cancel(c: Caller) -> grpc.StatusCode:
     call = c.compress(slow_text(MAX_TEXT - 1024, seed=2))
     await c.wait_active(1)
     call.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):  # grpc.aio raises it for a cancelled call
         await call
-    except asyncio.CancelledError:
-        pass
     await c.wait_active(0)
     return await call.code()
 
@@ -294,7 +295,11 @@ CASES: list[Case] = [
     compress_case("control and binary-ish chars", "".join(map(chr, range(1, 32))) * 20, OK),
     compress_case("astral-plane and combining chars", "🙂e\u0301\U0010fffd" * 100, OK),
     compress_case("text one byte over max_text_bytes", "x" * (MAX_TEXT + 1), INVALID),
-    compress_case("message over max_message_bytes", "x" * (MAX_MESSAGE + 1), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    compress_case(
+        "message over max_message_bytes",
+        "x" * (MAX_MESSAGE + 1),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ),
     Case("invalid UTF-8 on the wire", lambda c: _raw_compress(c, _invalid_utf8_request()), INVALID),
     Case("request bytes that are not protobuf", lambda c: _raw_compress(c, b"\xff" * 16), INVALID),
     # -- options -------------------------------------------------------------------
@@ -316,16 +321,22 @@ CASES: list[Case] = [
     envelope_case("foreign protobuf", _foreign, INVALID),
     envelope_case("random bytes", lambda c: _const(b"\xff" * 32), INVALID),
     envelope_case("wrong magic", lambda c: c.edited(magic=0x12345678), INVALID),
-    envelope_case("newer format version", lambda c: c.edited(version=FORMAT_VERSION + 1), PRECONDITION),
+    envelope_case(
+        "newer format version", lambda c: c.edited(version=FORMAT_VERSION + 1), PRECONDITION
+    ),
     envelope_case("no format version", lambda c: c.edited(version=0), INVALID),
     envelope_case("unknown mode in envelope", lambda c: c.edited(mode=7), INVALID),
     envelope_case("mode/body mismatch", _mode_body_mismatch, INVALID),
     envelope_case("no body", _no_body, INVALID),
     envelope_case("huge claimed length", lambda c: c.edited(original_length=2**40), PRECONDITION),
     envelope_case("claimed length too short", lambda c: c.edited(original_length=5), DATA_LOSS),
-    envelope_case("claimed length too long", lambda c: c.edited(original_length=len(SAMPLE) + 1), DATA_LOSS),
+    envelope_case(
+        "claimed length too long", lambda c: c.edited(original_length=len(SAMPLE) + 1), DATA_LOSS
+    ),
     envelope_case("wrong hash", lambda c: c.edited(original_hash=12345), DATA_LOSS),
-    envelope_case("zstd garbage frame", lambda c: _frame(c, b"\x28\xb5\x2f\xfd garbage"), DATA_LOSS),
+    envelope_case(
+        "zstd garbage frame", lambda c: _frame(c, b"\x28\xb5\x2f\xfd garbage"), DATA_LOSS
+    ),
     envelope_case("not a zstd frame", lambda c: _frame(c, b"plain text, no zstd"), DATA_LOSS),
     envelope_case("empty frame, nonzero length", lambda c: _frame(c, b""), DATA_LOSS),
     envelope_case("frame decodes to invalid UTF-8", _zstd_of_non_utf8, DATA_LOSS),
@@ -341,4 +352,3 @@ CASES: list[Case] = [
     _auth_case("not a bearer header", (("authorization", "Basic dXNlcjpwYXNz"),)),
     _auth_case("empty bearer", (("authorization", "Bearer "),)),
 ]
-

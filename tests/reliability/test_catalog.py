@@ -17,9 +17,15 @@ TOKEN = "reliability-token"
 
 
 @pytest.fixture(scope="module")
-async def catalog_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
-    tokens: Path = tmp_path_factory.mktemp("auth") / "tokens"
-    tokens.write_text(TOKEN + "\n")
+def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("auth") / "tokens"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+async def catalog_server(tokens_file: Path) -> AsyncIterator[App]:
+    tokens = tokens_file
     config = make_config(
         compression={"max_text_bytes": MAX_TEXT},
         performance={"max_queue": MAX_QUEUE},

@@ -46,7 +46,9 @@ def mutated(draw: st.DrawFn) -> bytes:
     """A real envelope with 1-4 byte-level or field-level edits."""
     data = bytearray(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["truncate", "flip", "set", "insert", "delete", "splice", "field"]))
+        op = draw(
+            st.sampled_from(["truncate", "flip", "set", "insert", "delete", "splice", "field"])
+        )
         n = len(data)
         if op == "truncate":
             data = data[: draw(st.integers(0, n))]

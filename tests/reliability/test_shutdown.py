@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -58,8 +57,8 @@ def _serve(port: int, grace: float) -> subprocess.Popen[str]:
 
 
 @pytest.fixture
-def texts() -> Iterator[list[str]]:
-    yield [slow_text(TEXT_BYTES, seed=100 + i) for i in range(IN_FLIGHT)]
+def texts() -> list[str]:
+    return [slow_text(TEXT_BYTES, seed=100 + i) for i in range(IN_FLIGHT)]
 
 
 @pytest.mark.timeout(120)
