@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmcompress_server.auth import RateLimiter, client_label, load_tokens
 from llmcompress_server.config import ConfigError, SecurityConfig
@@ -147,10 +148,22 @@ async def test_tls_and_tokens(start_server: StartServer, pki: Pki, tmp_path: Pat
             async for _ in stream:
                 pass
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        # Probes need no token.
+        # Probes need no token (Check, and the server-streaming Watch).
         health = health_pb2_grpc.HealthStub(channel)
         status = await health.Check(health_pb2.HealthCheckRequest())
         assert status.status == health_pb2.HealthCheckResponse.SERVING
+        watch = health.Watch(health_pb2.HealthCheckRequest())
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        # Reflection tells what the server offers: guarded like the service itself.
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in reflect:
+                pass
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # Plaintext to a TLS port fails the handshake: never served.
     async with grpc.aio.insecure_channel(app.address) as plain:
         stub = pb_grpc.CompressionServiceStub(plain)

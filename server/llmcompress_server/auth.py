@@ -148,35 +148,50 @@ class AuthInterceptor(_ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        inner: Any = handler.unary_unary or handler.stream_stream
-        if handler.unary_unary is not None:
+        inner: Any = (
+            handler.unary_unary
+            or handler.stream_stream
+            or handler.unary_stream
+            or handler.stream_unary
+        )
+        if handler.unary_unary is not None or handler.stream_unary is not None:
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async def one_response(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                # `request` is the message, or the request iterator for stream-unary.
                 try:
                     self.admit(context)
                 except (Unauthenticated, Overloaded) as exc:
                     await abort_for(exc, context)
                 return await inner(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+            make = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary is not None
+                else grpc.stream_unary_rpc_method_handler
             )
-        if handler.stream_stream is not None:
+            return make(one_response, handler.request_deserializer, handler.response_serializer)
 
-            async def stream_stream(
-                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                try:
-                    self.admit(context)
-                except (Unauthenticated, Overloaded) as exc:
-                    await abort_for(exc, context)
-                async for response in inner(requests, context):
-                    yield response
+        # Streamed responses. Every kind is wrapped, so no new method can bypass auth.
+        async def streamed_responses(
+            requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                self.admit(context)
+            except (Unauthenticated, Overloaded) as exc:
+                await abort_for(exc, context)
+            async for response in inner(requests, context):
+                yield response
 
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler  # unary-stream / stream-unary: only the open health Watch
+        make_stream = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.stream_stream is not None
+            else grpc.unary_stream_rpc_method_handler
+        )
+        return make_stream(
+            streamed_responses, handler.request_deserializer, handler.response_serializer
+        )
 
 
 def build_auth(security: SecurityConfig) -> AuthInterceptor | None:
