@@ -68,6 +68,7 @@ class RateLimiter:
     """Token bucket per client: `per_minute` refill, a burst of one minute's quota."""
 
     def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
         self.rate = per_minute / 60.0
         self.burst = max(1.0, per_minute)
         self._clock = clock
@@ -81,7 +82,7 @@ class RateLimiter:
         if tokens < 1.0:
             self._buckets[client] = (tokens, now)
             raise Overloaded(
-                f"client rate limit of {self.burst:g} requests/minute reached "
+                f"client rate limit of {self.per_minute:g} requests/minute reached "
                 "(security.client_rate_limit); retry after the hinted delay",
                 retry_after=(1.0 - tokens) / self.rate,
             )
