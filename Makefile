@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto run test test-fast lint fmt node bench bench-quick bench-full clean stubs proto-baseline
+.PHONY: help install proto run test test-fast lint fmt node fuzz bench bench-quick bench-full clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,12 @@ test: install node ## run the whole test suite
 
 test-fast: install ## tests that neither load the model nor run the load tests
 	$(PY) -m pytest -m "not model and not load" $(PYTEST_ARGS)
+
+FUZZ_RUNS ?= 100000
+fuzz: install ## fuzz the envelope decoder: hypothesis + atheris, $(FUZZ_RUNS) inputs each
+	FUZZ_EXAMPLES=$(FUZZ_RUNS) $(PY) -m pytest tests/reliability/test_envelope_fuzz.py -q
+	$(PY) -m pip install --quiet -e '.[fuzz]'
+	$(PY) -m tests.reliability.fuzz_envelope_atheris -runs=$(FUZZ_RUNS)
 
 lint: install node ## ruff format+check, mypy strict, buf lint, buf breaking
 	$(VENV)/bin/ruff format --check .

@@ -71,6 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.monitoring)
     try:
         asyncio.run(serve(config))
+    except ConfigError as exc:  # e.g. an unreadable TLS key or tokens file
+        print(f"llmc serve: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"llmc serve: {exc}", file=sys.stderr)
         return 1

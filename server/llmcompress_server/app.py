@@ -17,6 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .auth import build_auth
 from .backends import TextBackend
 from .backends.embedded import EmbeddedEngine
 from .backends.router import build_text_backend
@@ -32,6 +33,7 @@ from .pipeline import Pipeline
 from .service import CompressionServicer
 from .stages import add_stage_observer, remove_stage_observer
 from .telemetry import Telemetry, setup_telemetry, tracing_interceptor
+from .tls import server_credentials
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompressionService"].full_name
@@ -105,7 +107,10 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> A
     servicer = CompressionServicer(pipeline, batch, stages)
 
     limit = config.security.max_message_bytes
-    inner = [ErrorInterceptor()]
+    auth = build_auth(config.security)
+    credentials = server_credentials(config.security)
+    # Auth right inside tracing: a refused call is traced but never reaches the pipeline.
+    inner = [*([auth] if auth else []), ErrorInterceptor()]
     server = grpc.aio.server(
         interceptors=telemetry.server_interceptors(inner)
         if telemetry
@@ -131,7 +136,10 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> A
     )
     address = f"{config.server.host}:{config.server.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError:  # grpc >= 1.60 raises instead of returning 0
         port = 0
     if port == 0:
