@@ -37,7 +37,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -408,9 +408,14 @@ class Telemetry:
 def tracing_interceptor(
     provider: TracerProvider | None = None,
 ) -> grpc.aio.ServerInterceptor[Any, Any]:
-    """opentelemetry-instrumentation-grpc's server spans; `traceparent` metadata parents them."""
+    """opentelemetry-instrumentation-grpc's server spans; `traceparent` metadata parents them.
+
+    Health checks are not traced: probes every few seconds would drown the
+    traces, and the aio interceptor cannot wrap Health/Watch, which streams
+    with `context.write` instead of yielding.
+    """
     interceptor: grpc.aio.ServerInterceptor[Any, Any] = aio_server_interceptor(  # type: ignore[no-untyped-call]
-        tracer_provider=provider
+        tracer_provider=provider, filter_=filters.negate(filters.health_check())
     )
     return interceptor
 
