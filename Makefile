@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto run test test-fast lint fmt node bench bench-quick bench-full clean
+.PHONY: help install proto run test test-fast lint fmt node bench bench-quick bench-full bench-lossless clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ lint: install node ## ruff format+check, mypy strict, buf lint
 fmt: install ## apply ruff format and fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+bench-lossless: install ## LOSSLESS ratio and speed on every 4th passage (BENCH_ARGS="--every 1": all)
+	$(PY) -m bench.lossless $(BENCH_ARGS)
 
 clean: ## remove generated stubs and caches (keeps .venv)
 	find $(PB) -type f ! -name __init__.py -delete

@@ -107,66 +107,63 @@ class _Cancelled(LLMCompressError):
     """The caller went away; the worker stops coding."""
 
 
-class _ChunkRun:
-    """One pass of the schedule over a chunk on a worker thread.
+def _run_schedule(
+    worker: Worker,
+    threads: int,
+    restore_threads: int,
+    n_tokens: int,
+    step: Callable[[int, npt.NDArray[np.float32]], int],
+) -> None:
+    """One pass of the schedule over a chunk, on the worker's thread.
 
     `step(i, probs)` gets the unnormalised distribution of token i (a (1,
     n_vocab) float32 array, overwritten at the next step) and returns token i,
     which is evaluated next. The encoder knows the token; the decoder decodes
     it from `probs`. Sharing this loop is what keeps both sides identical.
     """
-
-    @staticmethod
-    def run(
-        worker: Worker,
-        threads: int,
-        restore_threads: int,
-        n_tokens: int,
-        step: Callable[[int, npt.NDArray[np.float32]], int],
-    ) -> None:
-        llama = worker.llama
-        ctx = llama.ctx
-        n_vocab = llama.n_vocab()
-        memory = llama_cpp.llama_get_memory(ctx)
-        start = llama.token_bos()
-        if start < 0:
-            start = llama.token_eos()
-        probs = np.empty((1, n_vocab), dtype=np.float32)
-        row = probs[0]
-        cancel = worker.cancel
-        batch = llama_cpp.llama_batch_init(1, 0, 1)
+    llama = worker.llama
+    ctx = llama.ctx
+    n_vocab = llama.n_vocab()
+    memory = llama_cpp.llama_get_memory(ctx)
+    start = llama.token_bos()
+    if start < 0:
+        start = llama.token_eos()
+    probs = np.empty((1, n_vocab), dtype=np.float32)
+    row = probs[0]
+    cancel = worker.cancel
+    batch = llama_cpp.llama_batch_init(1, 0, 1)
+    llama_cpp.llama_memory_clear(memory, True)
+    llama.reset()
+    llama_cpp.llama_set_n_threads(ctx, threads, threads)
+    try:
+        batch.n_tokens = 1
+        batch.n_seq_id[0] = 1
+        batch.seq_id[0][0] = 0
+        batch.logits[0] = 1
+        token = start
+        for i in range(n_tokens):
+            if cancel.is_set():
+                raise _Cancelled("the request was cancelled")
+            batch.token[0] = token
+            batch.pos[0] = i
+            rc = llama_cpp.llama_decode(ctx, batch)
+            if rc != 0:
+                raise BackendError(
+                    f"llama.cpp could not evaluate token {i} (llama_decode returned {rc}); "
+                    "the embedded engine is out of memory or misconfigured",
+                    retryable=False,
+                )
+            logits = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)
+            )
+            np.subtract(logits, logits.max(), out=row)
+            np.exp(row, out=row)
+            token = step(i, probs)
+    finally:
+        llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_memory_clear(memory, True)
         llama.reset()
-        llama_cpp.llama_set_n_threads(ctx, threads, threads)
-        try:
-            batch.n_tokens = 1
-            batch.n_seq_id[0] = 1
-            batch.seq_id[0][0] = 0
-            batch.logits[0] = 1
-            token = start
-            for i in range(n_tokens):
-                if cancel.is_set():
-                    raise _Cancelled("the request was cancelled")
-                batch.token[0] = token
-                batch.pos[0] = i
-                rc = llama_cpp.llama_decode(ctx, batch)
-                if rc != 0:
-                    raise BackendError(
-                        f"llama.cpp could not evaluate token {i} (llama_decode returned {rc}); "
-                        "the embedded engine is out of memory or misconfigured",
-                        retryable=False,
-                    )
-                logits = np.ctypeslib.as_array(
-                    llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)
-                )
-                np.subtract(logits, logits.max(), out=row)
-                np.exp(row, out=row)
-                token = step(i, probs)
-        finally:
-            llama_cpp.llama_batch_free(batch)
-            llama_cpp.llama_memory_clear(memory, True)
-            llama.reset()
-            llama_cpp.llama_set_n_threads(ctx, restore_threads, restore_threads)
+        llama_cpp.llama_set_n_threads(ctx, restore_threads, restore_threads)
 
 
 class LosslessCodec:
@@ -180,7 +177,6 @@ class LosslessCodec:
         cfg = engine.config
         self.n_ctx = cfg.n_ctx
         self.threads = cfg.coding_threads
-        self._family = constriction.stream.model.Categorical(perfect=False)
         self._fingerprint = pb.EngineFingerprint(
             engine=engine_version(),
             threads=self.threads,
@@ -197,7 +193,7 @@ class LosslessCodec:
 
     # -- the jobs that run on worker threads ---------------------------------
 
-    def _tokenize(self, data: bytes, worker: Worker) -> tuple[list[int], bool]:
+    def tokenize(self, data: bytes, worker: Worker) -> tuple[list[int], bool]:
         tokens: list[int] = worker.llama.tokenize(data, add_bos=False, special=False)
         return tokens, worker.llama.detokenize(tokens, special=False) == data
 
@@ -208,7 +204,7 @@ class LosslessCodec:
 
     def _encode_chunk(self, tokens: Sequence[int], worker: Worker) -> bytes:
         encoder = constriction.stream.queue.RangeEncoder()
-        family = self._family
+        family = constriction.stream.model.Categorical(perfect=False)
         symbol = np.empty(1, dtype=np.int32)
 
         def step(i: int, probs: npt.NDArray[np.float32]) -> int:
@@ -216,7 +212,7 @@ class LosslessCodec:
             encoder.encode(symbol, family, probs)
             return tokens[i]
 
-        _ChunkRun.run(worker, self.threads, self.engine.threads, len(tokens), step)
+        _run_schedule(worker, self.threads, self.engine.threads, len(tokens), step)
         words: npt.NDArray[np.uint32] = encoder.get_compressed()
         return words.astype("<u4", copy=False).tobytes()
 
@@ -226,7 +222,7 @@ class LosslessCodec:
             decoder = constriction.stream.queue.RangeDecoder(words)
         except Exception as exc:  # constriction reports bad input as plain exceptions
             raise DataLoss(f"the LOSSLESS coded stream is unreadable ({exc})") from None
-        family = self._family
+        family = constriction.stream.model.Categorical(perfect=False)
         out: list[int] = []
 
         def step(i: int, probs: npt.NDArray[np.float32]) -> int:
@@ -239,7 +235,7 @@ class LosslessCodec:
             out.append(token)
             return token
 
-        _ChunkRun.run(worker, self.threads, self.engine.threads, n_tokens, step)
+        _run_schedule(worker, self.threads, self.engine.threads, n_tokens, step)
         if not decoder.maybe_exhausted():
             raise DataLoss(
                 "the LOSSLESS coded stream does not end where its tokens do: it is truncated "
@@ -247,9 +243,8 @@ class LosslessCodec:
             )
         return out
 
-    def evaluate_only(self, tokens: Sequence[int], worker: Worker) -> None:
-        """The schedule with no coding at all: the engine's raw token-by-token speed."""
-        _ChunkRun.run(
+    def _evaluate_chunk(self, tokens: Sequence[int], worker: Worker) -> None:
+        _run_schedule(
             worker, self.threads, self.engine.threads, len(tokens), lambda i, p: tokens[i]
         )
 
@@ -285,6 +280,11 @@ class LosslessCodec:
             body.chunk_words.extend(len(s) // 4 for s in streams)
         return body
 
+    async def evaluate(self, tokens: Sequence[int]) -> None:
+        """The schedule with no coding at all: the engine's raw token-by-token speed
+        (what the benchmark compares LOSSLESS against)."""
+        await self._map(self._evaluate_chunk, self.chunks(tokens))
+
     async def decode_tokens(self, body: pb.LosslessBody, original_length: int) -> list[int]:
         """The token sequence in `body`; DataLoss when its layout cannot be right."""
         n = body.n_tokens
@@ -317,7 +317,7 @@ class LosslessCodec:
         data = text.encode("utf-8")
         await self.engine.start()
         with clock.stage("lossless.tokenize", **{"llmc.bytes": len(data)}):
-            tokens, round_trips = await self.engine.run(functools.partial(self._tokenize, data))
+            tokens, round_trips = await self.engine.run(functools.partial(self.tokenize, data))
         if not round_trips:
             return await self._fallback(
                 text, opts, clock, "the tokenizer does not reproduce this text byte for byte"
