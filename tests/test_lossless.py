@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from llmcompress_server.app import create_server
-from llmcompress_server.codecs.lossless import LosslessCodec
+from llmcompress_server.codecs.lossless import LosslessCodec, engine_version
 from llmcompress_server.config import Mode
 from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
@@ -95,7 +95,7 @@ async def test_corpus_sample_round_trips_exactly_with_verify(
         assert env.model.sha256_prefix == app.engine.identity.sha256_prefix  # type: ignore[union-attr]
         assert env.lossless.fingerprint.threads == 1
         assert env.lossless.fingerprint.n_ctx == 2048
-        assert env.lossless.fingerprint.engine.startswith("lcpp")
+        assert env.lossless.fingerprint.engine == engine_version()
         back = await _reconstruct(app.address, resp.envelope)
         assert back.exact and back.mode == pb.MODE_LOSSLESS
         assert back.text == text, item_id
@@ -129,9 +129,13 @@ async def test_fingerprint_mismatch_is_refused_naming_the_field(
 
     app = await start_server()
     for field, value, named in [
-        ("lossless.fingerprint.schedule", "tok1/v0", "schedule: envelope tok1/v0"),
+        ("lossless.fingerprint.schedule", "t0", "schedule: envelope t0, this server t1"),
         ("lossless.fingerprint.n_ctx", 4096, "n_ctx: envelope 4096, this server 2048"),
-        ("lossless.fingerprint.engine", "lcpp0.2.0", "engine: envelope lcpp0.2.0"),
+        (
+            "lossless.fingerprint.engine",
+            "0.2.0,0.4.0,1.26.0",
+            "engine (llama-cpp-python,constriction,numpy): envelope 0.2.0,0.4.0,1.26.0, this",
+        ),
         ("lossless.fingerprint.cpu_features", 1 << 8, "cpu_features: envelope AVX512,"),
     ]:
         err = await _refused(app.address, _edited(short_envelope, field, value))

@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 U = TypeVar("U")
 
-# Names the evaluation schedule and probability quantization described above.
+# Names the evaluation schedule and probability quantization described above
+# ("t" = token by token, version 1); short because every envelope stores it.
 # Change it whenever either changes: old envelopes are then refused, not misread.
-SCHEDULE = "tok1/v1"
+SCHEDULE = "t1"
 
 # Bit positions of the CPU features in `EngineFingerprint.cpu_features`. Only
 # ever append: the bits are stored in envelopes. llama.cpp's build flags decide
@@ -97,10 +98,18 @@ def cpu_feature_names(bits: int) -> str:
 
 
 def engine_version() -> str:
-    """Short on purpose (it is in every envelope): lcpp = llama-cpp-python, cx =
-    constriction, np = numpy. Any of them can change logits or quantization."""
+    """The llama-cpp-python, constriction and numpy versions, in that order: each can
+    change logits or quantization. Bare versions, because every envelope stores them."""
     cx = importlib.metadata.version("constriction")
-    return f"lcpp{llama_cpp.__version__},cx{cx},np{np.__version__}"
+    return f"{llama_cpp.__version__},{cx},{np.__version__}"
+
+
+_FINGERPRINT_LABELS = {
+    "engine": "engine (llama-cpp-python,constriction,numpy)",
+    "threads": "threads",
+    "schedule": "schedule",
+    "n_ctx": "n_ctx",
+}
 
 
 class _Cancelled(LLMCompressError):
@@ -363,10 +372,10 @@ class LosslessCodec:
             )
         theirs, ours = env.lossless.fingerprint, self._fingerprint
         diffs: list[str] = []
-        for name in ("engine", "threads", "schedule", "n_ctx"):
+        for name, label in _FINGERPRINT_LABELS.items():
             a, b = getattr(theirs, name), getattr(ours, name)
             if a != b:
-                diffs.append(f"{name}: envelope {a}, this server {b}")
+                diffs.append(f"{label}: envelope {a}, this server {b}")
         if theirs.cpu_features != ours.cpu_features:
             diffs.append(
                 f"cpu_features: envelope {cpu_feature_names(theirs.cpu_features)}, "
@@ -376,9 +385,8 @@ class LosslessCodec:
             raise PreconditionFailed(
                 "this server cannot decode the envelope exactly, its LOSSLESS engine differs: "
                 + "; ".join(diffs)
-                + ". Reconstruct it on a server with the same settings (engine = "
-                "llama-cpp-python, constriction and numpy versions; model.embedded."
-                "coding_threads; model.embedded.n_ctx; CPU)"
+                + ". Reconstruct it on a server with the same package versions, "
+                "model.embedded.coding_threads, model.embedded.n_ctx and CPU type"
             )
 
     async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded:
