@@ -14,8 +14,12 @@ tokens, and every chunk resets the context (no overlap). Each chunk has its
 own coded stream, so chunks are independent: they are encoded and decoded in
 parallel when `model.embedded.workers > 1`, memory stays bounded by n_ctx, and
 no KV shifting (which would change the logits) is needed. The price is a
-context-free start per chunk; at the default n_ctx of 2048 it touches only
-texts above ~8 KB.
+context-free start per chunk: measured on a 4 KB passage (1128 tokens), five
+chunks at n_ctx 256 took 700 coded bytes against 620 for one chunk, about 20 B
+per reset, i.e. ~2% of a full 2048-token chunk. A sliding window with a K-token
+overlap would win those bytes back for K extra evaluations per chunk, and
+would make decoding sequential. At the default n_ctx of 2048 only texts above
+~8 KB have more than one chunk.
 """
 
 from __future__ import annotations
