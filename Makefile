@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto run test test-fast lint fmt node fuzz bench bench-quick bench-full clean stubs proto-baseline
+.PHONY: help install proto run test test-fast lint fmt node fuzz bench bench-quick bench-full bench-lossless clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -102,6 +102,9 @@ bench-full: install ## the whole corpus in every mode, however long it takes
 
 bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min)
 	$(PY) -m bench.run --profile quick --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-lossless: install ## LOSSLESS ratio and speed on every 4th passage (BENCH_ARGS="--every 1": all)
+	$(PY) -m bench.lossless $(BENCH_ARGS)
 
 clean: ## remove generated stubs and caches (keeps .venv)
 	find $(PB) -type f ! -name __init__.py -delete

@@ -24,6 +24,7 @@ from .backends.router import build_text_backend
 from .batch import BatchRunner
 from .bottleneck import StageWindow
 from .codecs import Codec
+from .codecs.lossless import LosslessCodec
 from .codecs.zstd import ZstdCodec
 from .config import Config, Mode
 from .interceptors import ErrorInterceptor
@@ -88,7 +89,10 @@ class App:
 
 
 def build_codecs(config: Config, engine: EmbeddedEngine | None) -> dict[Mode, Codec]:
-    codecs: dict[Mode, Codec] = {Mode.ZSTD: ZstdCodec(config.compression.zstd_level)}
+    zstd = ZstdCodec(config.compression.zstd_level)
+    codecs: dict[Mode, Codec] = {Mode.ZSTD: zstd}
+    if engine is not None:
+        codecs[Mode.LOSSLESS] = LosslessCodec(engine, zstd)
     return codecs
 
 

@@ -1,0 +1,202 @@
+"""LOSSLESS through the real gRPC server and the real model: exact round trips, refusals, faults.
+
+CI-sized: a fixed sample of short corpus passages (1 KB round-tripped, 0.7 KB
+chunked), because the model codes ~10-100 tokens/s here and every text is
+coded two or three times (encode, verify, reconstruct).
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from llmcompress_server.app import create_server
+from llmcompress_server.codecs.lossless import LosslessCodec, engine_version
+from llmcompress_server.config import Mode
+from llmcompress_server.pb import compression_pb2 as pb
+from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+
+from .conftest import StartServer, make_config
+
+pytestmark = pytest.mark.model
+
+Stub = pb_grpc.CompressionServiceStub
+# Different sources and sizes: a novel, a play, a technical report.
+ROUND_TRIP_IDS = ("alice29-0136", "asyoulik-0218", "lcet10-0060")
+LONG_ID = "lcet10-0013"  # 703 bytes, about 170 tokens: over an n_ctx of 128
+SHORT_ID = "alice29-0160"  # 325 bytes: the envelope the tamper tests damage
+
+
+def _text(corpus: list[dict[str, str]], item_id: str) -> str:
+    return next(item["text"] for item in corpus if item["id"] == item_id)
+
+
+async def _compress(address: str, text: str, verify: bool | None = None) -> pb.CompressResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        req = pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS)
+        if verify is not None:
+            req.verify = verify
+        return await Stub(channel).Compress(req)
+
+
+async def _reconstruct(address: str, envelope: bytes) -> pb.ReconstructResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await Stub(channel).Reconstruct(pb.ReconstructRequest(envelope=envelope))
+
+
+async def _refused(address: str, envelope: bytes) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _reconstruct(address, envelope)
+    return info.value
+
+
+@pytest.fixture(scope="module")
+async def short_envelope(corpus: list[dict[str, str]]) -> bytes:
+    """One LOSSLESS envelope of a short passage, made once on a server that is then gone."""
+    app = await create_server(make_config())
+    await app.start()
+    try:
+        resp = await _compress(app.address, _text(corpus, SHORT_ID), verify=False)
+    finally:
+        await app.stop(grace=0)
+    assert resp.stats.mode == pb.MODE_LOSSLESS
+    return resp.envelope
+
+
+def _edited(envelope: bytes, edit: str, value: object) -> bytes:
+    env = pb.Envelope.FromString(envelope)
+    target, _, name = edit.rpartition(".")
+    msg = env
+    for part in target.split(".") if target else []:
+        msg = getattr(msg, part)
+    if isinstance(value, list):
+        getattr(msg, name)[:] = value
+    else:
+        setattr(msg, name, value)
+    return env.SerializeToString()
+
+
+async def test_corpus_sample_round_trips_exactly_with_verify(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    app = await start_server()
+    for n, item_id in enumerate(ROUND_TRIP_IDS):
+        text = _text(corpus, item_id)
+        # The first uses the server default (compression.verify: on); the rest
+        # skip verify to keep the test short; reconstruct checks them anyway.
+        resp = await _compress(app.address, text, verify=None if n == 0 else False)
+        stages = [s.stage for s in resp.stats.stages]
+        assert resp.stats.mode == pb.MODE_LOSSLESS, (item_id, resp.stats.reason)
+        assert not resp.stats.degraded
+        assert "lossless.encode" in stages
+        assert ("lossless.verify" in stages) == (n == 0)
+        assert resp.stats.compressed_bytes == len(resp.envelope)
+        env = pb.Envelope.FromString(resp.envelope)
+        assert env.model.sha256_prefix == app.engine.identity.sha256_prefix  # type: ignore[union-attr]
+        assert env.lossless.fingerprint.threads == 1
+        assert env.lossless.fingerprint.n_ctx == 2048
+        assert env.lossless.fingerprint.engine == engine_version()
+        back = await _reconstruct(app.address, resp.envelope)
+        assert back.exact and back.mode == pb.MODE_LOSSLESS
+        assert back.text == text, item_id
+
+
+async def test_text_longer_than_the_context_is_chunked_and_any_server_reconstructs_it(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    text = _text(corpus, LONG_ID)
+    embedded = {"n_ctx": 128, "workers": 2}  # two chunks, coded in parallel
+    first = await start_server(model={"embedded": embedded})
+    resp = await _compress(first.address, text, verify=False)
+    env = pb.Envelope.FromString(resp.envelope)
+    assert resp.stats.mode == pb.MODE_LOSSLESS
+    assert env.lossless.n_tokens > 128
+    assert len(env.lossless.chunk_words) == -(-env.lossless.n_tokens // 128)
+    await first.stop(grace=0)
+    # A freshly started server: everything needed is in the envelope.
+    second = await start_server(model={"embedded": embedded})
+    back = await _reconstruct(second.address, resp.envelope)
+    assert back.exact and back.text == text
+
+
+async def test_fingerprint_mismatch_is_refused_naming_the_field(
+    start_server: StartServer, short_envelope: bytes
+) -> None:
+    other = await start_server(model={"embedded": {"coding_threads": 2}})
+    err = await _refused(other.address, short_envelope)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "threads: envelope 1, this server 2" in (err.details() or "")
+
+    app = await start_server()
+    for field, value, named in [
+        ("lossless.fingerprint.schedule", "t0", "schedule: envelope t0, this server t1"),
+        ("lossless.fingerprint.n_ctx", 4096, "n_ctx: envelope 4096, this server 2048"),
+        (
+            "lossless.fingerprint.engine",
+            "0.2.0,0.4.0,1.26.0",
+            "engine (llama-cpp-python,constriction,numpy): envelope 0.2.0,0.4.0,1.26.0, this",
+        ),
+        ("lossless.fingerprint.cpu_features", 1 << 8, "cpu_features: envelope AVX512,"),
+    ]:
+        err = await _refused(app.address, _edited(short_envelope, field, value))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, field
+        assert named in (err.details() or ""), err.details()
+
+
+async def test_model_mismatch_is_refused(start_server: StartServer, short_envelope: bytes) -> None:
+    app = await start_server()
+    err = await _refused(app.address, _edited(short_envelope, "model.sha256_prefix", 12345))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "model: envelope SmolLM2-135M-Instruct-Q4_1 (sha256 0000000000003039" in (
+        err.details() or ""
+    )
+
+
+async def test_damaged_envelopes_give_data_loss_or_invalid_argument_never_text(
+    start_server: StartServer, short_envelope: bytes
+) -> None:
+    app = await start_server()
+    stream = pb.Envelope.FromString(short_envelope).lossless.stream
+    flipped = bytearray(stream)
+    flipped[len(flipped) // 2] ^= 0x5A
+    for name, damaged, code in [
+        # Each decodes the whole token count, then fails the stream-end or hash check.
+        ("truncated stream", _edited(short_envelope, "lossless.stream", stream[:-4]), "DATA_LOSS"),
+        (
+            "corrupted stream",
+            _edited(short_envelope, "lossless.stream", bytes(flipped)),
+            "DATA_LOSS",
+        ),
+        # Cheap checks before any decoding.
+        ("ragged stream", _edited(short_envelope, "lossless.stream", stream[:-1]), "DATA_LOSS"),
+        ("token count", _edited(short_envelope, "lossless.n_tokens", 10**6), "DATA_LOSS"),
+        ("chunk table", _edited(short_envelope, "lossless.chunk_words", [1, 2]), "DATA_LOSS"),
+        ("cut envelope", short_envelope[: len(short_envelope) - 3], "INVALID_ARGUMENT"),
+    ]:
+        err = await _refused(app.address, damaged)
+        assert err.code().name == code, (name, err.code(), err.details())
+
+
+class _WrongTokenLossless(LosslessCodec):
+    """Fault injection: the verify decode returns a wrong token sequence, as a
+    nondeterministic engine would. No real part here misbehaves on demand."""
+
+    async def decode_tokens(self, body: pb.LosslessBody, original_length: int) -> list[int]:
+        tokens = await super().decode_tokens(body, original_length)
+        return [tokens[0] + 1, *tokens[1:]]
+
+
+async def test_failed_verify_falls_back_to_zstd_and_loses_nothing(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    app = await start_server()
+    assert app.engine is not None
+    app.pipeline.codecs[Mode.LOSSLESS] = _WrongTokenLossless(app.engine)
+    text = _text(corpus, SHORT_ID)
+    resp = await _compress(app.address, text, verify=True)
+    assert resp.stats.degraded
+    assert resp.stats.requested_mode == pb.MODE_LOSSLESS
+    assert resp.stats.mode == pb.MODE_ZSTD
+    assert "LOSSLESS verify failed (decoded token 0 is" in resp.stats.reason
+    back = await _reconstruct(app.address, resp.envelope)
+    assert back.exact and back.text == text
