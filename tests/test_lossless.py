@@ -200,3 +200,19 @@ async def test_failed_verify_falls_back_to_zstd_and_loses_nothing(
     assert "LOSSLESS verify failed (decoded token 0 is" in resp.stats.reason
     back = await _reconstruct(app.address, resp.envelope)
     assert back.exact and back.text == text
+
+
+async def test_a_repeated_lossless_compress_is_a_cache_hit(start_server: StartServer) -> None:
+    app = await start_server()
+    assert app.engine is not None
+    await app.engine.start()  # the key names the model's sha256, known once it is loaded
+    text = "A cache hit costs no model time at all. " * 3
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        first = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS))
+        again = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS))
+    assert first.stats.mode == pb.MODE_LOSSLESS
+    assert not first.stats.cache_hit
+    assert again.stats.cache_hit
+    assert again.envelope == first.envelope
+    assert "lossless.encode" not in [s.stage for s in again.stats.stages]

@@ -184,6 +184,9 @@ class LosslessCodec:
 
     mode = pb.MODE_LOSSLESS
 
+    # Bump when the coded output for the same text and settings changes (cache key).
+    version = 1
+
     def __init__(self, engine: EmbeddedEngine, zstd: ZstdCodec | None = None) -> None:
         self.engine = engine
         self.zstd = zstd or ZstdCodec()
@@ -197,6 +200,18 @@ class LosslessCodec:
             cpu_features=cpu_feature_bits(),
             n_ctx=self.n_ctx,
         )
+
+    def cache_params(self, opts: CompressOptions) -> dict[str, str | int | float | bool] | None:
+        """Model and engine fingerprint shape the envelope; None until the model is loaded."""
+        if not self.engine.started:
+            return None
+        return {
+            "codec": "lossless",
+            "version": self.version,
+            "model_sha256": self.engine.identity.sha256,
+            "fingerprint": self._fingerprint.SerializeToString(deterministic=True).hex(),
+            "verify": opts.verify,
+        }
 
     @property
     def fingerprint(self) -> pb.EngineFingerprint:
