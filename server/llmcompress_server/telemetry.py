@@ -49,6 +49,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import filters as grpc_filters
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -447,9 +448,14 @@ class Telemetry:
 def tracing_interceptor(
     provider: TracerProvider | None = None,
 ) -> grpc.aio.ServerInterceptor[Any, Any]:
-    """opentelemetry-instrumentation-grpc's server spans; `traceparent` metadata parents them."""
+    """opentelemetry-instrumentation-grpc's server spans; `traceparent` metadata parents them.
+
+    Health checks are left out: probes are noise in traces, and the interceptor
+    breaks the health servicer's Watch (it iterates handlers that write with
+    `context.write` instead of yielding)."""
     interceptor: grpc.aio.ServerInterceptor[Any, Any] = aio_server_interceptor(  # type: ignore[no-untyped-call]
-        tracer_provider=provider
+        tracer_provider=provider,
+        filter_=grpc_filters.negate(grpc_filters.health_check()),
     )
     return interceptor
 
