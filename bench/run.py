@@ -29,6 +29,8 @@ from typing import Any
 
 import grpc
 
+from llmcompress import TLS
+from llmcompress.cli import add_connection_arguments, connection, connection_problem
 from llmcompress_server.app import create_server
 from llmcompress_server.config import load_config
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
@@ -235,12 +237,51 @@ def problems(results: dict[str, Any]) -> list[str]:
     return found
 
 
+def _with_token(details: Any, token: str) -> Any:
+    pair = ("authorization", f"Bearer {token}")
+    return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), pair))
+
+
+# grpc.aio files a channel interceptor under its first matching kind only: one class per kind.
+class _UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds `authorization: Bearer <token>` (the harness's stubs pass no metadata)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self.token), request)
+
+
+class _StreamBearer(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_with_token(details, self.token), requests)
+
+
+def open_channel(target: str, tls: TLS | None, token: str | None) -> grpc.aio.Channel:
+    """A channel to --server with `llmc`'s connection options (--token, --tls-*)."""
+    interceptors: list[Any] | None = [_UnaryBearer(token), _StreamBearer(token)] if token else None
+    if tls is None:
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        target, tls.credentials(), options=tls.channel_options(), interceptors=interceptors
+    )
+
+
 async def measure_server(
-    target: str, rows: Rows, profile: Profile, opts: argparse.Namespace
+    target: str,
+    rows: Rows,
+    profile: Profile,
+    opts: argparse.Namespace,
+    tls: TLS | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Every mode the server offers, per model tier, per size bucket."""
     out: dict[str, Any] = {}
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target, tls, token) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         offered = await mode_bench.discover_modes(stub, opts.modes or list(mode_bench.MODES))
         for mode, why_not in offered.items():
@@ -307,7 +348,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
     }
 
     if opts.server:
-        results["modes"] = await measure_server(opts.server, rows, profile, opts)
+        results["modes"] = await measure_server(opts.server, rows, profile, opts, *connection(opts))
     else:
         config = load_config(opts.config, overrides=_in_process_overrides())
         app = await create_server(config)
@@ -411,10 +452,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=ROOT / "docs" / "benchmarks",
         help="output directory for report.md, results.json and plots (default: %(default)s)",
     )
+    add_connection_arguments(parser)  # for --server
 
 
 def check_arguments(opts: argparse.Namespace) -> str | None:
     """An actionable message for bad options, else None."""
+    if not opts.server and (opts.token or opts.tls_ca or opts.tls_cert):
+        return "--token and --tls-* are for a running server: give --server too"
+    problem = connection_problem(opts)
+    if problem:
+        return problem
     bad = [m for m in opts.models if m not in mode_bench.TIERS]
     if bad:
         return f"--models: unknown tier(s) {bad}; use {', '.join(mode_bench.TIERS)}"

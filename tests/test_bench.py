@@ -165,3 +165,26 @@ def test_llmc_bench_checks_its_options(capsys: pytest.CaptureFixture[str]) -> No
         llmc(["bench", "--help"])
     assert exit_info.value.code == 0
     assert "--profile" in capsys.readouterr().out
+
+
+async def test_bench_against_a_server_with_token_auth(
+    start_server: Any,
+    passages: list[dict[str, str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("bench-token-0123\n")
+    app = await start_server(security={"tokens_file": str(tokens)})
+    corpus_file = tmp_path / "handful.jsonl"
+    corpus_file.write_text("".join(json.dumps(r) + "\n" for r in passages[:2]), encoding="utf-8")
+    opts = _options(
+        "--profile", "quick", "--corpus", str(corpus_file), "--modes", "zstd",
+        "--sections", "", "--out", str(tmp_path / "out"),
+        "--server", app.address, "--token", "bench-token-0123",
+    )  # fmt: skip
+    results = await run(opts)
+    items = results["modes"]["zstd"]["tiers"]["default"]["items"]
+    assert len(items) == 2 and all(it["exact"] for it in items)
+    assert llmc(["bench", "--token", "t", "--corpus", str(corpus_file)]) == 2
+    assert "give --server too" in capsys.readouterr().err

@@ -9,6 +9,7 @@ the gRPC port).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -314,3 +315,108 @@ def test_kubectl_kustomize_builds() -> None:
 def _yaml_text(text: str) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(text)
     return data
+
+
+# -- the rules against a live /metrics ------------------------------------------------
+
+
+def _selectors(expr: str) -> tuple[set[str], set[str], set[tuple[str, str]]]:
+    """(metric names, grouping labels, label="value" matchers) of a PromQL expression."""
+    grouping = {
+        label.strip()
+        for group in re.findall(r"\bby \(([^)]*)\)", expr)
+        for label in group.split(",")
+    }
+    matchers = set(re.findall(r'([a-z_]+)="([^"]*)"', expr))
+    bare = re.sub(r"\bby \([^)]*\)|\{[^}]*\}|\[[^]]*\]", " ", expr)
+    words = re.findall(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\()?", bare)  # not in 1e-9
+    names = {w for w, call in words if not call and w not in {"by", "or", "and", "unless"}}
+    return names, grouping, matchers
+
+
+async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -> None:
+    """Every raw name, label and matched value in the recording group is on a real /metrics."""
+    import urllib.request
+
+    import grpc
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llmcompress_server.app import create_server
+    from llmcompress_server.backends import ChatRequest
+    from llmcompress_server.errors import BackendError
+    from llmcompress_server.pb import compression_pb2 as pb
+    from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+    from llmcompress_server.telemetry import setup_telemetry
+
+    from .conftest import make_config
+
+    sim = await sim_ollama(latency=0.01)
+    config = make_config(
+        monitoring={"enable_prometheus": True, "prometheus_port": 0},
+        model={"backend": "ollama", "ollama": {"endpoints": [sim.url]}},
+        llm={"health_interval": 0, "max_retries": 0, "fallback_embedded": False},
+    )
+    provider = TracerProvider()
+    telemetry = setup_telemetry(config, tracer_provider=provider, environ={})
+    app = await create_server(config, telemetry)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            stub = pb_grpc.CompressionServiceStub(channel)
+            text = "Recording rules must name real series. " * 20
+            for _ in range(2):  # a miss, then a hit
+                done = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_ZSTD))
+            await stub.Reconstruct(pb.ReconstructRequest(envelope=done.envelope))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Compress(pb.CompressRequest(text=text, mode=99))  # type: ignore[arg-type]
+        request = ChatRequest(messages=[{"role": "user", "content": "hello"}])
+        assert app.backend is not None
+        await app.backend.chat(request)
+        sim.options.script = ["garbage", "garbage", "garbage"]
+        with pytest.raises(BackendError):
+            await app.backend.chat(request)
+        # No lossy codec on this branch: a SEMANTIC item's stats go through the same
+        # recording path the request interceptor uses.
+        stats = pb.Stats(mode=pb.MODE_SEMANTIC, model="m", backend="ollama", ratio=9.0)
+        stats.quality.overall = 0.9
+        telemetry.metrics.compressed("Compress", stats)
+        url = f"http://127.0.0.1:{telemetry.metrics_port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+    finally:
+        await app.stop(grace=0)
+        telemetry.shutdown()
+        provider.shutdown()
+
+    exported: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            exported.setdefault(sample.name, []).append(sample.labels)
+    # The README's list of series, with their labels.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = readme[readme.index("- **Metrics**") : readme.index("- **Logs**")]
+    documented = re.findall(
+        r"`((?:compression|reconstruction|quality|llmc|gen_ai)_\w+)(\{[\w,]*\})?`", listed
+    )
+    assert len(documented) >= 14
+    for name, labels in documented:
+        samples = [
+            sample
+            for sample_name, samples in exported.items()
+            if sample_name in (name, f"{name}_bucket", f"{name}_count")
+            for sample in samples
+        ]
+        assert samples, f"README lists {name}, not exported"
+        wanted = set(labels.strip("{}").split(",")) - {""}
+        assert wanted <= {label for sample in samples for label in sample}, name
+    rules = _yaml(DEPLOY / "prometheus/alerts.yml")["groups"]
+    recording = next(g for g in rules if g["name"] == "llmcompress-recording")
+    for rule in recording["rules"]:
+        names, grouping, matchers = _selectors(rule["expr"])
+        missing = names - exported.keys()
+        assert not missing, f"{rule['record']}: not exported: {missing}"
+        labels = {label for n in names for sample in exported[n] for label in sample}
+        assert grouping <= labels | {"le"}, f"{rule['record']}: no labels {grouping - labels}"
+        for label, value in matchers:
+            values = {sample.get(label) for n in names for sample in exported[n]}
+            assert value in values, f"{rule['record']}: no sample has {label}={value!r}"

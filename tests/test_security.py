@@ -322,3 +322,64 @@ async def test_wrong_tokens_are_logged_by_hash_only(
         await stub.Compress(pb.CompressRequest(text="x"), metadata=_bearer(TOKEN))
     assert "unknown token" in caplog.text
     assert TOKEN not in caplog.text
+
+
+# -- llmc: --token / $LLMC_TOKEN and --tls-* -------------------------------------------
+
+
+async def test_llmc_token_and_tls_options(
+    start_server: StartServer,
+    pki: Pki,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from llmcompress.cli import main as llmc_main
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    plain = await start_server(security={"tokens_file": str(tokens)})
+    text = tmp_path / "in.txt"
+    text.write_text("a token on the command line " * 10, encoding="utf-8")
+    envelope = tmp_path / "out.llmc"
+    monkeypatch.delenv("LLMC_TOKEN", raising=False)
+
+    async def llmc(*args: str) -> tuple[int, str]:
+        code = await asyncio.to_thread(llmc_main, list(args))
+        out, err = capsys.readouterr()
+        assert TOKEN not in out + err  # never printed
+        return code, err
+
+    compress = ("compress", "--mode", "zstd", "--server", plain.address, str(text))
+    code, err = await llmc(*compress, "-o", str(envelope))
+    assert code != 0
+    assert "UNAUTHENTICATED" in err and "--token" in err and "LLMC_TOKEN" in err
+    assert not envelope.exists() or envelope.stat().st_size == 0
+    code, err = await llmc(*compress, "-o", str(envelope), "--token", "not-" + TOKEN)
+    assert code != 0 and "UNAUTHENTICATED" in err and "not valid" in err
+    code, err = await llmc(*compress, "-o", str(envelope), "--token", TOKEN)
+    assert code == 0, err
+    assert "ratio" in err
+    monkeypatch.setenv("LLMC_TOKEN", TOKEN)  # the default for --token
+    code, err = await llmc("reconstruct", "--server", plain.address, str(envelope))
+    assert code == 0, err
+
+    secure = await start_server(
+        security={
+            "tls_cert": str(pki.server_cert),
+            "tls_key": str(pki.server_key),
+            "tokens_file": str(tokens),
+        }
+    )
+    code, err = await llmc("stats", "--server", secure.address, "--tls-ca", str(pki.ca_file))
+    assert code == 0, err
+    # Plaintext to the TLS port: the handshake fails, reported as unreachable.
+    code, err = await llmc("stats", "--server", secure.address, "--timeout", "3")
+    assert code == 3 and "cannot reach" in err
+    # Half of a client certificate is a usage error, before any connection.
+    with pytest.raises(SystemExit) as exit_info:
+        llmc_main(["stats", "--tls-cert", str(pki.server_cert)])
+    assert exit_info.value.code == 2
+    assert "--tls-key" in capsys.readouterr().err

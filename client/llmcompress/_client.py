@@ -27,8 +27,6 @@ from ._stream import ItemLike, ProgressCallback, StreamDefaults, StreamState
 
 log = logging.getLogger("llmcompress")
 DEFAULT_TARGET = "127.0.0.1:50051"
-# Mode names as the CLI takes them -> wire values (`llmc warm` builds raw requests).
-_MODES: dict[str, int] = {m.value: int(mode_to_pb(m)) for m in Mode}
 T = TypeVar("T")
 
 

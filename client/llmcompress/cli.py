@@ -1,7 +1,8 @@
 """`llmc`: serve, compress, reconstruct and inspect from the shell.
 
 Every command that talks to a server takes --server (default $LLMC_SERVER or
-127.0.0.1:50051) and prints a one-line summary to stderr.
+127.0.0.1:50051), --token (default $LLMC_TOKEN) and --tls-ca/--tls-cert/--tls-key,
+and prints a one-line summary to stderr.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from ._client import DEFAULT_TARGET, Client
-from ._errors import LLMCompressError, Unavailable
+from ._errors import LLMCompressError, Unauthenticated, Unavailable
+from ._options import TLS
 
 EPILOG = """examples:
   llmc serve                                  # embedded model, 127.0.0.1:50051
@@ -28,7 +30,53 @@ EPILOG = """examples:
   llmc bench --server 127.0.0.1:50051 --profile quick --out bench-out
   llmc batch corpus.jsonl -o out.jsonl --mode zstd --resume
   llmc unbatch out.jsonl -o texts.jsonl
+  LLMC_TOKEN=... llmc stats --server llmc.example:50051 --tls-ca ca.pem
 """
+TOKEN_ENV = "LLMC_TOKEN"
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--token and --tls-*, for every command that talks to a server (and `llmc bench`)."""
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "--token",
+        help=f"bearer token for a server with token auth (default: ${TOKEN_ENV}; prefer the "
+        "variable: other users of this machine can see command lines)",
+    )
+    group.add_argument(
+        "--tls-ca", metavar="FILE", help="CA certificate (PEM) that signed the server's; uses TLS"
+    )
+    group.add_argument(
+        "--tls-cert", metavar="FILE", help="client certificate (PEM) for mutual TLS; uses TLS"
+    )
+    group.add_argument("--tls-key", metavar="FILE", help="the client certificate's key (PEM)")
+    group.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="name to check the server's certificate against, when --server is not it",
+    )
+
+
+def connection_problem(args: argparse.Namespace) -> str | None:
+    """A usage error in the connection options, else None."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key go together (mutual TLS needs both)"
+    if args.tls_server_name and not (args.tls_ca or args.tls_cert):
+        return "--tls-server-name needs TLS: give --tls-ca (or --tls-cert and --tls-key)"
+    return None
+
+
+def connection(args: argparse.Namespace) -> tuple[TLS | None, str | None]:
+    """(TLS, token) from the connection options; the token is never printed."""
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = TLS.from_files(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    return tls, args.token or os.environ.get(TOKEN_ENV) or None
+
+
+def _connect(args: argparse.Namespace) -> Client:
+    tls, token = connection(args)
+    return Client(args.server, timeout=args.timeout, tls=tls, token=token)
 
 
 def _read_input(path: str) -> bytes:
@@ -88,7 +136,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"llmc compress: input is not UTF-8 text ({exc})", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    with Client(args.server, timeout=args.timeout) as client:
+    with _connect(args) as client:
         result = client.compress(text, args.mode, verify=args.verify)
     out = _open_output(args.output)
     out.write(result.envelope)
@@ -109,7 +157,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     envelope = _read_input(args.input)
     t0 = time.perf_counter()
-    with Client(args.server, timeout=args.timeout) as client:
+    with _connect(args) as client:
         result = client.reconstruct(envelope)
     out = _open_output(args.output)
     data = result.text.encode("utf-8")
@@ -126,7 +174,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with Client(args.server, timeout=args.timeout) as client:
+    with _connect(args) as client:
         stats = client.stats(args.window)
     if not stats.stages:
         print(f"no requests in the last {stats.window_seconds:.0f}s")
@@ -179,45 +227,29 @@ def _read_corpus(path: str) -> list[tuple[str, str]]:
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    import grpc
     from tqdm import tqdm
-
-    from llmcompress_server.pb import compression_pb2 as pb
-    from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
-
-    from ._client import _MODES
-    from ._errors import from_rpc_error
 
     try:
         items = _read_corpus(args.input)
     except ValueError as exc:
         print(f"llmc warm: {exc}", file=sys.stderr)
         return 2
-    mode = _MODES[args.mode]
-
-    def requests() -> Iterator[pb.BatchCompressRequest]:
-        for item_id, text in items:
-            req = pb.CompressRequest(text=text, mode=mode)  # type: ignore[arg-type]
-            yield pb.BatchCompressRequest(id=item_id, request=req)
-
     cached = computed = failed = 0
     t0 = time.perf_counter()
-    with grpc.insecure_channel(args.server) as channel:
-        stub = pb_grpc.CompressionServiceStub(channel)
-        try:
-            with tqdm(total=len(items), unit="item", desc="warming", file=sys.stderr) as bar:
-                for resp in stub.BatchCompress(requests(), timeout=args.timeout):
-                    if resp.HasField("error"):
-                        failed += 1
-                        bar.write(f"{resp.id}: {resp.error.message}", file=sys.stderr)
-                    elif resp.result.stats.cache_hit:
-                        cached += 1
-                    else:
-                        computed += 1
-                    bar.update()
-            after = stub.GetStats(pb.GetStatsRequest(), timeout=args.timeout)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+    with (
+        _connect(args) as client,
+        tqdm(total=len(items), unit="item", desc="warming", file=sys.stderr) as bar,
+    ):
+        for answer in client.compress_stream(items, mode=args.mode, timeout=args.timeout):
+            if answer.error is not None:
+                failed += 1
+                bar.write(f"{answer.id}: {answer.error.details}", file=sys.stderr)
+            elif answer.result is not None and answer.result.stats.cache_hit:
+                cached += 1
+            else:
+                computed += 1
+            bar.update()
+        after = client.stats()
     elapsed = time.perf_counter() - t0
     print(
         f"warmed {len(items)} items in {elapsed:.1f}s: {computed} compressed, "
@@ -311,7 +343,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         with (
             src.open(encoding="utf-8") as corpus,
             out.open("a", encoding="utf-8") as sink,
-            Client(args.server, timeout=args.timeout) as client,
+            _connect(args) as client,
         ):
             items = read_corpus(corpus, str(src), skip)
             if args.limit is not None:
@@ -375,7 +407,7 @@ def cmd_unbatch(args: argparse.Namespace) -> int:
     with (
         src.open(encoding="utf-8") as lines,
         _open_text_output(args.output) as sink,
-        Client(args.server, timeout=args.timeout) as client,
+        _connect(args) as client,
         ThreadPoolExecutor(args.jobs) as pool,
     ):
         # A bounded window of calls in flight, answered in input order.
@@ -441,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=600.0,
             help="deadline in seconds (default: %(default)s)",
         )
+        add_connection_arguments(p)
 
     p = sub.add_parser(
         "serve", help="run the gRPC server", description="Run the llmcompress gRPC server."
@@ -564,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.bench_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    problem = connection_problem(args) if hasattr(args, "tls_cert") else None
+    if problem:
+        parser.error(problem)
     try:
         code: int = args.func(args)
     except Unavailable as exc:
@@ -573,6 +609,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+    except Unauthenticated as exc:
+        print(
+            f"llmc {args.command}: {exc}; pass a token with --token or the {TOKEN_ENV} "
+            "environment variable",
+            file=sys.stderr,
+        )
+        return 1
     except LLMCompressError as exc:
         print(f"llmc {args.command}: {exc}", file=sys.stderr)
         return 1

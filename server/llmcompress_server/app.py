@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from .auth import build_auth
 from .backends import TextBackend
 from .backends.embedded import EmbeddedEngine
-from .backends.router import build_text_backend
+from .backends.router import BackendRouter, build_text_backend
 from .batch import BatchRunner
 from .bottleneck import StageWindow
 from .codecs import Codec
@@ -33,7 +34,13 @@ from .pb import compression_pb2_grpc as pb_grpc
 from .pipeline import Pipeline
 from .service import CompressionServicer
 from .stages import add_stage_observer, remove_stage_observer
-from .telemetry import Telemetry, setup_telemetry, tracing_interceptor
+from .telemetry import (
+    Telemetry,
+    register_backend_up,
+    register_inflight,
+    setup_telemetry,
+    tracing_interceptor,
+)
 from .tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,7 @@ class App:
     # What model-backed codecs call: the engine, or a router over Ollama/OpenAI pools.
     backend: TextBackend | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _unregister: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -81,6 +89,8 @@ class App:
         for task in self._tasks:
             task.cancel()
         remove_stage_observer(self.stages.observe)
+        for unregister in self._unregister:
+            unregister()
         await self.pipeline.close()
         if self.backend is not None and self.backend is not self.engine:
             await self.backend.close()
@@ -152,7 +162,14 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> A
         telemetry.watch_queue(
             lambda: [("admission", pipeline.admission.active), ("embedded", engine.queue_depth)]
         )
-    return App(config, server, port, health_servicer, pipeline, stages, engine, backend)
+    app = App(config, server, port, health_servicer, pipeline, stages, engine, backend)
+    if isinstance(backend, BackendRouter):  # per-endpoint gauges of the Ollama/OpenAI pools
+        for route in backend.routes:
+            app._unregister += [
+                register_inflight(route.pool.inflight),
+                register_backend_up(route.pool.health),
+            ]
+    return app
 
 
 async def serve(config: Config) -> None:

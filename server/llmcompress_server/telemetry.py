@@ -13,7 +13,9 @@ Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
     llmc_items_total                   counter    rpc, outcome=ok|degraded|error, code (errors)
     llmc_queue_depth                   gauge      queue=admission|embedded
     llmc_backend_inflight              gauge      endpoint (from `register_inflight` probes)
-    llmc_backend_errors_total          counter    kind (exception class), server_address
+    llmc_backend_up                    gauge      endpoint: 1 up, 0 down (`register_backend_up`)
+    llmc_backend_errors_total          counter    kind (exception class, or health_probe),
+                                                  server_address (host)
     llmc_cache_lookups_total           counter    tier, result=hit|miss
     llmc_cache_events_total            counter    tier, event (store, evict, error, ...)
     gen_ai_client_operation_duration_seconds  histogram  GenAI semconv attributes
@@ -29,9 +31,18 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -76,7 +87,13 @@ _TEXT_IN_LOG = 500  # characters, only with monitoring.log_text
 # A probe returns (label, value) pairs when the gauges are read.
 Probe = Callable[[], Iterable[tuple[str, int]]]
 _inflight_probes: list[Probe] = []
+_up_probes: list[Probe] = []
 _live: list[Metrics] = []
+
+
+def _register(probes: list[Probe], probe: Probe) -> Callable[[], None]:
+    probes.append(probe)
+    return lambda: probes.remove(probe) if probe in probes else None
 
 
 def register_inflight(probe: Probe) -> Callable[[], None]:
@@ -85,8 +102,13 @@ def register_inflight(probe: Probe) -> Callable[[], None]:
     For backend pools: `probe()` returns (endpoint, in_flight) pairs and is
     called at each scrape. Returns a function that unregisters the probe.
     """
-    _inflight_probes.append(probe)
-    return lambda: _inflight_probes.remove(probe) if probe in _inflight_probes else None
+    return _register(_inflight_probes, probe)
+
+
+def register_backend_up(probe: Probe) -> Callable[[], None]:
+    """Report (endpoint, 1 healthy / 0 down) pairs as `llmc_backend_up{endpoint}`, like
+    `register_inflight`."""
+    return _register(_up_probes, probe)
 
 
 def record_cache(tier: str, hit: bool) -> None:
@@ -97,9 +119,11 @@ def record_cache(tier: str, hit: bool) -> None:
 
 def record_backend_error(kind: str, endpoint: str) -> None:
     """Count a backend failure that did not surface through `stages.llm_call`
-    (e.g. an attempt that was retried, a failed health probe)."""
+    (e.g. an attempt the pool timed out, a failed health probe). `endpoint` may
+    be a URL: the label is its host, as `llm_call`'s `server.address`."""
+    address = urlsplit(endpoint).hostname or endpoint
     for metrics in _live:
-        metrics.backend_errors.add(1, {"kind": kind, "server.address": endpoint})
+        metrics.backend_errors.add(1, {"kind": kind, "server.address": address})
 
 
 def _mode_name(mode: int) -> str:
@@ -174,6 +198,12 @@ class Metrics:
             callbacks=[self._observe_inflight],
             description="Calls in flight per model backend endpoint",
         )
+        meter.create_observable_gauge(
+            "llmc_backend_up",
+            callbacks=[self._observe_up],
+            description="1 when a model backend endpoint is healthy, 0 when cooling down "
+            "after failures or failing its health probes",
+        )
 
     def _observe_queues(self, options: CallbackOptions) -> Iterable[Observation]:
         for probe in list(self.queue_probes):
@@ -181,9 +211,10 @@ class Metrics:
                 yield Observation(depth, {"queue": queue})
 
     def _observe_inflight(self, options: CallbackOptions) -> Iterable[Observation]:
-        for probe in list(_inflight_probes):
-            for endpoint, count in probe():
-                yield Observation(count, {"endpoint": endpoint})
+        return _per_endpoint(_inflight_probes)
+
+    def _observe_up(self, options: CallbackOptions) -> Iterable[Observation]:
+        return _per_endpoint(_up_probes)
 
     def observe_cache(self, event: str, tier: str, seconds: float = 0.0) -> None:
         """Shaped as a cache observer (event, tier, seconds): hit/miss are lookups."""
@@ -204,6 +235,8 @@ class Metrics:
     ) -> None:
         self.llm_duration.record(seconds, attributes)
         error = attributes.get("error.type")
+        if error == "CancelledError":
+            return  # the caller went away, or the pool's timeout fired (the pool counts that)
         if error is not None:
             server = attributes.get("server.address", "")
             self.backend_errors.add(1, {"kind": error, "server.address": server})
@@ -222,6 +255,12 @@ class Metrics:
 
     def failed(self, rpc: str, code: grpc.StatusCode) -> None:
         self.items.add(1, {"rpc": rpc, "outcome": "error", "code": code.name})
+
+
+def _per_endpoint(probes: list[Probe]) -> Iterator[Observation]:
+    for probe in list(probes):
+        for endpoint, value in probe():
+            yield Observation(value, {"endpoint": endpoint})
 
 
 def _stage_breakdown(timings: Iterable[pb.StageTiming]) -> list[tuple[str, float]]:

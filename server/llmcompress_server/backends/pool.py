@@ -6,7 +6,8 @@ a free slot on the least-loaded endpoint whose circuit breaker lets requests
 through. Retryable failures are retried (retry.py) on whichever endpoint is
 least loaded then, within the caller's deadline; every request passes the
 pool's token bucket first. Cancelling a caller cancels its HTTP request and
-frees its slot at once.
+frees its slot at once. `inflight()` and `health()` are per-endpoint snapshots
+for the `llmc_backend_inflight` / `llmc_backend_up` gauges.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..errors import (
     DeadlineExceeded,
     ModelNotFound,
 )
+from ..telemetry import record_backend_error
 from . import ChatRequest, ChatResult
 from .breaker import BreakerState, CircuitBreaker
 from .ratelimit import TokenBucket
@@ -70,6 +72,8 @@ class Endpoint:
     failures: int = 0
     # Models this endpoint answered 404 for; the others are tried instead.
     missing: set[str] = field(default_factory=set)
+    # Why the last health probe failed; cleared by a passing probe or a successful call.
+    probe_error: str | None = None
 
     @property
     def url(self) -> str:
@@ -107,6 +111,17 @@ class EndpointPool:
     @property
     def in_flight(self) -> int:
         return sum(e.in_flight for e in self.endpoints)
+
+    def inflight(self) -> list[tuple[str, int]]:
+        """(endpoint URL, calls holding a slot there now)."""
+        return [(e.url, e.in_flight) for e in self.endpoints]
+
+    def health(self) -> list[tuple[str, int]]:
+        """(endpoint URL, 1 healthy / 0 cooling down, on its half-open trial, or failing probes)."""
+        return [
+            (e.url, int(e.breaker.state is BreakerState.CLOSED and e.probe_error is None))
+            for e in self.endpoints
+        ]
 
     # -- slots -------------------------------------------------------------------------
 
@@ -222,6 +237,8 @@ class EndpointPool:
                 "(llm.timeout or the request's deadline)",
                 endpoint=endpoint.url,
             )
+            # The model call itself only saw a cancellation, which telemetry does not count.
+            record_backend_error(type(exc).__name__, endpoint.url)
             self._failed(endpoint, str(exc))
             raise exc from None
         except (BusyError, ModelNotFound):
@@ -237,6 +254,7 @@ class EndpointPool:
             endpoint.breaker.release()
             raise
         endpoint.breaker.success()
+        endpoint.probe_error = None
         return result
 
     def _failed(self, endpoint: Endpoint, reason: str) -> None:
@@ -270,11 +288,14 @@ class EndpointPool:
             except (BackendError, TimeoutError) as exc:
                 if endpoint.breaker.state is BreakerState.CLOSED:
                     endpoint.breaker.failure(f"health probe failed: {exc}")
+                endpoint.probe_error = str(exc) or type(exc).__name__
+                record_backend_error("health_probe", endpoint.url)
                 states[endpoint.url] = f"unhealthy: {exc}"
                 continue
-            if endpoint.breaker.state is not BreakerState.CLOSED:
+            if endpoint.breaker.state is not BreakerState.CLOSED or endpoint.probe_error:
                 log.info("%s endpoint %s is healthy again", self.name, endpoint.url)
             endpoint.breaker.success()
+            endpoint.probe_error = None
             states[endpoint.url] = "ok"
         return states
 
