@@ -21,6 +21,7 @@ from .backends.embedded import EmbeddedEngine
 from .batch import BatchRunner
 from .bottleneck import StageWindow
 from .codecs import Codec
+from .codecs.semantic import SemanticCodec
 from .codecs.zstd import ZstdCodec
 from .config import Config, Mode
 from .interceptors import ErrorInterceptor
@@ -79,6 +80,9 @@ class App:
 
 def build_codecs(config: Config, engine: EmbeddedEngine | None) -> dict[Mode, Codec]:
     codecs: dict[Mode, Codec] = {Mode.ZSTD: ZstdCodec(config.compression.zstd_level)}
+    if engine is not None:
+        # SEMANTIC falls back through this same table (ZSTD, or LOSSLESS when registered).
+        codecs[Mode.SEMANTIC] = SemanticCodec(engine, config, codecs)
     return codecs
 
 
