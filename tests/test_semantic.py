@@ -134,7 +134,9 @@ def test_residual_facts_and_packing(corpus: list[dict[str, str]]) -> None:
     assert [(f.kind, f.text) for f in inner.facts] == [(f.kind, f.text) for f in facts]
     # Decode requires every original entity again: stored facts + those in the summary.
     assert {e.text for e in required_entities(inner)} >= {e.text for e in entities}
-    plain = pb.SemanticBody(summary=summary, facts=[pb.Entity(kind=f.kind, text=f.text) for f in facts])
+    plain = pb.SemanticBody(
+        summary=summary, facts=[pb.Entity(kind=f.kind, text=f.text) for f in facts]
+    )
     assert len(body.SerializeToString()) <= len(plain.SerializeToString())
 
 
@@ -149,7 +151,7 @@ def test_parse_summary_validates() -> None:
         with pytest.raises(InvalidSummary):
             parse_summary(bad)
     with pytest.raises(InvalidSummary, match="delimiters"):
-        parse_summary('{"summary": "<<<DOCUMENT hello there"}')
+        parse_summary(json.dumps({"summary": '"' * 3 + " hello there"}))
     schema = summary_schema(120)
     assert schema["required"] == ["summary"]
 
@@ -207,7 +209,9 @@ class GarbageBackend:
 async def test_expansion_appends_facts_line_when_model_ignores_them() -> None:
     backend = GarbageBackend("Nothing useful here.")
     required = [Entity("money", "$60,000"), Entity("name", "Yale")]
-    out = await expand(backend, "Start-up costs.", required, required, 900, retries=2, max_tokens=64)
+    out = await expand(
+        backend, "Start-up costs.", required, required, 900, retries=2, max_tokens=64
+    )
     assert out.text.endswith("Facts: $60,000; Yale")
     assert missing_entities(out.text, required) == []
     assert len(backend.calls) == 3  # one expansion, two bounded re-prompts
@@ -234,7 +238,9 @@ async def test_short_text_is_stored_as_zstd_with_reason(start_server: StartServe
     app = await start_server()
     async with grpc.aio.insecure_channel(app.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
-        resp = await stub.Compress(pb.CompressRequest(text="Meet Bob at 3pm.", mode=pb.MODE_SEMANTIC))
+        resp = await stub.Compress(
+            pb.CompressRequest(text="Meet Bob at 3pm.", mode=pb.MODE_SEMANTIC)
+        )
         assert resp.stats.mode == pb.MODE_ZSTD
         assert resp.stats.requested_mode == pb.MODE_SEMANTIC
         assert "min_compress_length=100" in resp.stats.reason

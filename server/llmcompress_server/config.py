@@ -102,14 +102,14 @@ class CompressionConfig(_Section):
     # SEMANTIC: default target ratio (sets the summary's length budget).
     target_ratio: float = Field(10.0, gt=1.0)
     # SEMANTIC: extra model calls when a summary is invalid or an expansion misses entities.
-    semantic_retries: int = Field(2, ge=0, le=5)
+    semantic_retries: int = Field(1, ge=0, le=5)
     # SEMANTIC: model tiers (ChatRequest.model) tried in order when evaluated
     # quality is below model.quality_threshold, before falling back.
     semantic_escalation: tuple[str, ...] = ()
     # SEMANTIC: where a text goes when quality stays below the threshold.
     semantic_fallback: SemanticFallback = SemanticFallback.ZSTD
     # SEMANTIC: token limit of one expansion call.
-    expand_max_tokens: int = Field(512, ge=16)
+    expand_max_tokens: int = Field(256, ge=16)
 
 
 class CacheConfig(_Section):

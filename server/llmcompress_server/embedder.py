@@ -138,8 +138,11 @@ class MiniLMEmbedder:
             tok.no_padding()
             tok.no_truncation()
             self.tokenizer = tok
-            self.cls_id = tok.token_to_id("[CLS]")
-            self.sep_id = tok.token_to_id("[SEP]")
+            cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+            if cls_id is None or sep_id is None:
+                raise PreconditionFailed(f"{model_dir}/tokenizer.json has no [CLS]/[SEP] token")
+            self.cls_id: int = cls_id
+            self.sep_id: int = sep_id
             self._loaded = True
 
     def _forward(self, ids: list[int]) -> F32:
@@ -160,7 +163,9 @@ class MiniLMEmbedder:
             ctx = np.einsum("hqk,khd->qhd", probs, v).reshape(n, d)
             x = _layer_norm(ctx @ layer.out_w + layer.out_b + x, layer.ln1_g, layer.ln1_b, self.eps)
             hidden = _gelu(x @ layer.up_w + layer.up_b)
-            x = _layer_norm(hidden @ layer.down_w + layer.down_b + x, layer.ln2_g, layer.ln2_b, self.eps)
+            x = _layer_norm(
+                hidden @ layer.down_w + layer.down_b + x, layer.ln2_g, layer.ln2_b, self.eps
+            )
         pooled: F32 = x.mean(0)
         return pooled
 
@@ -172,8 +177,8 @@ class MiniLMEmbedder:
         total = np.zeros(self.word.shape[1], dtype=np.float32)
         for chunk in chunks:
             vec = self._forward([self.cls_id, *chunk, self.sep_id])
-            total += vec / max(float(np.linalg.norm(vec)), 1e-12) * (len(chunk) + 2)
-        out: F32 = total / max(float(np.linalg.norm(total)), 1e-12)
+            total += vec * np.float32((len(chunk) + 2) / max(float(np.linalg.norm(vec)), 1e-12))
+        out: F32 = total * np.float32(1.0 / max(float(np.linalg.norm(total)), 1e-12))
         return out
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:

@@ -8,6 +8,7 @@ appearance. No model is involved, so compress and reconstruct agree on it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _MONTHS = (
@@ -52,26 +53,29 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 
 # Capitalised words that start sentences or are function words, not names.
 _STOP = frozenset(
-    """a an the and or but if then so of in on at to for from by with as is are was were be been
-    i i'm i've i'll i'd me my we our you your he him his she her it its they them their this that
-    these those there here what which who whom whose when where why how all any some no not yes
-    oh ah well now then do does did done can could will would shall should may might must
-    let said say says one two three first next last also however after before while though
-    although because since until unless upon into out up down over under again very just only
-    mr mrs ms dr st sir madam lord lady god""".split()
+    """a an the and or but if then so of in on at to for from by with as is are was were be
+    been i i'm i've i'll i'd me my we our you your he him his she her it its they them their
+    this that these those there here what which who whom whose when where why how all any
+    some no not yes oh ah well now then do does did done can could will would shall should
+    may might must let said say says one two three first next last also however after before
+    while though although because since until unless upon into out up down over under again
+    very just only mr mrs ms dr st sir madam lord lady god""".split()  # noqa: SIM905
 )
-_NAME_WORD = r"[A-Z][a-zA-Z'’\-]*[a-zA-Z]|[A-Z]\."
+_NAME_WORD = r"[A-Z][a-zA-Z'\u2019\-]*[a-zA-Z]|[A-Z]\."
 _NAME_LINK = r"(?:de|da|del|van|von|der|la|le|of|and|&)"
 # Names wrap across a line break in prose ("Sir\n Rowland de Boys").
 _GAP = r"(?:[ \t]+|[ \t]*\n[ \t]*)"
 _NAME = re.compile(
-    rf"(?<![\w'’])(?:{_NAME_WORD})(?:{_GAP}(?:{_NAME_LINK}{_GAP})?(?:{_NAME_WORD}))*(?![\w'’])"
+    rf"(?<![\w'\u2019])(?:{_NAME_WORD})(?:{_GAP}(?:{_NAME_LINK}{_GAP})?(?:{_NAME_WORD}))*"
+    r"(?![\w'\u2019])"
 )
 # A chat or play speaker tag at the start of a line: "ORLANDO  I am..." or "alice: hi".
 _SPEAKER = re.compile(r"^[ \t]*([A-Z][A-Z'\-]+(?: [A-Z][A-Z'\-]+)?)(?=[ \t]+\S|:)", re.M)
-_CHAT_SPEAKER = re.compile(r"^[ \t]*(?:\[[^\]\n]{1,30}\][ \t]*)?([A-Za-z][\w.\-]{1,30}):[ \t]", re.M)
+_CHAT_SPEAKER = re.compile(
+    r"^[ \t]*(?:\[[^\]\n]{1,30}\][ \t]*)?([A-Za-z][\w.\-]{1,30}):[ \t]", re.M
+)
 _ACRONYM = re.compile(r"[A-Z][A-Z'\-]+")
-_SENTENCE_START = re.compile(r"(?:^|[.!?:;\"“`'(\-]\s*|\n\s*)$")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;\"\u201c`'(\-]\s*|\n\s*)$")
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ def extract_entities(text: str) -> list[Entity]:
     return out
 
 
-def missing_entities(text: str, entities: list[Entity]) -> list[Entity]:
+def missing_entities(text: str, entities: Sequence[Entity]) -> list[Entity]:
     """The entities whose text does not occur in `text` (runs of whitespace count as one space)."""
     flat = " ".join(text.split())
     return [e for e in entities if " ".join(e.text.split()) not in flat]

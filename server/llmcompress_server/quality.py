@@ -1,4 +1,4 @@
-"""Quality of a lossy reconstruction: embedding similarity, entity recall, chrF, and an overall score.
+"""Quality of a lossy reconstruction: embedding similarity, entity recall, chrF, overall score.
 
 overall = 0.6 * max(similarity, 0) + 0.25 * entity_recall + 0.15 * chrF / 100
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from sacrebleu.metrics import CHRF
+from sacrebleu.metrics.chrf import CHRF
 
 from .backends import TextBackend
 from .embedder import MiniLMEmbedder, cosine

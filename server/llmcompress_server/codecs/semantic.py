@@ -232,7 +232,9 @@ class SemanticCodec:
                 hi = mid - 1
         return best
 
-    async def _expand(self, body: pb.SemanticBody, original_bytes: int, tier: str | None) -> Expansion:
+    async def _expand(
+        self, body: pb.SemanticBody, original_bytes: int, tier: str | None
+    ) -> Expansion:
         comp = self.config.compression
         return await expand(
             self.backend,

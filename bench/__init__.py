@@ -1,0 +1,1 @@
+"""Benchmarks: each module has a `measure()` for `make bench` and a `main()`."""
