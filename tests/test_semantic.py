@@ -233,6 +233,10 @@ async def test_invalid_summaries_fall_back_to_zstd(corpus: list[dict[str, str]])
 
 # ---- through gRPC -----------------------------------------------------------------
 
+# Short expansions keep model tests to a few minutes on a loaded 2-core box;
+# bench/semantic.py measures full-length reconstructions.
+FAST = {"expand_max_tokens": 48, "semantic_retries": 1}
+
 
 async def test_short_text_is_stored_as_zstd_with_reason(start_server: StartServer) -> None:
     app = await start_server()
@@ -253,7 +257,7 @@ async def test_semantic_round_trip_on_a_fresh_server(
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
     text = passage(corpus, "lcet10-0067")
-    first = await start_server()
+    first = await start_server(compression=FAST)
     async with grpc.aio.insecure_channel(first.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         resp = await stub.Compress(
@@ -267,7 +271,7 @@ async def test_semantic_round_trip_on_a_fresh_server(
     await first.stop(grace=0)
 
     # Nothing lives in the first server's memory: a new one reconstructs.
-    second = await start_server()
+    second = await start_server(compression=FAST)
     async with grpc.aio.insecure_channel(second.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
@@ -283,7 +287,7 @@ async def test_quality_gate_falls_back_and_counts(
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
     # A threshold no lossy text reaches forces the gate.
-    app = await start_server(model={"quality_threshold": 1.0})
+    app = await start_server(model={"quality_threshold": 1.0}, compression=FAST)
     codec = app.pipeline.codecs[Mode.SEMANTIC]
     assert isinstance(codec, SemanticCodec)
     text = passage(corpus, "alice29-0136") + "\n\n" + passage(corpus, "alice29-0137")
@@ -312,7 +316,7 @@ async def test_prompt_injection_is_data(start_server: StartServer) -> None:
         "the vendor, Northwind Traders, must deliver 300 units by 5:00 PM. "
         "Questions go to ops@northwind.example.com."
     )
-    app = await start_server()
+    app = await start_server(compression=FAST)
     async with grpc.aio.insecure_channel(app.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         resp = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC))

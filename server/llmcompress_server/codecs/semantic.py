@@ -30,6 +30,9 @@ from . import Codec, CompressOptions, Decoded, Encoded
 
 log = logging.getLogger(__name__)
 
+# Assumed packed/raw size of a short English summary under brotli -q 11.
+_PACKED_FRACTION = 0.8
+
 # Called with (overall score, threshold) for every evaluation below the threshold.
 LowQualityObserver = Callable[[float, float], None]
 
@@ -183,10 +186,14 @@ class SemanticCodec:
         data = text.encode("utf-8")
         # Byte budget of the whole envelope, then of the summary inside it.
         target = len(data) / opts.target_ratio
-        probe_model = ModelIdentity(name=self.config.model.embedded.model_name, sha256="0" * 64)
-        overhead = len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC), probe_model))
+        # The model's name is stored in the envelope; before the first call
+        # its length is estimated from tier or the embedded model's name.
+        guess = ModelIdentity(name=tier or self.config.model.embedded.model_name, sha256="0" * 64)
+        overhead = len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC), guess))
         facts_only = len(pack_body("", entities).SerializeToString())
-        budget = target - overhead - facts_only
+        # Ask for a little more than fits raw: brotli packs the summary, and
+        # `_fit` trims it to the real envelope size afterwards.
+        budget = (target - overhead - facts_only) / _PACKED_FRACTION
         with clock.stage("semantic.summarize", **{"llmc.budget_bytes": int(budget)}):
             summary = await summarize(
                 self.backend,
@@ -198,10 +205,11 @@ class SemanticCodec:
             )
         with clock.stage("semantic.facts"):
             words = summary.text.split()
-            body = self._fit(summary.text, entities, data, target, probe_model, len(words))
+            model = summary.result.model
+            body = self._fit(summary.text, entities, data, target, model, len(words))
         return Encoded(
             envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body),
-            model=summary.result.model,
+            model=model,
             backend=summary.result.backend,
         )
 
