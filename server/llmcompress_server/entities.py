@@ -63,8 +63,8 @@ _STOP = frozenset(
 )
 _NAME_WORD = r"[A-Z][a-zA-Z'\u2019\-]*[a-zA-Z]|[A-Z]\."
 _NAME_LINK = r"(?:de|da|del|van|von|der|la|le|of|and|&)"
-# Names wrap across a line break in prose ("Sir\n Rowland de Boys").
-_GAP = r"(?:[ \t]+|[ \t]*\n[ \t]*)"
+# Names never span a line break: in lists and transcripts lines are separate entries.
+_GAP = r"[ \t]+"
 _NAME = re.compile(
     rf"(?<![\w'\u2019])(?:{_NAME_WORD})(?:{_GAP}(?:{_NAME_LINK}{_GAP})?(?:{_NAME_WORD}))*"
     r"(?![\w'\u2019])"
@@ -118,7 +118,14 @@ def _names(text: str, taken: list[tuple[int, int]]) -> list[tuple[int, str]]:
     for start, span, initial in candidates:
         words = span.split()
         # All-caps surnames open sentences in transcripts ("TWOHIG stressed ...").
-        if initial and words[0] not in mid_sentence and not _ACRONYM.fullmatch(words[0]):
+        # A sentence's first word is capitalised anyway: it counts as part of a
+        # name only when a capitalised word follows it ("Maria Lopez approved").
+        if (
+            initial
+            and len(words) == 1
+            and words[0] not in mid_sentence
+            and not _ACRONYM.fullmatch(words[0])
+        ):
             words = words[1:]
         words = _trim_name(words)
         if not words:

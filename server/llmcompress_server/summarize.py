@@ -20,6 +20,7 @@ from .entities import Entity, missing_entities
 BYTES_PER_WORD = 6.0
 BYTES_PER_TOKEN = 4.0
 MIN_SUMMARY_WORDS = 8
+_MENTION_BATCH = 8
 
 # SmolLM2-135M copies "<<<"-style tags into its answers; triple quotes it reads as a quote.
 _FENCE = '"""'
@@ -195,8 +196,10 @@ async def expand(
             break
         more = await backend.chat(
             ChatRequest(
-                messages=mention_messages(summary, missing),
-                max_tokens=max(48, 12 * len(missing)),
+                # A few at a time: a small model drops most of a long list, and
+                # whatever is still missing lands on the final "Facts:" line anyway.
+                messages=mention_messages(summary, missing[:_MENTION_BATCH]),
+                max_tokens=12 * min(len(missing), _MENTION_BATCH) + 24,
                 temperature=0.0,
                 seed=attempt + 1,
                 model=model,
