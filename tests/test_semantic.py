@@ -150,6 +150,9 @@ def test_corrupt_packed_body_is_data_loss() -> None:
 
 def test_parse_summary_validates() -> None:
     assert parse_summary('{"summary": "Alice  follows\\na rabbit."}') == "Alice follows a rabbit."
+    # A raw newline in the string, and a string cut by the token limit.
+    assert parse_summary('{"summary": "Yale spent\n$1 million"}') == "Yale spent $1 million"
+    assert parse_summary('{ "summary": "Yale spent $1 million on') == "Yale spent $1 million on"
     for bad in ("not json", '{"text": "x y"}', '{"summary": ""}', '{"summary": 3}', "[1, 2]"):
         with pytest.raises(InvalidSummary):
             parse_summary(bad)

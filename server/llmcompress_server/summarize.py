@@ -81,9 +81,17 @@ def summary_messages(text: str, words: int) -> list[dict[str, str]]:
 def parse_summary(raw: str) -> str:
     """The summary in a model answer; raises InvalidSummary when it is unusable."""
     try:
-        data = json.loads(raw)
+        # strict=False: a raw newline inside the string is harmless here (the
+        # summary's whitespace is normalised below), and llama.cpp's grammar lets it through.
+        data = json.loads(raw, strict=False)
     except json.JSONDecodeError as exc:
-        raise InvalidSummary(f"not JSON ({exc.msg})") from None
+        if not exc.msg.startswith("Unterminated string"):
+            raise InvalidSummary(f"not JSON ({exc.msg})") from None
+        # The token limit cut the string: keep the words written so far.
+        try:
+            data = json.loads(raw.rstrip().rstrip("\\") + '"}', strict=False)
+        except json.JSONDecodeError:
+            raise InvalidSummary(f"not JSON ({exc.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("summary"), str):
         raise InvalidSummary('no string field "summary"')
     summary = " ".join(data["summary"].split())
