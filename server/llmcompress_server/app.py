@@ -26,6 +26,7 @@ from .batch import BatchRunner
 from .bottleneck import StageWindow
 from .codecs import Codec
 from .codecs.lossless import LosslessCodec
+from .codecs.semantic import SemanticCodec
 from .codecs.zstd import ZstdCodec
 from .config import Config, Mode
 from .interceptors import ErrorInterceptor
@@ -98,11 +99,17 @@ class App:
             await self.engine.close()
 
 
-def build_codecs(config: Config, engine: EmbeddedEngine | None) -> dict[Mode, Codec]:
+def build_codecs(
+    config: Config, engine: EmbeddedEngine | None, backend: TextBackend | None = None
+) -> dict[Mode, Codec]:
+    """LOSSLESS needs the embedded engine (token-level access); SEMANTIC any chat backend."""
     zstd = ZstdCodec(config.compression.zstd_level)
     codecs: dict[Mode, Codec] = {Mode.ZSTD: zstd}
     if engine is not None:
         codecs[Mode.LOSSLESS] = LosslessCodec(engine, zstd)
+    if backend is not None:
+        # SEMANTIC falls back through this same table (ZSTD, or LOSSLESS).
+        codecs[Mode.SEMANTIC] = SemanticCodec(backend, config, codecs)
     return codecs
 
 
@@ -113,7 +120,7 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> A
     """
     engine = EmbeddedEngine(config.model.embedded)
     backend = build_text_backend(config, engine)
-    pipeline = Pipeline(config, build_codecs(config, engine))
+    pipeline = Pipeline(config, build_codecs(config, engine, backend))
     stages = StageWindow()
     add_stage_observer(stages.observe)
     window = config.performance.stream_window or 2 * config.performance.max_concurrent

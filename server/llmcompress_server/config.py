@@ -31,6 +31,12 @@ class Mode(StrEnum):
     ZSTD = "zstd"
 
 
+class SemanticFallback(StrEnum):
+    ZSTD = "zstd"
+    LOSSLESS = "lossless"  # ZSTD when this server has no LOSSLESS codec
+    NONE = "none"  # keep the low-quality SEMANTIC envelope, marked degraded
+
+
 class BackendKind(StrEnum):
     # Ollama when OLLAMA_HOST, model.ollama.endpoints or model.ollama_endpoint is
     # set explicitly; else the embedded engine (backends/router.py).
@@ -133,6 +139,15 @@ class CompressionConfig(_Section):
     zstd_level: int = Field(19, ge=1, le=22)
     # SEMANTIC: default target ratio (sets the summary's length budget).
     target_ratio: float = Field(10.0, gt=1.0)
+    # SEMANTIC: extra model calls when a summary is invalid or an expansion misses entities.
+    semantic_retries: int = Field(1, ge=0, le=5)
+    # SEMANTIC: model tiers (ChatRequest.model) tried in order when evaluated
+    # quality is below model.quality_threshold, before falling back.
+    semantic_escalation: tuple[str, ...] = ()
+    # SEMANTIC: where a text goes when quality stays below the threshold.
+    semantic_fallback: SemanticFallback = SemanticFallback.ZSTD
+    # SEMANTIC: token limit of one expansion call.
+    expand_max_tokens: int = Field(256, ge=16)
 
 
 class CacheConfig(_Section):

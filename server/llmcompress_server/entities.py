@@ -1,0 +1,189 @@
+"""Deterministic entity extraction for SEMANTIC mode: regexes and capitalisation heuristics.
+
+Finds e-mails, URLs, dates, times, money, percentages, numbers and proper
+names in English prose and chat logs, verbatim and in order of first
+appearance. No model is involved, so compress and reconstruct agree on it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_MONTHS = (
+    "January|February|March|April|May|June|July|August|September|October|November|December|"
+    "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
+)
+_WEEKDAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
+_NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
+
+# Order matters: earlier kinds claim their span first, so "$5.2 million" is
+# money, not the number 5.2, and "10:30" is a time, not two numbers.
+_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")),
+    ("url", re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>()\"']+[^\s<>()\"'.,;:!?]")),
+    (
+        "date",
+        re.compile(
+            rf"\b(?:(?:{_WEEKDAYS}),?\s+)?(?:(?:{_MONTHS})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?"
+            rf"(?:,?\s+\d{{4}})?|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:{_MONTHS})\.?(?:,?\s+\d{{4}})?"
+            rf"|(?:{_MONTHS})\.?\s+\d{{4}})\b"
+            r"|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b"
+        ),
+    ),
+    (
+        "time",
+        re.compile(
+            r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp]\.?[Mm]\.?)?(?![\w:])"
+            r"|\b\d{1,2}\s?[AaPp]\.?[Mm]\.?(?!\w)"
+        ),
+    ),
+    (
+        "money",
+        re.compile(
+            rf"(?:[$£€¥]\s?(?:{_NUM})(?:\s?(?:million|billion|thousand|[kKmMbB])\b)?)"
+            rf"|\b(?:{_NUM})\s?(?:dollars|pounds|euros|cents|USD|EUR|GBP)\b"
+        ),
+    ),
+    ("percent", re.compile(rf"\b(?:{_NUM})\s?(?:%|percent\b|per cent\b)")),
+    # Years like 1990 and the 1990s are numbers too; keep the decade suffix.
+    ("number", re.compile(rf"(?<![\w.])-?(?:{_NUM})(?:s\b|(?:st|nd|rd|th)\b)?(?![\w])")),
+]
+
+# Capitalised words that start sentences or are function words, not names.
+_STOP = frozenset(
+    """a an the and or but if then so of in on at to for from by with as is are was were be
+    been i i'm i've i'll i'd me my we our you your he him his she her it its they them their
+    this that these those there here what which who whom whose when where why how all any
+    some no not yes oh ah well now then do does did done can could will would shall should
+    may might must let said say says one two three first next last also however after before
+    while though although because since until unless upon into out up down over under again
+    very just only mr mrs ms dr st sir madam lord lady god""".split()  # noqa: SIM905
+)
+_NAME_WORD = r"[A-Z][a-zA-Z'\u2019\-]*[a-zA-Z]|[A-Z]\."
+_NAME_LINK = r"(?:de|da|del|van|von|der|la|le|of|and|&)"
+# Names never span a line break: in lists and transcripts lines are separate entries.
+_GAP = r"[ \t]+"
+_NAME = re.compile(
+    rf"(?<![\w'\u2019])(?:{_NAME_WORD})(?:{_GAP}(?:{_NAME_LINK}{_GAP})?(?:{_NAME_WORD}))*"
+    r"(?![\w'\u2019])"
+)
+# A chat or play speaker tag at the start of a line: "ORLANDO  I am..." or "alice: hi".
+_SPEAKER = re.compile(r"^[ \t]*([A-Z][A-Z'\-]+(?: [A-Z][A-Z'\-]+)?)(?=[ \t]+\S|:)", re.M)
+_CHAT_SPEAKER = re.compile(
+    r"^[ \t]*(?:\[[^\]\n]{1,30}\][ \t]*)?([A-Za-z][\w.\-]{1,30}):[ \t]", re.M
+)
+_ACRONYM = re.compile(r"[A-Z][A-Z'\-]+")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;\"\u201c`'(\-]\s*|\n\s*)$")
+
+
+@dataclass(frozen=True)
+class Entity:
+    kind: str  # email, url, date, time, money, percent, number, name
+    text: str
+
+
+def _sentence_initial(text: str, start: int) -> bool:
+    return bool(_SENTENCE_START.search(text[max(0, start - 4) : start]))
+
+
+def _trim_name(words: list[str]) -> list[str]:
+    while words and words[0].lower().strip(".") in _STOP:
+        words = words[1:]
+    while words and (
+        words[-1].lower().strip(".") in _STOP
+        or re.fullmatch(_NAME_LINK, words[-1])
+        or re.fullmatch(r"[A-Z]\.", words[-1])
+    ):
+        words = words[:-1]
+    return words
+
+
+def _names(text: str, taken: list[tuple[int, int]]) -> list[tuple[int, str]]:
+    # A word capitalised mid-sentence anywhere marks it as a name everywhere,
+    # including at sentence starts ("Alice was ..." once "said Alice" is seen).
+    mid_sentence: set[str] = set()
+    candidates: list[tuple[int, str, bool]] = []
+    for m in _NAME.finditer(text):
+        if any(s < m.end() and m.start() < e for s, e in taken):
+            continue
+        initial = _sentence_initial(text, m.start())
+        candidates.append((m.start(), m.group(0), initial))
+        words = m.group(0).split()
+        for i, word in enumerate(words):
+            if (i > 0 or not initial) and word.lower().strip(".") not in _STOP:
+                mid_sentence.add(word)
+    found: list[tuple[int, str]] = []
+    for start, span, initial in candidates:
+        words = span.split()
+        # All-caps surnames open sentences in transcripts ("TWOHIG stressed ...").
+        # A sentence's first word is capitalised anyway: it counts as part of a
+        # name only when a capitalised word follows it ("Maria Lopez approved").
+        if (
+            initial
+            and len(words) == 1
+            and words[0] not in mid_sentence
+            and not _ACRONYM.fullmatch(words[0])
+        ):
+            words = words[1:]
+        words = _trim_name(words)
+        if not words:
+            continue
+        name = " ".join(words)
+        if len(words) == 1 and (len(name) < 2 or name.endswith(".")):
+            continue
+        found.append((start + span.index(words[0]), name))
+    return found
+
+
+def extract_entities(text: str) -> list[Entity]:
+    """Typed entities in order of first appearance, each distinct (kind, text) once."""
+    spans: list[tuple[int, int, str, str]] = []
+    taken: list[tuple[int, int]] = []
+    for kind, pattern in _PATTERNS:
+        for m in pattern.finditer(text):
+            if any(s < m.end() and m.start() < e for s, e in taken):
+                continue
+            value = " ".join(m.group(0).split())
+            if kind == "number" and len(value.lstrip("-")) < 2:
+                continue  # single digits are everywhere and say little
+            spans.append((m.start(), m.end(), kind, value))
+            taken.append((m.start(), m.end()))
+    speakers: set[str] = set()
+    lines = max(1, sum(1 for line in text.splitlines() if line.strip()))
+    for pattern in (_SPEAKER, _CHAT_SPEAKER):
+        tags = list(pattern.finditer(text))
+        if pattern is _CHAT_SPEAKER and len(tags) < max(2, lines // 4):
+            continue  # "education: you have..." once in prose is not a chat log
+        for m in tags:
+            name = m.group(1)
+            if name.lower() in _STOP or any(s < m.end(1) and m.start(1) < e for s, e in taken):
+                continue
+            speakers.add(name)
+            spans.append((m.start(1), m.end(1), "name", name))
+            taken.append((m.start(1), m.end(1)))
+    words = set(re.findall(r"[a-z']+", text))
+
+    def lowered(word: str) -> bool:
+        return word.lower() in words or word.lower() in _STOP
+
+    for start, name in _names(text, taken):
+        if name.isupper() and " " not in name and name not in speakers and lowered(name):
+            continue  # a shouted word ("WOULD"), not an acronym or a surname like TWOHIG
+        spans.append((start, start + len(name), "name", name))
+    spans.sort()
+    seen: set[str] = set()
+    out: list[Entity] = []
+    for _, _, kind, value in spans:
+        if value in seen:
+            continue
+        seen.add(value)
+        out.append(Entity(kind, value))
+    return out
+
+
+def missing_entities(text: str, entities: Sequence[Entity]) -> list[Entity]:
+    """The entities whose text does not occur in `text` (runs of whitespace count as one space)."""
+    flat = " ".join(text.split())
+    return [e for e in entities if " ".join(e.text.split()) not in flat]
