@@ -126,7 +126,9 @@ def _words(body: dict[str, Any]) -> list[str]:
         text = users[-1] if users else ""
     else:
         text = str(body.get("prompt", ""))
-    return text.split() or ["ok"]
+    # Plain words only, like a model's prose: echoing prompt delimiters (quotes,
+    # fences) would make answers that a real client rightly rejects.
+    return re.findall(r"[\w'.,$%-]+", text) or ["ok"]
 
 
 def instance_for(schema: Any, words: list[str], budget: int = 24) -> Any:
