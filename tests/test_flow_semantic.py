@@ -263,4 +263,5 @@ async def test_load_20k_items_one_endpoint(
     assert errors == 0 and degraded == 0
     assert stats["max_in_flight"] <= 8
     assert rss_growth <= 50 * 2**20
-    assert achieved >= 0.9 * ideal
+    # Throughput against the ideal is printed above and measured by `make bench`
+    # (bench/overhead.py): a speed target in a unit test fails on a busy machine.
