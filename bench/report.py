@@ -13,22 +13,34 @@ from .modes import EXACT_MODES, bucket_labels, bucket_of, group_key
 
 # The figures this report reads from the optional sections' dicts, by key. When a
 # section names a figure differently, change it here (one place).
+# Figure -> (section, dotted key path) in what bench/<section>.py's measure() returns.
 SECTION_KEYS = {
-    "lossless_fraction_of_raw": ("lossless", "fraction_of_raw_speed"),
+    "lossless_compress_fraction": ("lossless", "compress_fraction_of_raw"),
+    "lossless_reconstruct_fraction": ("lossless", "reconstruct_fraction_of_raw"),
     "lossless_raw_bytes_per_s": ("lossless", "raw_bytes_per_s"),
+    "lossless_ratio_vs_brotli": ("lossless", "ratio_vs_brotli11"),
+    "lossless_ratio": ("lossless", "lossless_ratio"),
+    "lossless_brotli_ratio": ("lossless", "brotli11_ratio"),
+    "lossless_passages": ("lossless", "passages"),
     "semantic_similarity": ("semantic", "median_similarity"),
     "semantic_ratio": ("semantic", "median_ratio"),
-    "semantic_entity_recall": ("semantic", "entity_recall"),
+    "semantic_entity_recall": ("semantic", "stored_entity_recall"),
     "semantic_embedding_model": ("semantic", "embedding_model"),
-    "cache_hit_calls_per_s": ("cache", "hit_calls_per_s"),
+    "cache_hit_calls_per_s": ("cache", "hit.calls_per_s"),
+    "cache_echo_calls_per_s": ("cache", "echo.calls_per_s"),
+    "cache_hit_over_echo": ("cache", "hit_over_echo"),
+    # The seed's hit-rate target depends on the traffic; no section measures it.
     "cache_hit_rate": ("cache", "hit_rate"),
 }
 MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
 
 
 def section_figure(results: dict[str, Any], figure: str) -> Any:
-    section, key = SECTION_KEYS[figure]
-    return results.get(section, {}).get(key)
+    section, path = SECTION_KEYS[figure]
+    node: Any = results.get(section, {})
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def mode_groups(results: dict[str, Any], mode: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -152,6 +164,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
     )
 
     lossless = [it for it in mode_items(results, "lossless") if it["stored_mode"] == "lossless"]
+    vs_brotli = section_figure(results, "lossless_ratio_vs_brotli")
     if lossless:
         ids = [it["id"] for it in lossless]
         ours = sum(it["original_bytes"] for it in lossless) / sum(
@@ -167,6 +180,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 ours / brotli >= 2.3,
             )
         )
+    elif vs_brotli is not None:  # no server-path LOSSLESS figures: bench.lossless's
+        ours = section_figure(results, "lossless_ratio")
+        brotli = section_figure(results, "lossless_brotli_ratio")
+        count = section_figure(results, "lossless_passages")
+        rows.append(
+            _target(
+                "LOSSLESS ratio vs brotli -11",
+                "issue 3",
+                ">= 2.3x brotli",
+                f"{vs_brotli:.2f}x ({ours:.2f} vs {brotli:.2f}, {count} texts, bench.lossless)",
+                vs_brotli >= 2.3,
+            )
+        )
     else:
         rows.append(
             _target(
@@ -178,13 +204,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 _mode_note(results, "lossless"),
             )
         )
-    fraction = section_figure(results, "lossless_fraction_of_raw")
+    comp_frac = section_figure(results, "lossless_compress_fraction")
+    rec_frac = section_figure(results, "lossless_reconstruct_fraction")
+    fraction = None if comp_frac is None or rec_frac is None else min(comp_frac, rec_frac)
     rows.append(
         _target(
             "LOSSLESS speed vs raw engine",
             "issue 3",
             ">= 90% of raw token-by-token speed",
-            _fmt(fraction, pct=True),
+            f"compress {_fmt(comp_frac, pct=True)} (per coding pass), "
+            f"reconstruct {_fmt(rec_frac, pct=True)}"
+            if fraction is not None
+            else "-",
             None if fraction is None else fraction >= 0.9,
             _note(results, "lossless"),
         )
@@ -208,15 +239,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
             _note(results, "semantic"),
         )
     )
+    # bench.cache measures hits and a bare echo side by side (same payload, concurrency).
     hits = section_figure(results, "cache_hit_calls_per_s")
-    echo = results["baselines"]["echo"]["unary_calls_per_s"]
+    echo = section_figure(results, "cache_echo_calls_per_s")
+    share = section_figure(results, "cache_hit_over_echo")
     rows.append(
         _target(
             "cache-hit throughput vs bare echo",
             "issue 7",
             ">= 40% of echo unary calls/s",
-            f"{hits / echo:.0%} ({hits:,.0f} vs {echo:,.0f} calls/s)" if hits is not None else "-",
-            None if hits is None else hits / echo >= 0.4,
+            f"{share:.0%} ({hits:,.0f} vs {echo:,.0f} calls/s, side by side)"
+            if share is not None
+            else "-",
+            None if share is None else share >= 0.4,
             _note(results, "cache"),
         )
     )
