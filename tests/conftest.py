@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from llmcompress_server.app import App, create_server
-from llmcompress_server.config import Config, load_config
+from llmcompress_server.backends.router import BackendRouter
+from llmcompress_server.config import Config, Mode, load_config
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
@@ -131,3 +137,80 @@ async def sim_ollama() -> AsyncIterator[SimFactory]:
     yield start
     for sim in sims:
         await sim.close()
+
+
+# --- a server whose SEMANTIC backend is an Ollama endpoint ----------------------------
+
+
+def semantic_config(endpoint: str, **llm: Any) -> Config:
+    return make_config(
+        model={"backend": "ollama", "ollama": {"endpoints": [endpoint]}},
+        performance={"max_concurrent": 8, "max_queue": 256},
+        compression={"default_mode": "semantic"},
+        llm={"rate_limit": 0, "fallback_embedded": False, "retry_base_delay": 0.01,
+             "retry_max_delay": 0.2, "health_interval": 0, **llm},
+    )  # fmt: skip
+
+
+async def semantic_server(start_server: StartServer, endpoint: str, **llm: Any) -> App:
+    """A server whose SEMANTIC codec talks to the Ollama at `endpoint` (e.g. the simulated one)."""
+    app = await start_server(semantic_config(endpoint, **llm))
+    assert isinstance(app.backend, BackendRouter)
+    if Mode.SEMANTIC not in app.pipeline.codecs:
+        pytest.fail("SEMANTIC is not wired: build_codecs must give it app.backend")
+    return app
+
+
+# --- a real redis-server on a free loopback port ---------------------------------
+
+
+class RedisServer:
+    def __init__(self, binary: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.kill()
+                pytest.fail(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def client(self) -> aioredis.Redis:
+        return aioredis.Redis(host="127.0.0.1", port=self.port)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a stopped process must wake to die
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(require_tool("redis-server"))
+    yield server
+    server.kill()

@@ -6,10 +6,8 @@ import asyncio
 import hashlib
 import json
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -17,9 +15,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from llmcompress.cli import main as llmc_main
-from llmcompress_server.app import App
+from llmcompress_server.app import App, build_codecs
+from llmcompress_server.backends import TextBackend
+from llmcompress_server.backends.router import build_text_backend
 from llmcompress_server.cache import (
     REDIS_NAMESPACE,
+    CacheableCodec,
     CachedResult,
     MemoryTier,
     SingleFlight,
@@ -36,64 +37,21 @@ from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from llmcompress_server.pipeline import Pipeline
 from llmcompress_server.stages import StageClock, add_stage_observer, remove_stage_observer
-from tests.conftest import StartServer, make_config, require_tool, slow_text
+from tests.conftest import (
+    RedisServer,
+    SimFactory,
+    StartServer,
+    load_corpus,
+    make_config,
+    semantic_config,
+    semantic_server,
+    slow_text,
+)
 
 Stub = pb_grpc.CompressionServiceStub
 
 
 # --- a real redis-server on a free loopback port ---------------------------------
-
-
-class RedisServer:
-    def __init__(self, binary: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.kill()
-                pytest.fail(f"redis-server did not start on port {self.port}")
-            time.sleep(0.05)
-
-    def client(self) -> aioredis.Redis:
-        return aioredis.Redis(host="127.0.0.1", port=self.port)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a stopped process must wake to die
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(require_tool("redis-server"))
-    yield server
-    server.kill()
 
 
 @pytest.fixture
@@ -380,6 +338,32 @@ async def test_single_flight_survives_a_cancelled_caller() -> None:
         await first
 
 
+async def test_single_flight_cancels_the_run_when_its_last_caller_leaves() -> None:
+    flights: SingleFlight[str] = SingleFlight()
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def work() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    callers = [asyncio.create_task(flights.run("k", work)) for _ in range(2)]
+    await started.wait()
+    callers[0].cancel()
+    await asyncio.sleep(0.01)
+    assert not cancelled.is_set() and "k" in flights  # one caller still waits
+    callers[1].cancel()
+    await asyncio.wait_for(cancelled.wait(), 1.0)  # a cancel reaches the work
+    assert "k" not in flights
+    for caller in callers:
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+
 class FlakyCodec(ZstdCodec):
     """Fails its first encode the way an unreachable backend does."""
 
@@ -435,6 +419,50 @@ async def test_fifty_identical_requests_make_one_encode(
     cache = app.pipeline.cache
     assert cache is not None and cache.computed == 1
     assert cache.coalesced >= 1  # some joined the run in flight, the rest hit memory
+
+
+async def test_fifty_identical_semantic_requests_make_one_backend_call(
+    start_server: StartServer, sim_ollama: SimFactory, stubs: Stubs
+) -> None:
+    # Each model call holds the simulated Ollama 0.3 s: the 50 arrive while it runs.
+    sim = await sim_ollama(latency=0.3, slots=8)
+    app = await semantic_server(start_server, sim.url)
+    stub = stubs(app)
+    text = load_corpus()[0]["text"]
+    responses = await asyncio.gather(
+        *(_compress(stub, text, mode=pb.MODE_SEMANTIC) for _ in range(50))
+    )
+    assert sim.stats.calls == 1, sim.stats_dict()  # counted where the calls land
+    assert {r.stats.mode for r in responses} == {pb.MODE_SEMANTIC}
+    assert not any(r.stats.degraded for r in responses)
+    assert len({r.envelope for r in responses}) == 1
+    assert sum(not r.stats.cache_hit for r in responses) == 1
+    cache = app.pipeline.cache
+    assert cache is not None and cache.computed == 1 and cache.coalesced >= 1
+    # ... and the next identical request is a memory hit, still one call at the backend.
+    again = await _compress(stub, text, mode=pb.MODE_SEMANTIC)
+    assert again.stats.cache_hit and again.envelope == responses[0].envelope
+    assert sim.stats.calls == 1
+
+
+def test_semantic_key_names_what_shapes_the_summary() -> None:
+    codecs = build_codecs(semantic_config("http://127.0.0.1:9"), None, _router("127.0.0.1:9"))
+    codec = codecs[Mode.SEMANTIC]
+    assert isinstance(codec, CacheableCodec)
+    base = codec.cache_params(CompressOptions())
+    assert base is not None and "127.0.0.1:9" in str(base["models"])
+    assert codec.cache_params(CompressOptions(target_ratio=5.0)) != base
+    other = semantic_config("http://127.0.0.1:9", timeout=5.0)  # llm.timeout shapes nothing
+    same = build_codecs(other, None, _router("127.0.0.1:9"))[Mode.SEMANTIC]
+    assert isinstance(same, CacheableCodec) and same.cache_params(CompressOptions()) == base
+    moved = build_codecs(semantic_config("http://127.0.0.1:8"), None, _router("127.0.0.1:8"))
+    moved_codec = moved[Mode.SEMANTIC]
+    assert isinstance(moved_codec, CacheableCodec)
+    assert moved_codec.cache_params(CompressOptions()) != base
+
+
+def _router(host: str) -> TextBackend | None:
+    return build_text_backend(semantic_config(f"http://{host}"), None, environ={})
 
 
 # --- Redis: shared, corrupt, down, stalled ----------------------------------------------------

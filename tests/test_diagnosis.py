@@ -10,7 +10,44 @@ import grpc
 from llmcompress_server.app import App
 from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
-from tests.conftest import slow_text
+from tests.conftest import SimFactory, StartServer, load_corpus, semantic_server, slow_text
+
+
+async def llmc_stats(address: str) -> tuple[str, dict[str, list[str]]]:
+    """`llmc stats` run as a user runs it: the report and its rows by stage name."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llmcompress.cli", "stats", "--server", address, "--timeout", "30",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    report = out.decode()
+    rows = {
+        line.split()[0]: line.split() for line in report.splitlines()[2:] if line.startswith("  ")
+    }
+    return report, rows
+
+
+async def test_llmc_stats_names_the_llm_call_after_a_semantic_run(
+    start_server: StartServer, sim_ollama: SimFactory
+) -> None:
+    # Every model call holds the simulated Ollama 0.3 s; everything else takes milliseconds.
+    sim = await sim_ollama(latency=0.3, slots=4)
+    app = await semantic_server(start_server, sim.url)
+    texts = [p["text"] for p in load_corpus() if len(p["text"]) > 400][:10]
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        answers = await asyncio.gather(
+            *(stub.Compress(pb.CompressRequest(text=t, mode=pb.MODE_SEMANTIC)) for t in texts)
+        )
+    assert all(a.stats.mode == pb.MODE_SEMANTIC and not a.stats.degraded for a in answers)
+    assert sim.stats.calls >= len(texts)
+    report, rows = await llmc_stats(app.address)
+    assert int(rows["semantic.summarize"][1]) == len(texts), report
+    slowest = [line for line in report.splitlines() if line.startswith("slowest stage")]
+    # The summary stage holds the model call (the GenAI span is not a stage of its own).
+    assert slowest and slowest[0].endswith(": semantic.summarize"), report
+    assert float(rows["semantic.summarize"][5]) >= 300.0, report  # its own p95, in ms
 
 
 async def test_llmc_stats_names_the_slowest_stage(server: App) -> None:
@@ -22,24 +59,7 @@ async def test_llmc_stats_names_the_slowest_stage(server: App) -> None:
         stub = pb_grpc.CompressionServiceStub(channel)
         for text in texts:
             await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_ZSTD))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llmcompress.cli",
-        "stats",
-        "--server",
-        server.address,
-        "--timeout",
-        "30",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, err.decode()
-    report = out.decode()
-    rows = {
-        line.split()[0]: line.split() for line in report.splitlines()[2:] if line.startswith("  ")
-    }
+    report, rows = await llmc_stats(server.address)
     assert {"validate", "zstd.encode", "pack"} <= rows.keys(), report
     assert int(rows["zstd.encode"][1]) == len(texts)
     slowest = [line for line in report.splitlines() if line.startswith("slowest stage")]

@@ -25,32 +25,13 @@ import pytest
 
 from llmcompress_server.app import App
 from llmcompress_server.backends.router import BackendRouter
-from llmcompress_server.config import Mode
 from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
-from tests.conftest import ROOT, SimFactory, StartServer, load_corpus, make_config
+from tests.conftest import ROOT, SimFactory, StartServer, load_corpus, semantic_server
 
 pytest.importorskip("llmcompress_server.codecs.semantic")
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
-
-
-def semantic_config(endpoint: str, **llm: Any) -> Any:
-    return make_config(
-        model={"backend": "ollama", "ollama": {"endpoints": [endpoint]}},
-        performance={"max_concurrent": 8, "max_queue": 256},
-        compression={"default_mode": "semantic"},
-        llm={"rate_limit": 0, "fallback_embedded": False, "retry_base_delay": 0.01,
-             "retry_max_delay": 0.2, "health_interval": 0, **llm},
-    )  # fmt: skip
-
-
-async def semantic_server(start_server: StartServer, endpoint: str, **llm: Any) -> App:
-    app = await start_server(semantic_config(endpoint, **llm))
-    assert isinstance(app.backend, BackendRouter)
-    if Mode.SEMANTIC not in app.pipeline.codecs:
-        pytest.fail("SEMANTIC is not wired: build_codecs must give it app.backend")
-    return app
 
 
 def texts(n: int) -> Iterator[str]:
@@ -219,6 +200,8 @@ class SimProcess:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 @pytest.fixture

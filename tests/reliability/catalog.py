@@ -3,10 +3,10 @@
 A row is `Case(name, run, expect)`: `run(caller)` performs the calls and returns
 the status code it observed (OK when the call succeeded). The test runs every
 row against ONE server and, after each, checks that a normal Compress +
-Reconstruct still round-trips. Rows that need a simulated backend or cache
-(Ollama down/slow/503/500, garbage JSON, a mid-stream error line, a connection
-reset, Redis down) are added next to these with a `Caller` that points at such
-a server; see `BACKEND_ROWS_TODO`.
+Reconstruct still round-trips. `BACKEND_CASES` are the faults of the model
+backend (the simulated Ollama) and of Redis: each runs a SEMANTIC Compress on a
+server with `llm.allow_degraded` off (the exact status) and on (a degraded ZSTD
+envelope with the reason), then checks SEMANTIC works again once the fault is gone.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from typing import Any
 import grpc
 
 from llmcompress_server.app import App
+from llmcompress_server.backends.router import BackendRouter
 from llmcompress_server.envelope import FORMAT_VERSION
 from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 from ..conftest import slow_text
+from ..sim_ollama import SimOllama
 
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -37,18 +39,6 @@ MAX_TEXT = 1024 * 1024
 MAX_MESSAGE = 2 * 1024 * 1024
 MAX_QUEUE = 3
 SAMPLE = "Reliability sample: the server must keep serving after every bad call. " * 6
-
-BACKEND_ROWS_TODO = [
-    "backend down (connection refused) -> degraded ZSTD or UNAVAILABLE",
-    "backend slow (beyond llm.timeout) -> DEADLINE_EXCEEDED/UNAVAILABLE",
-    "backend 503 -> UNAVAILABLE after retries",
-    "backend 500 -> UNAVAILABLE",
-    "backend garbage JSON -> UNAVAILABLE (BackendProtocolError)",
-    "backend mid-stream error line -> UNAVAILABLE",
-    "backend connection reset -> UNAVAILABLE",
-    "backend lacks the model -> FAILED_PRECONDITION",
-    "Redis down -> OK (in-process tier only)",
-]
 
 
 @dataclass
@@ -351,4 +341,107 @@ CASES: list[Case] = [
     _auth_case("wrong token", (("authorization", "Bearer nope"),)),
     _auth_case("not a bearer header", (("authorization", "Basic dXNlcjpwYXNz"),)),
     _auth_case("empty bearer", (("authorization", "Bearer "),)),
+]
+
+
+# -- the model backend and Redis ---------------------------------------------------------
+# The backend servers (see test_catalog.py) retry once (llm.max_retries=1) and give a
+# model call llm.timeout=BACKEND_TIMEOUT; no breaker cooldown, so rows do not leak.
+BACKEND_TIMEOUT = 0.5
+BACKEND_RETRIES = 1
+# The router tries each of the three model tiers, each with the pool's retries.
+ATTEMPTS = 3 * (BACKEND_RETRIES + 1)
+
+
+@dataclass
+class BackendCaller:
+    """A SEMANTIC request to a server over the simulated Ollama `sim`."""
+
+    app: App
+    channel: grpc.aio.Channel
+    sim: SimOllama
+    allow_degraded: bool
+
+    async def semantic(self, text: str = SAMPLE) -> pb.CompressResponse | grpc.aio.AioRpcError:
+        stub = pb_grpc.CompressionServiceStub(self.channel)
+        try:
+            return await stub.Compress(
+                pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc
+
+
+@dataclass(frozen=True)
+class BackendCase:
+    name: str
+    # Sets the fault up; returns the undo (or None).
+    fault: Callable[[BackendCaller], Awaitable[Callable[[], Awaitable[None]] | None]]
+    # Without allow_degraded: the status and a phrase of its message.
+    expect: grpc.StatusCode
+    says: str
+    # Whether the row needs the server that streams (model.ollama.stream).
+    stream: bool = False
+
+
+def _script(*faults: str) -> Callable[[BackendCaller], Awaitable[None]]:
+    async def fault(c: BackendCaller) -> None:
+        c.sim.options.script = list(faults)
+
+    return fault
+
+
+async def _down(c: BackendCaller) -> Callable[[], Awaitable[None]]:
+    port = c.sim.port
+    await c.sim.close()  # nothing listens there now: connection refused
+
+    async def undo() -> None:
+        await c.sim.start(port)
+
+    return undo
+
+
+async def _slow(c: BackendCaller) -> Callable[[], Awaitable[None]]:
+    c.sim.options.latency = BACKEND_TIMEOUT * 4
+
+    async def undo() -> None:
+        c.sim.options.latency = 0.01
+
+    return undo
+
+
+async def _model_missing(c: BackendCaller) -> Callable[[], Awaitable[None]]:
+    models = c.sim.options.models
+    c.sim.options.models = ("some-other-model",)
+
+    async def undo() -> None:
+        c.sim.options.models = models  # "pulled": the next health probe notices
+        assert isinstance(c.app.backend, BackendRouter)
+        for route in c.app.backend.routes:
+            await route.pool.probe()
+
+    return undo
+
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+BACKEND_CASES: list[BackendCase] = [
+    BackendCase("backend down (connection refused)", _down, UNAVAILABLE, "cannot reach"),
+    BackendCase("backend slower than llm.timeout", _slow, UNAVAILABLE, "did not answer within"),
+    BackendCase("backend 503 on every attempt", _script(*["503"] * ATTEMPTS), UNAVAILABLE, "503"),
+    BackendCase("backend 500", _script(*["error"] * ATTEMPTS), UNAVAILABLE, "500"),
+    BackendCase(
+        "backend answers garbage JSON", _script(*["garbage"] * ATTEMPTS), UNAVAILABLE, "JSON"
+    ),
+    BackendCase(
+        "backend error line mid-stream",
+        _script(*["error"] * ATTEMPTS),
+        UNAVAILABLE,
+        "llama runner process has terminated",
+        stream=True,
+    ),
+    BackendCase(
+        "backend resets the connection", _script(*["drop"] * ATTEMPTS), UNAVAILABLE, "disconnect"
+    ),
+    BackendCase("backend lacks the model", _model_missing, UNAVAILABLE, "pull it"),
 ]

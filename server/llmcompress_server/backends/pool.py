@@ -70,7 +70,8 @@ class Endpoint:
     in_flight: int = 0
     calls: int = 0
     failures: int = 0
-    # Models this endpoint answered 404 for; the others are tried instead.
+    # Models this endpoint answered 404 for; the others are tried instead. Forgotten
+    # at the next passing health probe, so a model pulled later is used again.
     missing: set[str] = field(default_factory=set)
     # Why the last health probe failed; cleared by a passing probe or a successful call.
     probe_error: str | None = None
@@ -296,6 +297,7 @@ class EndpointPool:
                 log.info("%s endpoint %s is healthy again", self.name, endpoint.url)
             endpoint.breaker.success()
             endpoint.probe_error = None
+            endpoint.missing.clear()
             states[endpoint.url] = "ok"
         return states
 

@@ -11,12 +11,15 @@ the envelope; the codec holds no per-text state.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 
 import brotli
 
 from ..backends import TextBackend
+from ..backends.embedded import EmbeddedEngine
+from ..backends.router import BackendRouter
 from ..config import Config, Mode, SemanticFallback
 from ..embedder import MiniLMEmbedder
 from ..entities import Entity, extract_entities, missing_entities
@@ -25,7 +28,16 @@ from ..errors import DataLoss
 from ..pb import compression_pb2 as pb
 from ..quality import score
 from ..stages import StageClock
-from ..summarize import Expansion, InvalidSummary, expand, summarize, trim_words
+from ..summarize import (
+    EXPAND_SYSTEM,
+    SUMMARY_SYSTEM,
+    Expansion,
+    InvalidSummary,
+    expand,
+    summarize,
+    summary_messages,
+    trim_words,
+)
 from . import Codec, CompressOptions, Decoded, Encoded
 
 log = logging.getLogger(__name__)
@@ -79,8 +91,38 @@ def unpack_body(body: pb.SemanticBody) -> pb.SemanticBody:
     return inner
 
 
+def prompt_version() -> str:
+    """A digest of the prompts: editing one changes every SEMANTIC cache key."""
+    template = summary_messages("{document}", 0)
+    parts = [SUMMARY_SYSTEM, EXPAND_SYSTEM, *(m["content"] for m in template)]
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def backend_identity(backend: TextBackend) -> str | None:
+    """Which models answer a non-degraded call; None while that is not known yet.
+
+    Through the router only the first route's models answer without a fallback
+    (fallbacks mark the result degraded, and degraded results are not cached),
+    but every route, endpoint and tier is named: editing any of them is a new key.
+    """
+    if isinstance(backend, BackendRouter):
+        routes = [
+            f"{r.pool.name}[{','.join(e.url for e in r.pool.endpoints)}]="
+            f"{r.models.low},{r.models.standard},{r.models.high}"
+            for r in backend.routes
+        ]
+        return ";".join(routes)
+    if isinstance(backend, EmbeddedEngine):
+        if not backend.started:
+            return None
+        return f"embedded:{backend.identity.name}:{backend.identity.sha256}"
+    return None  # a backend that cannot name its model is never cached
+
+
 class SemanticCodec:
     mode = pb.MODE_SEMANTIC
+    # Bump when the output for the same text, options and settings changes.
+    version = 1
 
     def __init__(
         self,
@@ -100,6 +142,32 @@ class SemanticCodec:
 
     def add_low_quality_observer(self, observer: LowQualityObserver) -> None:
         self._low_quality_observers.append(observer)
+
+    def cache_params(self, opts: CompressOptions) -> dict[str, str | int | float | bool] | None:
+        """Everything that shapes a SEMANTIC envelope (cache.py's hook)."""
+        models = backend_identity(self.backend)
+        if models is None:
+            return None
+        comp = self.config.compression
+        return {
+            "codec": "semantic",
+            "version": self.version,
+            "prompts": prompt_version(),
+            "models": models,
+            "target_ratio": opts.target_ratio,
+            "quality": int(opts.quality),
+            "evaluate_quality": opts.evaluate_quality,
+            "quality_threshold": self.config.model.quality_threshold,
+            "embedder": self.embedder.name,
+            "min_compress_length": comp.min_compress_length,
+            "max_tokens": comp.max_tokens,
+            "expand_max_tokens": comp.expand_max_tokens,
+            "temperature": comp.temperature,
+            "retries": comp.semantic_retries,
+            "escalation": ",".join(comp.semantic_escalation),
+            "fallback": comp.semantic_fallback.value,
+            "zstd_level": comp.zstd_level,
+        }
 
     def _fallback(self) -> Codec | None:
         choice = self.config.compression.semantic_fallback
