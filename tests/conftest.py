@@ -34,7 +34,7 @@ def require_tool(name: str) -> str:
     """Path of a system tool; a loud skip on a user's machine, a failure under CI."""
     path = shutil.which(name)
     if path is None:
-        message = f"`{name}` is not installed; .ci/run installs it (see README, 'Testing')"
+        message = f"`{name}` is not installed; .ci/run installs it (apt-get install {name})"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
