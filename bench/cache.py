@@ -88,7 +88,9 @@ def _echo_server(canned: pb.CompressResponse) -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
-async def _measure(calls: int, concurrency: int, payload_bytes: int, rounds: int) -> dict[str, Any]:
+async def _measure(
+    calls: int, concurrency: int, payload_bytes: int, rounds: int, text: str | None = None
+) -> dict[str, Any]:
     config = load_config(
         environ={},
         overrides={
@@ -99,7 +101,7 @@ async def _measure(calls: int, concurrency: int, payload_bytes: int, rounds: int
     )
     app = await create_server(config)
     await app.start()
-    text = _payload(payload_bytes)
+    text = text or _payload(payload_bytes)
     request = pb.CompressRequest(text=text, mode=pb.MODE_ZSTD)
     async with grpc.aio.insecure_channel(app.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
@@ -168,10 +170,23 @@ async def _measure(calls: int, concurrency: int, payload_bytes: int, rounds: int
 
 
 def measure(
-    calls: int = 2000, concurrency: int = 16, payload_bytes: int = 2048, rounds: int = 3
+    passages: list[dict[str, str]] | None = None,
+    *,
+    calls: int = 2000,
+    concurrency: int = 16,
+    payload_bytes: int = 2048,
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """Cache-hit Compress vs bare echo, side by side; see the module docstring."""
-    return asyncio.run(_measure(calls, concurrency, payload_bytes, rounds))
+    """Cache-hit Compress vs bare echo, side by side; see the module docstring.
+
+    With `passages` (the harness's subset), the payload is the one closest to
+    `payload_bytes`; without, it comes from the shared corpus."""
+    text = None
+    if passages:
+        text = min(
+            (p["text"] for p in passages), key=lambda t: abs(len(t.encode()) - payload_bytes)
+        )
+    return asyncio.run(_measure(calls, concurrency, payload_bytes, rounds, text))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
     args = parser.parse_args(argv)
-    r = measure(args.calls, args.concurrency, args.payload_bytes, args.rounds)
+    r = measure(
+        calls=args.calls,
+        concurrency=args.concurrency,
+        payload_bytes=args.payload_bytes,
+        rounds=args.rounds,
+    )
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
