@@ -96,6 +96,9 @@ async def service_overhead(
             "embedded": {"preload": False},
         },
         "performance": {"max_concurrent": slots},
+        # The seed's llm.rate_limit (60/min) is a user policy; left on, it alone
+        # would set the pace and the section would measure the token bucket.
+        "llm": {"rate_limit": 0},
         "cache": {"enabled": False},
     }
     for section, values in (config_overrides or {}).items():
