@@ -29,17 +29,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[str]:
-    port = free_port()
-    env = dict(
+def serve_process(port: int, **env: str) -> subprocess.Popen[str]:
+    """`llmc serve` on `port` as a child process, once it listens; `env` adds LLMC_ keys."""
+    environ = dict(
         os.environ,
         LLMC_MONITORING__ENABLE_PROMETHEUS="false",
         LLMC_MODEL__EMBEDDED__PRELOAD="false",
+        **env,
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmcompress.cli", "serve", "--port", str(port)],
-        env=env,
+        env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -48,14 +48,19 @@ def served() -> Iterator[str]:
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
+            return proc
         except OSError:
             if proc.poll() is not None:
                 pytest.fail(f"llmc serve exited: {proc.stdout.read() if proc.stdout else ''}")
             time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("llmc serve did not listen within 60 s")
+    proc.kill()
+    pytest.fail("llmc serve did not listen within 60 s")
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[str]:
+    port = free_port()
+    proc = serve_process(port)
     yield f"127.0.0.1:{port}"
     proc.terminate()  # SIGTERM: graceful stop
     out, _ = proc.communicate(timeout=30)

@@ -7,11 +7,8 @@ none hangs, new calls are refused, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import grpc
@@ -22,38 +19,18 @@ from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 from ..conftest import slow_text
-from ..test_serve_process import free_port
+from ..test_serve_process import free_port, serve_process
 
 IN_FLIGHT = 3
 TEXT_BYTES = 512 * 1024
 
 
 def _serve(port: int, grace: float) -> subprocess.Popen[str]:
-    env = dict(
-        os.environ,
-        LLMC_MONITORING__ENABLE_PROMETHEUS="false",
-        LLMC_MODEL__EMBEDDED__PRELOAD="false",
+    return serve_process(
+        port,
         LLMC_SERVER__GRACE_SECONDS=str(grace),
         LLMC_COMPRESSION__MAX_TEXT_BYTES=str(2 * TEXT_BYTES),
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmcompress.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"llmc serve exited: {proc.stdout.read() if proc.stdout else ''}")
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("llmc serve did not listen within 60 s")
 
 
 @pytest.fixture
