@@ -603,7 +603,7 @@ async def test_a_stalled_redis_costs_at_most_its_timeout(
     assert max(latencies) < 3.0, latencies
     assert sorted(latencies)[len(latencies) // 2] < 0.15, latencies
     tiers = _tiers(await stub.GetStats(pb.GetStatsRequest()))
-    assert 1 <= tiers["redis"].errors <= 3
+    assert 0 < tiers["redis"].errors <= 3
 
 
 # --- llmc warm ------------------------------------------------------------------------------
