@@ -97,7 +97,7 @@ class Pipeline:
         codec, opts = self._codec(mode), self.options(cmd)
 
         async def compute() -> CachedResult:
-            encoded = await self._encode(mode, cmd.text, opts, clock)
+            encoded = await self._encode(codec, mode, cmd.text, opts, clock)
             with clock.stage("pack"):
                 blob = seal(data, encoded.envelope, encoded.model)
             return CachedResult(
@@ -138,10 +138,9 @@ class Pipeline:
             await self.cache.close()
 
     async def _encode(
-        self, mode: Mode, text: str, opts: CompressOptions, clock: StageClock
+        self, codec: Codec, mode: Mode, text: str, opts: CompressOptions, clock: StageClock
     ) -> Encoded:
         """The codec's answer; ZSTD marked degraded when no model backend could answer."""
-        codec = self._codec(mode)
         with collect_fallbacks() as fallbacks:
             try:
                 encoded = await codec.encode(text, opts, clock)
