@@ -381,15 +381,21 @@ class LosslessCodec:
 
     def check_compatible(self, env: pb.Envelope) -> None:
         """PreconditionFailed naming every difference that would make decoding here wrong."""
+        self.check_model(env.model)
+        self.check_fingerprint(env.lossless.fingerprint)
+
+    def check_model(self, ref: pb.ModelRef) -> None:
         ident = self.engine.identity
-        if not ident.matches(env.model):
+        if not ident.matches(ref):
             raise PreconditionFailed(
-                f"model: envelope {env.model.name or '?'} (sha256 "
-                f"{env.model.sha256_prefix:016x}...), this server {ident.name} (sha256 "
+                f"model: envelope {ref.name or '?'} (sha256 "
+                f"{ref.sha256_prefix:016x}...), this server {ident.name} (sha256 "
                 f"{ident.sha256[:16]}...); reconstruct it on a server with the model that "
                 "compressed it"
             )
-        theirs, ours = env.lossless.fingerprint, self._fingerprint
+
+    def check_fingerprint(self, theirs: pb.EngineFingerprint) -> None:
+        ours = self._fingerprint
         diffs: list[str] = []
         for name, label in _FINGERPRINT_LABELS.items():
             a, b = getattr(theirs, name), getattr(ours, name)
