@@ -22,7 +22,7 @@ import zstandard
 
 from llmcompress_server.app import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
-from llmcompress_server.codecs.lossless import LosslessCodec
+from llmcompress_server.codecs.lossless import LosslessCodec, fingerprint_fields
 from llmcompress_server.config import Config, Mode, load_config
 from llmcompress_server.domain import CompressCommand
 from llmcompress_server.pb import compression_pb2 as pb
@@ -117,7 +117,7 @@ def _summary(rows: list[dict[str, Any]], codec: LosslessCodec, verify: bool) -> 
     raw_s = sum(r["raw_s"] for r in rows)
     compress_s = sum(r["compress_s"] for r in rows)
     reconstruct_s = sum(r["reconstruct_s"] for r in rows)
-    fp = codec.fingerprint
+    fp = fingerprint_fields(codec.fingerprint)
     return {
         "passages": len(rows),
         "bytes": total,
@@ -142,10 +142,10 @@ def _summary(rows: list[dict[str, Any]], codec: LosslessCodec, verify: bool) -> 
         # Compress with verify does the work twice; compare per coding pass.
         "compress_fraction_of_raw": raw_s * (2 if verify else 1) / compress_s,
         "reconstruct_fraction_of_raw": raw_s / reconstruct_s,
-        "engine": fp.engine,
-        "threads": fp.threads,
-        "n_ctx": fp.n_ctx,
-        "schedule": fp.schedule,
+        "engine": fp["engine"],
+        "threads": fp["threads"],
+        "n_ctx": fp["n_ctx"],
+        "schedule": fp["schedule"],
         "rows": rows,
     }
 

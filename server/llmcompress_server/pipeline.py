@@ -18,7 +18,7 @@ from .cache import CachedResult, ResultCache
 from .codecs import Codec, CompressOptions, Encoded
 from .config import Config, Mode
 from .domain import MODE_FROM_PB, MODE_TO_PB, CompressCommand, CompressOutcome, ReconstructOutcome
-from .envelope import check_original, mode_name, open_envelope, seal
+from .envelope import check_original, mode_name, model_name, open_envelope, seal
 from .errors import BackendError, InvalidInput, PreconditionFailed
 from .stages import StageClock
 
@@ -185,7 +185,7 @@ class Pipeline:
             text=decoded.text,
             exact=decoded.exact,
             mode=mode,
-            model=decoded.model or (env.model.name if env.HasField("model") else ""),
+            model=decoded.model or (model_name(env.model) if env.HasField("model") else ""),
             stages=clock.timings,
             quality=decoded.quality,
         )

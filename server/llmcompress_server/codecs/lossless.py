@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..backends.embedded import EmbeddedEngine, Worker
+from ..envelope import model_name
 from ..errors import BackendError, DataLoss, LLMCompressError, PreconditionFailed
 from ..pb import compression_pb2 as pb
 from ..stages import StageClock
@@ -49,9 +50,10 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 # Names the evaluation schedule and probability quantization described above
-# ("t" = token by token, version 1); short because every envelope stores it.
-# Change it whenever either changes: old envelopes are then refused, not misread.
-SCHEDULE = "t1"
+# ("t" = token by token, version 1); envelopes store the number. Change it
+# whenever either changes: old envelopes are then refused, not misread.
+SCHEDULE_ID = 1
+SCHEDULE = f"t{SCHEDULE_ID}"
 
 # Bit positions of the CPU features in `EngineFingerprint.cpu_features`. Only
 # ever append: the bits are stored in envelopes. llama.cpp's build flags decide
@@ -106,6 +108,48 @@ def engine_version() -> str:
     change logits or quantization. Bare versions, because every envelope stores them."""
     cx = importlib.metadata.version("constriction")
     return f"{llama_cpp.__version__},{cx},{np.__version__}"
+
+
+def pack_versions(engine: str) -> list[int] | None:
+    """`engine` as EngineFingerprint.versions, or None when a part does not pack exactly
+    (a pre-release or a number of 1000 or more is stored as the string instead)."""
+    packed = []
+    for version in engine.split(","):
+        parts = version.split(".")
+        if len(parts) != 3 or not all(p.isdecimal() and int(p) < 1000 for p in parts):
+            return None
+        major, minor, patch = map(int, parts)
+        packed.append(major * 1_000_000 + minor * 1000 + patch)
+    return packed if unpack_versions(packed) == engine else None
+
+
+def unpack_versions(packed: Sequence[int]) -> str:
+    return ",".join(f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}" for v in packed)
+
+
+def compact_fingerprint(
+    engine: str, threads: int, cpu_features: int, n_ctx: int
+) -> pb.EngineFingerprint:
+    """The fingerprint as format v2 stores it: ~24 bytes instead of ~37."""
+    fp = pb.EngineFingerprint(
+        threads=threads, schedule_id=SCHEDULE_ID, cpu_features=cpu_features, n_ctx=n_ctx
+    )
+    packed = pack_versions(engine)
+    if packed is None:
+        fp.engine = engine
+    else:
+        fp.versions.extend(packed)
+    return fp
+
+
+def fingerprint_fields(fp: pb.EngineFingerprint) -> dict[str, str | int]:
+    """The compared fields of a v1 or v2 fingerprint, in one form."""
+    return {
+        "engine": unpack_versions(fp.versions) if fp.versions else fp.engine,
+        "threads": fp.threads,
+        "schedule": f"t{fp.schedule_id}" if fp.schedule_id else fp.schedule,
+        "n_ctx": fp.n_ctx,
+    }
 
 
 _FINGERPRINT_LABELS = {
@@ -193,12 +237,8 @@ class LosslessCodec:
         cfg = engine.config
         self.n_ctx = cfg.n_ctx
         self.threads = cfg.coding_threads
-        self._fingerprint = pb.EngineFingerprint(
-            engine=engine_version(),
-            threads=self.threads,
-            schedule=SCHEDULE,
-            cpu_features=cpu_feature_bits(),
-            n_ctx=self.n_ctx,
+        self._fingerprint = compact_fingerprint(
+            engine_version(), self.threads, cpu_feature_bits(), self.n_ctx
         )
 
     def cache_params(self, opts: CompressOptions) -> dict[str, str | int | float | bool] | None:
@@ -387,8 +427,9 @@ class LosslessCodec:
     def check_model(self, ref: pb.ModelRef) -> None:
         ident = self.engine.identity
         if not ident.matches(ref):
+            name = model_name(ref) or "a model this server does not know by name"
             raise PreconditionFailed(
-                f"model: envelope {ref.name or '?'} (sha256 "
+                f"model: envelope {name} (sha256 "
                 f"{ref.sha256_prefix:016x}...), this server {ident.name} (sha256 "
                 f"{ident.sha256[:16]}...); reconstruct it on a server with the model that "
                 "compressed it"
@@ -397,8 +438,9 @@ class LosslessCodec:
     def check_fingerprint(self, theirs: pb.EngineFingerprint) -> None:
         ours = self._fingerprint
         diffs: list[str] = []
+        their_fields, our_fields = fingerprint_fields(theirs), fingerprint_fields(ours)
         for name, label in _FINGERPRINT_LABELS.items():
-            a, b = getattr(theirs, name), getattr(ours, name)
+            a, b = their_fields[name], our_fields[name]
             if a != b:
                 diffs.append(f"{label}: envelope {a}, this server {b}")
         if theirs.cpu_features != ours.cpu_features:
@@ -440,4 +482,11 @@ def _first_difference(want: Sequence[int], got: Sequence[int]) -> str:
     return f"decoded token {at} is {got[at]}, expected {want[at]}"
 
 
-__all__ = ["SCHEDULE", "LosslessCodec", "cpu_feature_bits", "engine_version"]
+__all__ = [
+    "SCHEDULE",
+    "LosslessCodec",
+    "cpu_feature_bits",
+    "engine_version",
+    "fingerprint_fields",
+    "pack_versions",
+]
