@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -167,8 +168,35 @@ def _summary(
         "threads": fp["threads"],
         "n_ctx": fp["n_ctx"],
         "schedule": fp["schedule"],
+        "by_size": _by_size(rows),
         "rows": rows,
     }
+
+
+# Where the fixed header stops mattering: ratios per passage size.
+SIZE_EDGES = (1024, 2048, 4096)
+
+
+def _by_size(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    edges = [0, *SIZE_EDGES, None]
+    for lo, hi in itertools.pairwise(edges):
+        group = [r for r in rows if r["bytes"] >= lo and (hi is None or r["bytes"] < hi)]
+        if not group:
+            continue
+        total = sum(r["bytes"] for r in group)
+        ours = total / sum(r["envelope"] for r in group)
+        brotli11 = total / sum(r["brotli11"] for r in group)
+        stream = total / sum(r["stream"] for r in group)
+        name = f"{lo // 1024}-{hi // 1024} KB" if hi else f">={lo // 1024} KB"
+        out[name] = {
+            "passages": len(group),
+            "lossless_ratio": ours,
+            "brotli11_ratio": brotli11,
+            "vs_brotli11": ours / brotli11,
+            "stream_vs_brotli11": stream / brotli11,
+        }
+    return out
 
 
 def measure(
@@ -197,6 +225,11 @@ def table(result: dict[str, Any]) -> str:
         f"  coded stream only   {r['stream_ratio']:.2f}x"
         f"  ({r['stream_ratio'] / r['brotli11_ratio']:.2f}x brotli;"
         f" envelope overhead {r['mean_overhead_bytes']:.0f} B per text)",
+        *(
+            f"  {name:<19} {g['passages']:>3} texts  {g['lossless_ratio']:.2f}x, "
+            f"{g['vs_brotli11']:.2f}x brotli (coded stream alone {g['stream_vs_brotli11']:.2f}x)"
+            for name, g in r["by_size"].items()
+        ),
         f"  raw engine          {r['raw_tokens_per_s']:.1f} tok/s, {r['raw_bytes_per_s']:.0f} B/s",
         f"  compress            {r['compress_bytes_per_s']:.0f} B/s"
         f"  ({r['compress_fraction_of_raw']:.0%} of raw per pass, verify={r['verify']})",

@@ -163,9 +163,24 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
         )
     )
 
+    # Issue 3 states its target on bench.lossless's subset; the server-path figures
+    # (a smaller subset through gRPC) stand in only when that section did not run.
     lossless = [it for it in mode_items(results, "lossless") if it["stored_mode"] == "lossless"]
     vs_brotli = section_figure(results, "lossless_ratio_vs_brotli")
-    if lossless:
+    if vs_brotli is not None:
+        ours = section_figure(results, "lossless_ratio")
+        brotli = section_figure(results, "lossless_brotli_ratio")
+        count = section_figure(results, "lossless_passages")
+        rows.append(
+            _target(
+                "LOSSLESS ratio vs brotli -11",
+                "issue 3",
+                ">= 2.3x brotli",
+                f"{vs_brotli:.2f}x ({ours:.2f} vs {brotli:.2f}, {count} texts, bench.lossless)",
+                vs_brotli >= 2.3,
+            )
+        )
+    elif lossless:
         ids = [it["id"] for it in lossless]
         ours = sum(it["original_bytes"] for it in lossless) / sum(
             it["envelope_bytes"] for it in lossless
@@ -178,19 +193,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 ">= 2.3x brotli",
                 f"{ours / brotli:.2f}x ({ours:.2f} vs {brotli:.2f}, {len(ids)} texts)",
                 ours / brotli >= 2.3,
-            )
-        )
-    elif vs_brotli is not None:  # no server-path LOSSLESS figures: bench.lossless's
-        ours = section_figure(results, "lossless_ratio")
-        brotli = section_figure(results, "lossless_brotli_ratio")
-        count = section_figure(results, "lossless_passages")
-        rows.append(
-            _target(
-                "LOSSLESS ratio vs brotli -11",
-                "issue 3",
-                ">= 2.3x brotli",
-                f"{vs_brotli:.2f}x ({ours:.2f} vs {brotli:.2f}, {count} texts, bench.lossless)",
-                vs_brotli >= 2.3,
             )
         )
     else:
