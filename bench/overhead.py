@@ -201,7 +201,7 @@ async def _batch(
         own[stage] = own.get(stage, 0.0) + self_seconds
 
     add_stage_observer(observe_stage)
-    cpu0 = time.process_time()
+    cpu0, loop_cpu0 = time.process_time(), time.thread_time()
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -217,7 +217,7 @@ async def _batch(
         out, _ = await proc.communicate(texts)
     finally:
         remove_stage_observer(observe_stage)
-    server_cpu = time.process_time() - cpu0
+    server_cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop_cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"{LOAD_DRIVER} exited with status {proc.returncode}")
     load = json.loads(out.decode("utf-8").strip().splitlines()[-1])
@@ -239,8 +239,10 @@ async def _batch(
         "items_per_s": items / elapsed,
         "ideal_items_per_s": ideal,
         "fraction_of_ideal": items / elapsed / ideal if ideal else None,
-        # CPU of the server's process (server, simulator excluded) per item.
+        # CPU of the server's process (simulator and client excluded) per item, and of
+        # its event-loop thread alone: 1 / the latter bounds items/s on one free core.
         "server_cpu_per_item_s": server_cpu / items,
+        "server_loop_cpu_per_item_s": loop_cpu / items,
         "client_cpu_per_item_s": load["client_cpu_seconds"] / items,
         "stage_self_per_item_s": {
             stage: total / items for stage, total in sorted(own.items(), key=lambda kv: -kv[1])
