@@ -142,20 +142,20 @@ def _names(text: str, taken: _Claimed) -> list[tuple[int, str]]:
     # A word capitalised mid-sentence anywhere marks it as a name everywhere,
     # including at sentence starts ("Alice was ..." once "said Alice" is seen).
     mid_sentence: set[str] = set()
-    candidates: list[tuple[int, str, bool]] = []
+    candidates: list[tuple[int, str, bool, list[str]]] = []
     for m in _NAME.finditer(text):
         start, end = m.span()
         if taken.overlaps(start, end):
             continue
         initial = _sentence_initial(text, start)
         span = m.group(0)
-        candidates.append((start, span, initial))
-        for i, word in enumerate(span.split()):
-            if (i > 0 or not initial) and word.lower().strip(".") not in _STOP:
+        words = span.split()
+        candidates.append((start, span, initial, words))
+        for word in words[1:] if initial else words:
+            if word.lower().strip(".") not in _STOP:
                 mid_sentence.add(word)
     found: list[tuple[int, str]] = []
-    for start, span, initial in candidates:
-        words = span.split()
+    for start, span, initial, words in candidates:
         # All-caps surnames open sentences in transcripts ("TWOHIG stressed ...").
         # A sentence's first word is capitalised anyway: it counts as part of a
         # name only when a capitalised word follows it ("Maria Lopez approved").
