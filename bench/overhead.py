@@ -3,12 +3,15 @@ throughput as a fraction of the Little's-law ideal, and what the service adds pe
 
 The backend's own time is known exactly (the simulator sleeps `latency` per call), so
 everything else the server spends is overhead: ours, grpc's and the HTTP client's.
+The batch's client is a process of its own (bench.batch_load), as a user's is, so
+the server's event loop and CPU are the server's alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import socket
 import sys
 import time
@@ -22,10 +25,16 @@ from llmcompress_server.app import create_server
 from llmcompress_server.config import load_config
 from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
-from llmcompress_server.stages import add_llm_observer, remove_llm_observer
+from llmcompress_server.stages import (
+    add_llm_observer,
+    add_stage_observer,
+    remove_llm_observer,
+    remove_stage_observer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATOR = "tests.sim_ollama"
+LOAD_DRIVER = "bench.batch_load"
 NOT_ON_BUILD = "section not available on this build (tests/sim_ollama.py is missing)"
 
 
@@ -126,7 +135,7 @@ async def service_overhead(
                 "slots": slots,
                 "latency_s": latency,
                 **await _sequential(stub, passages[:sequential], calls, latency),
-                **await _batch(stub, passages, items, calls, slots, latency),
+                **await _batch(app.address, passages, items, calls, slots, latency),
             }
     finally:
         remove_llm_observer(observe)
@@ -175,45 +184,67 @@ async def _sequential(
 
 
 async def _batch(
-    stub: pb_grpc.CompressionServiceStub,
+    address: str,
     passages: list[dict[str, str]],
     items: int,
     calls: list[float],
     slots: int,
     latency: float,
 ) -> dict[str, Any]:
-    """One BatchCompress stream of `items` items (passages reused in turn)."""
-
-    async def requests() -> Any:
-        for i in range(items):
-            text = passages[i % len(passages)]["text"]
-            req = pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC, skip_cache=True)
-            yield pb.BatchCompressRequest(id=str(i), request=req)
-
+    """One BatchCompress stream of `items` items (passages reused in turn), sent and
+    read by bench.batch_load in a process of its own, as a user's client would be."""
     calls.clear()
-    answered: set[str] = set()
-    errors = degraded = 0
-    t0 = time.perf_counter()
-    async for reply in stub.BatchCompress(requests(), timeout=3600):
-        answered.add(reply.id)
-        if reply.WhichOneof("outcome") == "error":
-            errors += 1
-        else:
-            degraded += reply.result.stats.degraded
-    elapsed = time.perf_counter() - t0
+    # Each stage's own time (nested stages excluded), summed over the batch.
+    own: dict[str, float] = {}
+
+    def observe_stage(stage: str, seconds: float, self_seconds: float) -> None:
+        own[stage] = own.get(stage, 0.0) + self_seconds
+
+    add_stage_observer(observe_stage)
+    cpu0, loop_cpu0 = time.process_time(), time.thread_time()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            LOAD_DRIVER,
+            address,
+            str(items),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        texts = json.dumps([row["text"] for row in passages]).encode("utf-8")
+        out, _ = await proc.communicate(texts)
+    finally:
+        remove_stage_observer(observe_stage)
+    server_cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop_cpu0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{LOAD_DRIVER} exited with status {proc.returncode}")
+    load = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+    elapsed = load["seconds"]
     calls_per_item = len(calls) / items
     # Little's law: `slots` calls in flight, each `latency` long. No backend calls
     # (every item degraded to ZSTD, say) leaves no ideal to compare with.
     ideal = slots / latency / calls_per_item if calls_per_item else None
     return {
+        "batch_driver": "a separate client process (bench.batch_load)",
         "batch_items": items,
-        "batch_answered": len(answered),
-        "batch_errors": errors,
-        "batch_degraded": degraded,
+        "batch_answered": load["distinct_ids"],
+        "batch_answers": load["answers"],
+        "batch_errors": load["errors"],
+        "batch_degraded": load["degraded"],
         "batch_seconds": elapsed,
         "backend_calls": len(calls),
         "backend_calls_per_item": calls_per_item,
         "items_per_s": items / elapsed,
         "ideal_items_per_s": ideal,
         "fraction_of_ideal": items / elapsed / ideal if ideal else None,
+        # CPU of the server's process (simulator and client excluded) per item, and of
+        # its event-loop thread alone: 1 / the latter bounds items/s on one free core.
+        "server_cpu_per_item_s": server_cpu / items,
+        "server_loop_cpu_per_item_s": loop_cpu / items,
+        "client_cpu_per_item_s": load["client_cpu_seconds"] / items,
+        "stage_self_per_item_s": {
+            stage: total / items for stage, total in sorted(own.items(), key=lambda kv: -kv[1])
+        },
     }

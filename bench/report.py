@@ -459,6 +459,18 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _section(results, "semantic", "SEMANTIC quality (bench.semantic)")
     lines += _section(results, "cache", "Cache hits (bench.cache)")
     lines += _section(results, "overhead", "Service overhead against the simulated Ollama")
+    if results.get("overhead", {}).get("available"):
+        lines += [
+            "",
+            "The sequential figures come from one call at a time from a client in the bench's "
+            "process (overhead = the server's own total time minus the simulated backend "
+            "time). The BatchCompress load is sent and read by a separate client process "
+            "(bench.batch_load), as a user's client is, so the server's event loop is not "
+            "shared with the load; the simulated Ollama is a third process. "
+            "`server_cpu_per_item_s` is the server process's CPU per item during the batch; "
+            "`stage_self_per_item_s` is each stage's own wall time per item (nested stages "
+            "excluded; the summarize stage holds the backend call and the wait for a slot).",
+        ]
     lines += ["", "## Subsets", ""]
     lines += [f"- {name}: {how}" for name, how in results["subsets"].items()]
     lines += ["", "## Plots", ""]

@@ -69,6 +69,7 @@ class OllamaEndpoint:
         self.num_ctx = num_ctx
         self.stream = stream
         self.address, self.port = split_address(self.url)
+        self._chat_url = f"{self.url}/api/chat"
         # Beyond the in-flight limit so health probes never queue behind model calls.
         self._clients = ClientSlots(max_connections)
         self._digests: dict[str, str] = {}
@@ -176,11 +177,10 @@ class OllamaEndpoint:
 
     async def _chat_once(self, payload: dict[str, Any], model: str) -> tuple[str, dict[str, Any]]:
         with backend_errors(self.url):
-            async with self._clients.client() as client:
-                resp = await client.post(f"{self.url}/api/chat", json=payload)
-        if resp.status_code != 200:
-            raise status_error(self.url, resp.status_code, resp.content, model)
-        data = json_object(self.url, resp.content)
+            status, body = await self._clients.post_json(self._chat_url, payload)
+        if status != 200:
+            raise status_error(self.url, status, body, model)
+        data = json_object(self.url, body)
         return str((data.get("message") or {}).get("content", "")), data
 
     async def _chat_stream(self, payload: dict[str, Any], model: str) -> tuple[str, dict[str, Any]]:

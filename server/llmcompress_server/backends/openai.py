@@ -71,11 +71,12 @@ class OpenAIEndpoint:
             }
         with llm_call("chat", model, self.provider, self.address, self.port) as call:
             with backend_errors(self.url):
-                async with self._clients.client() as client:
-                    resp = await client.post(f"{self.url}/chat/completions", json=payload)
-            if resp.status_code != 200:
-                raise status_error(self.url, resp.status_code, resp.content, model)
-            data = json_object(self.url, resp.content)
+                status, body = await self._clients.post_json(
+                    f"{self.url}/chat/completions", payload
+                )
+            if status != 200:
+                raise status_error(self.url, status, body, model)
+            data = json_object(self.url, body)
             try:
                 choice = data["choices"][0]
                 text = choice["message"]["content"] or ""
