@@ -22,7 +22,9 @@ import grpc
 import numpy as np
 
 from llmcompress_server.app import create_server
-from llmcompress_server.config import load_config
+from llmcompress_server.backends import ChatRequest
+from llmcompress_server.backends.ollama import OllamaEndpoint
+from llmcompress_server.config import OllamaConfig, load_config
 from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from llmcompress_server.stages import (
@@ -31,6 +33,7 @@ from llmcompress_server.stages import (
     remove_llm_observer,
     remove_stage_observer,
 )
+from llmcompress_server.summarize import summary_messages, summary_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATOR = "tests.sim_ollama"
@@ -130,13 +133,19 @@ async def service_overhead(
             why_not = await _semantic_missing(stub)
             if why_not:
                 return {"available": False, "reason": why_not}
-            return {
+            result = {
                 "available": True,
                 "slots": slots,
                 "latency_s": latency,
                 **await _sequential(stub, passages[:sequential], calls, latency),
                 **await _batch(app.address, passages, items, calls, slots, latency),
             }
+        result.update(await _endpoint_ceiling(port, passages, slots, latency, items // 2))
+        if result.get("fraction_of_ideal") and result.get("endpoint_only_fraction_of_ideal"):
+            result["fraction_of_endpoint_only"] = (
+                result["fraction_of_ideal"] / result["endpoint_only_fraction_of_ideal"]
+            )
+        return result
     finally:
         remove_llm_observer(observe)
         if app is not None:
@@ -144,6 +153,45 @@ async def service_overhead(
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
+
+
+async def _endpoint_ceiling(
+    port: int, passages: list[dict[str, str]], slots: int, latency: float, calls: int
+) -> dict[str, Any]:
+    """The harness's own ceiling: the server's Ollama client alone, `slots` calls at a
+    time against the same simulator, no gRPC and no SEMANTIC work. Whatever this
+    misses of the ideal is the client's and the simulator's per-call time on this
+    machine, which no server change can win back."""
+    endpoint = OllamaEndpoint(f"http://127.0.0.1:{port}", max_connections=slots, stream=False)
+    model = OllamaConfig().models.standard
+    requests = [
+        ChatRequest(
+            messages=summary_messages(row["text"], 40),
+            max_tokens=100,
+            temperature=0.0,
+            seed=0,
+            json_schema=summary_schema(300),
+        )
+        for row in passages[:64]
+    ]
+
+    async def worker(k: int) -> None:
+        for i in range(k, calls, slots):
+            await endpoint.chat(requests[i % len(requests)], model)
+
+    try:
+        await endpoint.chat(requests[0], model)  # connect outside the timing
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(slots)))
+        elapsed = time.perf_counter() - t0
+    finally:
+        await endpoint.close()
+    ideal = slots / latency
+    return {
+        "endpoint_only_calls": calls,
+        "endpoint_only_calls_per_s": calls / elapsed,
+        "endpoint_only_fraction_of_ideal": calls / elapsed / ideal,
+    }
 
 
 async def _semantic_missing(stub: pb_grpc.CompressionServiceStub) -> str:
