@@ -17,6 +17,7 @@ from llmcompress_server.extractive import rank_text, split_sentences
 from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from llmcompress_server.stages import StageClock
+from llmcompress_server.summarize import MAX_SUMMARY_CHARS, summarize
 from tests.conftest import StartServer, make_config
 from tests.test_semantic import GarbageBackend, passage
 
@@ -73,9 +74,7 @@ def test_coded_text_layout_round_trips() -> None:
 async def test_extractive_brotli_meets_target_with_every_entity(
     corpus: list[dict[str, str]],
 ) -> None:
-    config = make_config(
-        compression={"semantic_summary": "extractive", "semantic_coder": "brotli"}
-    )
+    config = make_config(compression={"semantic_summary": "extractive", "semantic_coder": "brotli"})
     backend = GarbageBackend("unused")
     codec = SemanticCodec(backend, config, {Mode.ZSTD: ZstdCodec()})
     text = passage(corpus, "lcet10-0034")
@@ -150,3 +149,13 @@ async def test_coded_extract_on_a_fresh_server_and_mismatch_refused(
             await stub.Reconstruct(pb.ReconstructRequest(envelope=other.SerializeToString()))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "model" in (err.value.details() or "")
+
+
+async def test_large_summary_budget_stays_under_the_grammar_limit() -> None:
+    """The coder's bigger budgets once asked llama.cpp for a maxLength its grammar parser
+    aborts the process on; the schema is capped."""
+    backend = GarbageBackend('{"summary": "two words"}')
+    await summarize(backend, "text " * 400, 20_000, retries=0, temperature=0.0)
+    schema = backend.calls[0].json_schema
+    assert schema is not None
+    assert schema["properties"]["summary"]["maxLength"] == MAX_SUMMARY_CHARS  # type: ignore[index]
