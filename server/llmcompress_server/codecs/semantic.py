@@ -10,9 +10,10 @@ coder (`compression.semantic_coder`, auto: on the embedded engine), which
 fits about twice the summary in the same bytes.
 Decode: an abstractive summary is expanded and every stored entity woven in
 (re-prompt, then a final "Facts:" line). An extractive summary is kept as it
-is, followed by the "Facts:" line: on the bench passages this scored higher
-than the 135M model's expansion of it (see bench/semantic.py), and needs no
-model call. Either way stored-entity recall is 1.0 by construction. With
+is, followed by the "Facts:" line: on bench.semantic's 6 passages at target 8
+that scored median similarity 0.905 against 0.742 for the 135M model's
+expansion of the same extract (`--expand`), and needs no model call. Either
+way stored-entity recall is 1.0 by construction. With
 `evaluate_quality`, encode reconstructs and scores its own envelope; below
 `model.quality_threshold` it escalates through the configured tiers, then
 falls back to LOSSLESS or ZSTD as configured. Everything decode needs is in
