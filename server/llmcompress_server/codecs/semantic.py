@@ -60,9 +60,11 @@ log = logging.getLogger(__name__)
 _PACKED_FRACTION = 0.8
 
 # Assumed raw/coded size of a summary plus facts under the LOSSLESS coder: a
-# first guess only (measured 2.7-5.5x on the bench passages); the fit
-# measures the real one after the first coding pass.
+# first guess only (measured 2.7-5.5x on the bench passages, rising with
+# length as the model gains context); the fit measures the real one after the
+# first coding pass.
 _CODED_RATIO = 3.5
+_CODED_RATIO_MAX = 5.0
 # Coding passes the fit may spend to meet the target size (each costs about
 # a token-by-token pass over the summary).
 _CODED_PASSES = 3
@@ -450,7 +452,8 @@ class SemanticCodec:
             coded=pb.LosslessBody(fingerprint=coder.fingerprint, n_tokens=1), extractive=extractive
         )
         room = max(target - envelope_size(empty) - 2, 1.0)
-        ratio = _CODED_RATIO
+        # Longer texts code better: ~2.7x at 300 raw bytes, ~5x at 2 KB.
+        ratio = min(_CODED_RATIO_MAX, 2.5 / max(1.0 - room / 800, 0.5))
         tried: dict[int, tuple[int, str, summary_coding.CodedSummary]] = {}
 
         def layout(n: int) -> str | None:
