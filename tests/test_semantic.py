@@ -242,6 +242,9 @@ async def test_invalid_summaries_fall_back_to_zstd(corpus: list[dict[str, str]])
 # Short expansions keep model tests to a few minutes on a loaded 2-core box;
 # bench/semantic.py measures full-length reconstructions.
 FAST = {"expand_max_tokens": 48, "semantic_retries": 1}
+# The model-written summary, as on Ollama/OpenAI; the embedded default (extractive,
+# model-coded) is tested end to end in test_semantic_extractive.py.
+ABSTRACTIVE = {**FAST, "semantic_summary": "abstractive", "semantic_coder": "brotli"}
 
 
 async def test_short_text_is_stored_as_zstd_with_reason(start_server: StartServer) -> None:
@@ -263,7 +266,7 @@ async def test_semantic_round_trip_on_a_fresh_server(
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
     text = passage(corpus, "lcet10-0067")
-    first = await start_server(compression=FAST)
+    first = await start_server(compression=ABSTRACTIVE)
     async with grpc.aio.insecure_channel(first.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         resp = await stub.Compress(
@@ -277,7 +280,7 @@ async def test_semantic_round_trip_on_a_fresh_server(
     await first.stop(grace=0)
 
     # Nothing lives in the first server's memory: a new one reconstructs.
-    second = await start_server(compression=FAST)
+    second = await start_server(compression=ABSTRACTIVE)
     async with grpc.aio.insecure_channel(second.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
@@ -322,7 +325,7 @@ async def test_prompt_injection_is_data(start_server: StartServer) -> None:
         "the vendor, Northwind Traders, must deliver 300 units by 5:00 PM. "
         "Questions go to ops@northwind.example.com."
     )
-    app = await start_server(compression=FAST)
+    app = await start_server(compression=ABSTRACTIVE)
     async with grpc.aio.insecure_channel(app.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         resp = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC))

@@ -37,6 +37,21 @@ class SemanticFallback(StrEnum):
     NONE = "none"  # keep the low-quality SEMANTIC envelope, marked degraded
 
 
+class SemanticSummary(StrEnum):
+    # auto: extractive on the embedded engine (its 135M model's abstractive
+    # summaries measure poorly), abstractive on Ollama/OpenAI.
+    AUTO = "auto"
+    ABSTRACTIVE = "abstractive"
+    EXTRACTIVE = "extractive"
+
+
+class SemanticCoder(StrEnum):
+    # auto: the LOSSLESS coder when the embedded engine is the backend, else brotli.
+    AUTO = "auto"
+    LOSSLESS = "lossless"
+    BROTLI = "brotli"
+
+
 class BackendKind(StrEnum):
     # Ollama when OLLAMA_HOST, model.ollama.endpoints or model.ollama_endpoint is
     # set explicitly; else the embedded engine (backends/router.py).
@@ -148,6 +163,9 @@ class CompressionConfig(_Section):
     semantic_fallback: SemanticFallback = SemanticFallback.ZSTD
     # SEMANTIC: token limit of one expansion call.
     expand_max_tokens: int = Field(256, ge=16)
+    # SEMANTIC: how the summary is made, and how the stored summary and facts are coded.
+    semantic_summary: SemanticSummary = SemanticSummary.AUTO
+    semantic_coder: SemanticCoder = SemanticCoder.AUTO
 
 
 class CacheConfig(_Section):

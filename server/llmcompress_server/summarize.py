@@ -20,6 +20,7 @@ from .entities import Entity, missing_entities
 BYTES_PER_WORD = 6.0
 BYTES_PER_TOKEN = 4.0
 MIN_SUMMARY_WORDS = 8
+MAX_SUMMARY_CHARS = 1000
 _MENTION_BATCH = 8
 
 # SmolLM2-135M copies "<<<"-style tags into its answers; triple quotes it reads as a quote.
@@ -113,7 +114,9 @@ async def summarize(
 ) -> Summary:
     """A validated summary of about `budget_bytes`; up to 1 + `retries` model calls."""
     words = summary_budget_words(budget_bytes)
-    max_chars = int(words * BYTES_PER_WORD * 1.5)
+    # llama.cpp's grammar parser refuses a maxLength above about 1000 (measured:
+    # 1000 loads, 1100 does not) and llama-cpp-python then aborts the process.
+    max_chars = min(int(words * BYTES_PER_WORD * 1.5), MAX_SUMMARY_CHARS)
     errors: list[str] = []
     for attempt in range(retries + 1):
         request = ChatRequest(
