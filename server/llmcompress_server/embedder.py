@@ -94,7 +94,14 @@ class MiniLMEmbedder:
             if self._loaded:
                 return
             from safetensors.numpy import load_file
+            from threadpoolctl import threadpool_limits
             from tokenizers import Tokenizer
+
+            # One BLAS thread: OpenBLAS's pool spins against llama.cpp's threads and
+            # the event loop. On this 2-core box, with the engine busy, sentence
+            # ranking ran 5-8x slower with the default pool; idle, two BLAS threads
+            # were only 1.45x faster than one. The server parallelises by requests.
+            threadpool_limits(limits=1, user_api="blas")
 
             model_dir = self._dir or bundled_model_dir()
             cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
