@@ -67,7 +67,12 @@ class Subset:
             return f"the {self.shortest} shortest passages"
         if self.step == 1:
             return "every passage"
-        return f"every {self.step}th passage from #{self.start}"
+        return f"every {_ordinal(self.step)} passage from #{self.start}"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 @dataclass(frozen=True)
