@@ -105,7 +105,7 @@ bench-full: install ## the whole corpus in every mode, however long it takes
 bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min)
 	$(PY) -m bench.run --profile quick --out $(BENCH_OUT) $(BENCH_ARGS)
 
-bench-lossless: install ## LOSSLESS ratio and speed on every 4th passage (BENCH_ARGS="--every 1": all)
+bench-lossless: install ## LOSSLESS ratio and speed on every 4th passage (BENCH_ARGS="--every 1 --no-speed": all, exactness and ratio only)
 	$(PY) -m bench.lossless $(BENCH_ARGS)
 
 clean: ## remove generated stubs and caches (keeps .venv)
