@@ -131,6 +131,8 @@ async def test_coded_extract_on_a_fresh_server_and_mismatch_refused(
         stub = pb_grpc.CompressionServiceStub(channel)
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
         assert not back.exact and back.quality.entity_recall == 1.0
+        # Format v2 stores no name for a packaged model; the registry supplies it.
+        assert not env.model.name and back.model == "SmolLM2-135M-Instruct-Q4_1"
         assert missing_entities(back.text, extract_entities(text)) == []
         # The extract starts with a verbatim piece of the original (pieces are >= 50 chars).
         extract = " ".join(back.text.split("\nFacts: ")[0].split())

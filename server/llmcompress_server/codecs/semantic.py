@@ -35,7 +35,7 @@ from ..backends.router import BackendRouter
 from ..config import Config, Mode, SemanticCoder, SemanticFallback, SemanticSummary
 from ..embedder import MiniLMEmbedder
 from ..entities import Entity, extract_entities, missing_entities
-from ..envelope import ModelIdentity, seal
+from ..envelope import ModelIdentity, model_name, seal
 from ..errors import DataLoss, PreconditionFailed
 from ..extractive import rank_text
 from ..pb import compression_pb2 as pb
@@ -596,7 +596,7 @@ class SemanticCodec:
     async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded:
         body = await self._open(env, clock)
         required = required_entities(body)
-        model = env.model.name
+        model = model_name(env.model)
         if body.extractive:
             text = keep_extract(body)
         else:
