@@ -112,11 +112,7 @@ async def _measure(
         rows = list(await asyncio.gather(*(one(n, item) for n, item in enumerate(passages))))
     finally:
         await engine.close()
-    summary = _summary(rows, codec, verify, workers)
-    if not speed:  # no raw pass was timed: no raw speed and no fraction of it
-        for key in _RAW_FIGURES:
-            summary[key] = None
-    return summary
+    return _summary(rows, codec, verify, workers, speed)
 
 
 async def _timed(work: Awaitable[None]) -> float:
@@ -125,16 +121,8 @@ async def _timed(work: Awaitable[None]) -> float:
     return time.perf_counter() - t0
 
 
-_RAW_FIGURES = (
-    "raw_tokens_per_s",
-    "raw_bytes_per_s",
-    "compress_fraction_of_raw",
-    "reconstruct_fraction_of_raw",
-)
-
-
 def _summary(
-    rows: list[dict[str, Any]], codec: LosslessCodec, verify: bool, workers: int
+    rows: list[dict[str, Any]], codec: LosslessCodec, verify: bool, workers: int, speed: bool
 ) -> dict[str, Any]:
     total = sum(r["bytes"] for r in rows)
     tokens = sum(r["tokens"] for r in rows)
@@ -148,7 +136,7 @@ def _summary(
     lossless, lossless_median = ratio("envelope")
     zstd19, zstd19_median = ratio("zstd19")
     brotli11, brotli11_median = ratio("brotli11")
-    raw_s = sum(r["raw_s"] for r in rows) or float("nan")
+    raw_s = sum(r["raw_s"] for r in rows)
     compress_s = sum(r["compress_s"] for r in rows)
     reconstruct_s = sum(r["reconstruct_s"] for r in rows)
     fp = fingerprint_fields(codec.fingerprint)
@@ -173,11 +161,12 @@ def _summary(
         "workers": workers,
         "compress_bytes_per_s": total / compress_s,
         "reconstruct_bytes_per_s": total / reconstruct_s,
-        "raw_tokens_per_s": tokens / raw_s,
-        "raw_bytes_per_s": total / raw_s,
+        # None without a timed raw pass (--no-speed).
+        "raw_tokens_per_s": tokens / raw_s if speed else None,
+        "raw_bytes_per_s": total / raw_s if speed else None,
         # Compress with verify does the work twice; compare per coding pass.
-        "compress_fraction_of_raw": raw_s * (2 if verify else 1) / compress_s,
-        "reconstruct_fraction_of_raw": raw_s / reconstruct_s,
+        "compress_fraction_of_raw": raw_s * (2 if verify else 1) / compress_s if speed else None,
+        "reconstruct_fraction_of_raw": raw_s / reconstruct_s if speed else None,
         "engine": fp["engine"],
         "threads": fp["threads"],
         "n_ctx": fp["n_ctx"],

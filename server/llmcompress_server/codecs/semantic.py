@@ -316,9 +316,15 @@ class SemanticCodec:
         data = text.encode("utf-8")
         # Byte budget of the whole envelope, then of the summary inside it.
         target = len(data) / opts.target_ratio
-        # The model's name is stored in the envelope; before the first call
-        # its length is estimated from tier or the embedded model's name.
-        guess = ModelIdentity(name=tier or self.config.model.embedded.model_name, sha256="0" * 64)
+        # The model's name is stored in the envelope (none for a packaged model);
+        # before the first call its length is estimated from the tier's name.
+        backend = self.backend
+        if tier is None and isinstance(backend, EmbeddedEngine) and backend.started:
+            guess = backend.identity
+        else:
+            guess = ModelIdentity(
+                name=tier or self.config.model.embedded.model_name, sha256="0" * 64
+            )
         overhead = len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC), guess))
         facts_only = len((await pack_body_off_loop("", entities)).SerializeToString())
         # Ask for a little more than fits raw: brotli packs the summary, and
@@ -351,14 +357,10 @@ class SemanticCodec:
                 opts,
                 clock,
                 extractive=False,
+                backend=summary.result.backend,
             )
             if coded is not None:
-                body, plain = coded
-                return Encoded(
-                    envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body),
-                    model=coder.engine.identity,
-                    backend=summary.result.backend,
-                ), plain
+                return coded
         with clock.stage("semantic.facts"):
             model = summary.result.model
             body = await self._fit(summary.text, entities, data, target, model, len(words))
@@ -386,15 +388,18 @@ class SemanticCodec:
         coder = self._coder()
         if coder is not None:
             coded = await self._fit_coded(
-                coder, data, target, candidate, len(data), opts, clock, extractive=True
+                coder,
+                data,
+                target,
+                candidate,
+                len(data),
+                opts,
+                clock,
+                extractive=True,
+                backend=coder.engine.name,
             )
             if coded is not None:
-                body, plain = coded
-                return Encoded(
-                    envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body),
-                    model=coder.engine.identity,
-                    backend=coder.engine.name,
-                ), plain
+                return coded
         with clock.stage("semantic.facts"):
             body = self._fit_packed(candidate, len(data), data, target)
         body.extractive = True
@@ -439,10 +444,11 @@ class SemanticCodec:
         clock: StageClock,
         *,
         extractive: bool,
-    ) -> tuple[pb.SemanticBody, pb.SemanticBody] | None:
+        backend: str,
+    ) -> tuple[Encoded, pb.SemanticBody] | None:
         """The largest candidate (size knob 0..`hi`) whose coded envelope meets the target
-        size, as (stored body, plain body); None when the coder cannot store it exactly
-        (the caller packs with brotli instead).
+        size, as (the encoded envelope, its plain body); None when the coder cannot store
+        it exactly (the caller packs with brotli instead).
 
         Coded sizes are only known after a coding pass, so the raw size is chosen from
         an assumed coded ratio, which the first pass then measures; at most
@@ -504,7 +510,11 @@ class SemanticCodec:
                 return None
         plain = summary_coding.parse_coded_text(text)
         plain.extractive = extractive
-        return pb.SemanticBody(coded=coded.body, extractive=extractive), plain
+        body = pb.SemanticBody(coded=coded.body, extractive=extractive)
+        encoded = Encoded(
+            envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body), model=model, backend=backend
+        )
+        return encoded, plain
 
     @staticmethod
     async def _fit(
