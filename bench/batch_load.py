@@ -19,8 +19,8 @@ from typing import Any
 
 import grpc
 
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
 
 async def drive(address: str, texts: list[str], items: int) -> dict[str, Any]:

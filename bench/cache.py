@@ -20,10 +20,10 @@ from typing import Any
 
 import grpc
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import create_server
 from llmcompress_server.config import load_config
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "passages.jsonl"
 ECHO_METHOD = "/llmcompress.bench.Echo/Call"

@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
 MODES: dict[str, pb.Mode.ValueType] = {
     "zstd": pb.MODE_ZSTD,

@@ -21,12 +21,12 @@ from typing import Any
 import grpc
 import numpy as np
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import create_server
 from llmcompress_server.backends import ChatRequest
 from llmcompress_server.backends.ollama import OllamaEndpoint
 from llmcompress_server.config import OllamaConfig, load_config
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from llmcompress_server.stages import (
     add_llm_observer,
     add_stage_observer,

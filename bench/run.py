@@ -1,4 +1,4 @@
-"""The benchmark run: `python -m bench.run --profile quick|standard|full` or `llmc bench`.
+"""The benchmark run: `python -m bench.run --profile quick|standard|full` (`make bench*`).
 
 One run measures every mode the server offers, the baselines (zstd -19, brotli -11,
 bare grpc.aio echo) and the optional sections, then writes report.md, results.json
@@ -30,10 +30,10 @@ from typing import Any
 import grpc
 
 from llmcompress import TLS
-from llmcompress.cli import add_connection_arguments, connection, connection_problem
+from llmcompress.connect import add_connection_arguments, connection, connection_problem
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import create_server
 from llmcompress_server.config import load_config
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 from . import modes as mode_bench
 from .baselines import compression_baselines, echo_throughput
@@ -405,7 +405,7 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options shared by `python -m bench.run` and `llmc bench`."""
+    """The options of `python -m bench.run`."""
     parser.add_argument(
         "--profile",
         choices=sorted(PROFILES),

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.app import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.codecs import CompressOptions
@@ -30,7 +31,6 @@ from llmcompress_server.codecs.semantic import SemanticCodec, required_entities
 from llmcompress_server.config import Config, Mode, load_config
 from llmcompress_server.entities import Entity, extract_entities
 from llmcompress_server.envelope import open_envelope, seal
-from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.quality import entity_recall, score
 from llmcompress_server.stages import StageClock
 from llmcompress_server.summarize import expand

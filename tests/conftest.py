@@ -17,10 +17,10 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import App, create_server
 from llmcompress_server.backends.router import BackendRouter
 from llmcompress_server.config import Config, Mode, load_config
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from tests.sim_ollama import SimOllama

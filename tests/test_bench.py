@@ -17,10 +17,10 @@ import zstandard
 from bench.modes import bucket_of
 from bench.report import MET, NOT_MEASURED, NOT_MET, write_outputs
 from bench.run import add_arguments, optional_section, problems, run
-from llmcompress.cli import main as llmc
+from bench.run import main as bench_main
+from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.zstd import ZstdCodec
 from llmcompress_server.envelope import seal
-from llmcompress_server.pb import compression_pb2 as pb
 
 EDGES = [1024, 2048, 4096]
 
@@ -158,11 +158,11 @@ async def test_missing_section_says_so() -> None:
     }
 
 
-def test_llmc_bench_checks_its_options(capsys: pytest.CaptureFixture[str]) -> None:
-    assert llmc(["bench", "--iterations", "0"]) == 2
+def test_bench_checks_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--iterations", "0"]) == 2
     assert "--iterations must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        llmc(["bench", "--help"])
+        bench_main(["--help"])
     assert exit_info.value.code == 0
     assert "--profile" in capsys.readouterr().out
 
@@ -186,5 +186,5 @@ async def test_bench_against_a_server_with_token_auth(
     results = await run(opts)
     items = results["modes"]["zstd"]["tiers"]["default"]["items"]
     assert len(items) == 2 and all(it["exact"] for it in items)
-    assert llmc(["bench", "--token", "t", "--corpus", str(corpus_file)]) == 2
+    assert bench_main(["--token", "t", "--corpus", str(corpus_file)]) == 2
     assert "give --server too" in capsys.readouterr().err

@@ -15,6 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from llmcompress.cli import main as llmc_main
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import App, build_codecs
 from llmcompress_server.backends import TextBackend
 from llmcompress_server.backends.router import build_text_backend
@@ -33,8 +35,6 @@ from llmcompress_server.codecs.zstd import ZstdCodec
 from llmcompress_server.config import Mode
 from llmcompress_server.domain import CompressCommand
 from llmcompress_server.errors import BackendUnavailable
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from llmcompress_server.pipeline import Pipeline
 from llmcompress_server.stages import StageClock, add_stage_observer, remove_stage_observer
 from tests.conftest import (

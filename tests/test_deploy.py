@@ -342,11 +342,11 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
     from opentelemetry.sdk.trace import TracerProvider
     from prometheus_client.parser import text_string_to_metric_families
 
+    from llmcompress.v1 import compression_pb2 as pb
+    from llmcompress.v1 import compression_pb2_grpc as pb_grpc
     from llmcompress_server.app import create_server
     from llmcompress_server.backends import ChatRequest
     from llmcompress_server.errors import BackendError
-    from llmcompress_server.pb import compression_pb2 as pb
-    from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
     from llmcompress_server.telemetry import setup_telemetry
 
     from .conftest import make_config

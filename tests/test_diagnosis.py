@@ -7,9 +7,9 @@ import sys
 
 import grpc
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import App
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from tests.conftest import SimFactory, StartServer, load_corpus, semantic_server, slow_text
 
 

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.batch import BatchRunner
 from llmcompress_server.config import Mode
 from llmcompress_server.deadline import remaining
 from llmcompress_server.domain import CompressCommand, CompressOutcome
 from llmcompress_server.errors import BackendUnavailable, InvalidInput
-from llmcompress_server.pb import compression_pb2 as pb
 
 
 def outcome(cmd: CompressCommand) -> CompressOutcome:

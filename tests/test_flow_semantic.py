@@ -23,10 +23,10 @@ import grpc
 import httpx
 import pytest
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import App
 from llmcompress_server.backends.router import BackendRouter
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, SimFactory, StartServer, load_corpus, semantic_server
 
 pytest.importorskip("llmcompress_server.codecs.semantic")

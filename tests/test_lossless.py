@@ -10,6 +10,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import create_server
 from llmcompress_server.codecs.lossless import (
     LosslessCodec,
@@ -19,8 +21,6 @@ from llmcompress_server.codecs.lossless import (
 )
 from llmcompress_server.config import Mode
 from llmcompress_server.envelope import FORMAT_VERSION
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 from .conftest import StartServer, make_config
 

@@ -18,11 +18,11 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.auth import RateLimiter, client_label, load_tokens
 from llmcompress_server.config import ConfigError, SecurityConfig
 from llmcompress_server.errors import Overloaded
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 from .conftest import StartServer
 

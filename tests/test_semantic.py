@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import grpc
 import pytest
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.backends import ChatRequest, ChatResult
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.semantic import (
@@ -23,8 +25,6 @@ from llmcompress_server.embedder import MiniLMEmbedder, cosine
 from llmcompress_server.entities import Entity, extract_entities, missing_entities
 from llmcompress_server.envelope import ModelIdentity
 from llmcompress_server.errors import DataLoss
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from llmcompress_server.quality import chrf, entity_recall, overall_score
 from llmcompress_server.stages import StageClock
 from llmcompress_server.summarize import InvalidSummary, expand, parse_summary, summary_schema

@@ -5,6 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.semantic import SemanticCodec, keep_extract, unpack_body
 from llmcompress_server.codecs.summary_coding import coded_text, parse_coded_text
@@ -14,8 +16,6 @@ from llmcompress_server.embedder import MiniLMEmbedder
 from llmcompress_server.entities import Entity, extract_entities, missing_entities
 from llmcompress_server.envelope import open_envelope, seal
 from llmcompress_server.extractive import rank_text, split_sentences
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from llmcompress_server.stages import StageClock
 from llmcompress_server.summarize import MAX_SUMMARY_CHARS, summarize
 from tests.conftest import StartServer, make_config

@@ -9,10 +9,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import App
 from llmcompress_server.envelope import FORMAT_VERSION, MAGIC
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 from .conftest import StartServer, slow_text
 

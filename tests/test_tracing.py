@@ -20,12 +20,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server import stages
 from llmcompress_server.app import App, create_server
 from llmcompress_server.bottleneck import StageWindow
 from llmcompress_server.config import Config
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 from llmcompress_server.telemetry import Telemetry, configure_logging, setup_telemetry
 from tests.conftest import make_config
 

@@ -9,8 +9,8 @@ from typing import TypeVar
 
 import grpc
 
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
 from ._client import DEFAULT_TARGET, channel_options, compress_request, unanswered_error
 from ._errors import LLMCompressError, from_rpc_error

@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmcompress_server.pb import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2 as pb
 
 from ._errors import from_status
 from ._results import BatchItem, BatchResult, CompressResult, Mode, Progress, mode_to_pb

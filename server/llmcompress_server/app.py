@@ -18,6 +18,9 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+
 from .auth import build_auth
 from .backends import TextBackend
 from .backends.embedded import EmbeddedEngine
@@ -30,8 +33,6 @@ from .codecs.semantic import SemanticCodec
 from .codecs.zstd import ZstdCodec
 from .config import Config, Mode
 from .interceptors import ErrorInterceptor
-from .pb import compression_pb2 as pb
-from .pb import compression_pb2_grpc as pb_grpc
 from .pipeline import Pipeline
 from .service import CompressionServicer
 from .stages import add_stage_observer, remove_stage_observer

@@ -16,12 +16,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 import grpc
 from google.rpc import status_pb2
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from . import stages
 from .deadline import deadline_scope
 from .domain import CompressCommand, CompressOutcome
 from .errors import InvalidInput, LLMCompressError
 from .interceptors import UndecodableRequest
-from .pb import compression_pb2 as pb
 
 log = logging.getLogger(__name__)
 

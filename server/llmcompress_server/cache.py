@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from .codecs import CompressOptions
 from .config import Config, Mode
 from .envelope import FORMAT_VERSION, model_name, open_envelope, text_hash
 from .errors import LLMCompressError
-from .pb import compression_pb2 as pb
 from .stages import StageClock
 
 log = logging.getLogger(__name__)

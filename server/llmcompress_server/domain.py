@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from .config import Mode
 from .errors import InvalidInput
-from .pb import compression_pb2 as pb
 
 MODE_FROM_PB: dict[pb.Mode.ValueType, Mode] = {
     pb.MODE_SEMANTIC: Mode.SEMANTIC,

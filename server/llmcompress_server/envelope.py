@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from .errors import DataLoss, InvalidInput, PreconditionFailed
-from .pb import compression_pb2 as pb
 
 MAGIC = 0x434D4C4C  # "LLMC" read as a little-endian fixed32
 # The newest format this server reads and writes; see `Envelope.version` in the proto.

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 from sacrebleu.metrics.chrf import CHRF
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from .backends import TextBackend
 from .embedder import MiniLMEmbedder, cosine
 from .entities import Entity, missing_entities
-from .pb import compression_pb2 as pb
 
 W_SIMILARITY, W_RECALL, W_CHRF = 0.6, 0.25, 0.15
 _CHRF = CHRF()

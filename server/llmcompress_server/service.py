@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+
 from .batch import BatchRunner
 from .bottleneck import StageWindow
 from .deadline import deadline_scope
 from .domain import CompressCommand
-from .pb import compression_pb2 as pb
-from .pb import compression_pb2_grpc as pb_grpc
 from .pipeline import Pipeline
 
 

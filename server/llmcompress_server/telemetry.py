@@ -59,9 +59,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry, start_http_server
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from . import cache, stages
 from .config import Config, LogFormat, MonitoringConfig
-from .pb import compression_pb2 as pb
 
 log = logging.getLogger(__name__)
 slow_log = logging.getLogger("llmcompress_server.slow")

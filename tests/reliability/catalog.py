@@ -20,11 +20,11 @@ from typing import Any
 
 import grpc
 
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import App
 from llmcompress_server.backends.router import BackendRouter
 from llmcompress_server.envelope import FORMAT_VERSION
-from llmcompress_server.pb import compression_pb2 as pb
-from llmcompress_server.pb import compression_pb2_grpc as pb_grpc
 
 from ..conftest import slow_text
 from ..sim_ollama import SimOllama

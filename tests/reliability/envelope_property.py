@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
+from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.zstd import ZstdCodec
 from llmcompress_server.config import Mode
 from llmcompress_server.envelope import seal, text_hash
 from llmcompress_server.errors import DataLoss, InvalidInput, PreconditionFailed
-from llmcompress_server.pb import compression_pb2 as pb
 from llmcompress_server.pipeline import Pipeline
 
 from ..conftest import load_corpus, make_config

@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.app import App, create_server
-from llmcompress_server.pb import compression_pb2 as pb
 
 from ..conftest import RedisServer, make_config, semantic_config
 from ..sim_ollama import SimOllama, SimOptions

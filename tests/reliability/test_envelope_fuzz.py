@@ -18,8 +18,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.envelope import FORMAT_VERSION, MAGIC, text_hash
-from llmcompress_server.pb import compression_pb2 as pb
 
 from .envelope_property import FRAMES, MAX_TEXT, PIPELINE, SEEDS, check
 

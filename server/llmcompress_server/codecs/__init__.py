@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from ..envelope import ModelIdentity
-from ..pb import compression_pb2 as pb
 from ..stages import StageClock
 
 

@@ -37,10 +37,11 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from ..backends.embedded import EmbeddedEngine, Worker
 from ..envelope import model_name
 from ..errors import BackendError, DataLoss, LLMCompressError, PreconditionFailed
-from ..pb import compression_pb2 as pb
 from ..stages import StageClock
 from . import CompressOptions, Decoded, Encoded
 from .zstd import ZstdCodec

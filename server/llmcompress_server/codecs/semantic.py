@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 
 import brotli
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from ..backends import TextBackend
 from ..backends.embedded import EmbeddedEngine
 from ..backends.router import BackendRouter
@@ -38,7 +40,6 @@ from ..entities import Entity, extract_entities, missing_entities
 from ..envelope import ModelIdentity, model_name, seal
 from ..errors import DataLoss, PreconditionFailed
 from ..extractive import rank_text
-from ..pb import compression_pb2 as pb
 from ..quality import score
 from ..stages import StageClock
 from ..summarize import (

@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from ..entities import Entity
 from ..errors import DataLoss
-from ..pb import compression_pb2 as pb
 from .lossless import LosslessCodec
 
 # Starts the facts after the summary; a control byte, so no summary contains it.

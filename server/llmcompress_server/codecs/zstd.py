@@ -7,8 +7,9 @@ import threading
 
 import zstandard
 
+from llmcompress.v1 import compression_pb2 as pb
+
 from ..errors import DataLoss
-from ..pb import compression_pb2 as pb
 from ..stages import StageClock
 from . import CompressOptions, Decoded, Encoded
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ._errors import LLMCompressError
-from ._results import BatchItem, CompressResult
+from .._errors import LLMCompressError
+from .._results import BatchItem, CompressResult
 
 
 class CorpusError(ValueError):

@@ -1,0 +1,1 @@
+"""Generated stubs of package `llmcompress.v1` (`make proto`; never edited by hand)."""
