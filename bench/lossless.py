@@ -28,8 +28,8 @@ from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.app import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.codecs.lossless import LosslessCodec, fingerprint_fields
-from llmcompress_server.config import Config, Mode, load_config
-from llmcompress_server.domain import CompressCommand
+from llmcompress_server.config import Config, load_config
+from llmcompress_server.domain import CompressCommand, Mode
 from llmcompress_server.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]

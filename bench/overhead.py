@@ -27,12 +27,7 @@ from llmcompress_server.app import create_server
 from llmcompress_server.backends import ChatRequest
 from llmcompress_server.backends.ollama import OllamaEndpoint
 from llmcompress_server.config import OllamaConfig, load_config
-from llmcompress_server.stages import (
-    add_llm_observer,
-    add_stage_observer,
-    remove_llm_observer,
-    remove_stage_observer,
-)
+from llmcompress_server.events import ModelCallEnded, NullSink
 from llmcompress_server.summarize import summary_messages, summary_schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,18 +110,11 @@ async def service_overhead(
     }
     for section, values in (config_overrides or {}).items():
         overrides[section] = {**overrides.get(section, {}), **values}
-    calls: list[float] = []
-
-    def observe(
-        attributes: dict[str, Any], seconds: float, tokens_in: int, tokens_out: int
-    ) -> None:
-        calls.append(seconds)
-
-    add_llm_observer(observe)
+    watch = _Watch()
     app = None
     try:
         await _wait_listening(port, proc, 15.0)
-        app = await create_server(load_config(environ={}, overrides=overrides))
+        app = await create_server(load_config(environ={}, overrides=overrides), sinks=[watch])
         await app.start()
         async with grpc.aio.insecure_channel(app.address) as channel:
             stub = pb_grpc.CompressionServiceStub(channel)
@@ -137,8 +125,8 @@ async def service_overhead(
                 "available": True,
                 "slots": slots,
                 "latency_s": latency,
-                **await _sequential(stub, passages[:sequential], calls, latency),
-                **await _batch(app.address, passages, items, calls, slots, latency),
+                **await _sequential(stub, passages[:sequential], watch.calls, latency),
+                **await _batch(app.address, passages, items, watch, slots, latency),
             }
         result.update(await _endpoint_ceiling(port, passages, slots, latency, items // 2))
         if result.get("fraction_of_ideal") and result.get("endpoint_only_fraction_of_ideal"):
@@ -147,7 +135,6 @@ async def service_overhead(
             )
         return result
     finally:
-        remove_llm_observer(observe)
         if app is not None:
             await app.stop(grace=0)
         if proc.returncode is None:
@@ -206,6 +193,22 @@ async def _semantic_missing(stub: pb_grpc.CompressionServiceStub) -> str:
     return ""
 
 
+class _Watch(NullSink):
+    """The server's model-call durations, and (while `own_seconds` is a dict) each stage's
+    own time (nested stages excluded), summed."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.own_seconds: dict[str, float] | None = None
+
+    def model_called(self, call: ModelCallEnded) -> None:
+        self.calls.append(call.seconds)
+
+    def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
+        if self.own_seconds is not None:
+            self.own_seconds[stage] = self.own_seconds.get(stage, 0.0) + self_seconds
+
+
 async def _sequential(
     stub: pb_grpc.CompressionServiceStub,
     passages: list[dict[str, str]],
@@ -235,20 +238,15 @@ async def _batch(
     address: str,
     passages: list[dict[str, str]],
     items: int,
-    calls: list[float],
+    watch: _Watch,
     slots: int,
     latency: float,
 ) -> dict[str, Any]:
     """One BatchCompress stream of `items` items (passages reused in turn), sent and
     read by bench.batch_load in a process of its own, as a user's client would be."""
+    calls = watch.calls
     calls.clear()
-    # Each stage's own time (nested stages excluded), summed over the batch.
-    own: dict[str, float] = {}
-
-    def observe_stage(stage: str, seconds: float, self_seconds: float) -> None:
-        own[stage] = own.get(stage, 0.0) + self_seconds
-
-    add_stage_observer(observe_stage)
+    own = watch.own_seconds = {}
     cpu0, loop_cpu0 = time.process_time(), time.thread_time()
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -264,7 +262,7 @@ async def _batch(
         texts = json.dumps([row["text"] for row in passages]).encode("utf-8")
         out, _ = await proc.communicate(texts)
     finally:
-        remove_stage_observer(observe_stage)
+        watch.own_seconds = None
     server_cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop_cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"{LOAD_DRIVER} exited with status {proc.returncode}")

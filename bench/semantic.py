@@ -28,7 +28,8 @@ from llmcompress_server.app import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.semantic import SemanticCodec, required_entities
-from llmcompress_server.config import Config, Mode, load_config
+from llmcompress_server.config import Config, load_config
+from llmcompress_server.domain import Mode
 from llmcompress_server.entities import Entity, extract_entities
 from llmcompress_server.envelope import open_envelope, seal
 from llmcompress_server.quality import entity_recall, score

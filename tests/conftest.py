@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,9 @@ import redis.asyncio as aioredis
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import App, create_server
 from llmcompress_server.backends.router import BackendRouter
-from llmcompress_server.config import Config, Mode, load_config
+from llmcompress_server.config import Config, load_config
+from llmcompress_server.domain import Mode
+from llmcompress_server.events import EventSink
 
 if TYPE_CHECKING:
     from tests.sim_ollama import SimOllama
@@ -75,11 +77,14 @@ StartServer = Callable[..., Awaitable[App]]
 
 @pytest.fixture
 async def start_server() -> AsyncIterator[StartServer]:
-    """Start real servers with config overrides; all are stopped at teardown."""
+    """Start real servers with config overrides (and event `sinks` of the test's own);
+    all are stopped at teardown."""
     apps: list[App] = []
 
-    async def start(config: Config | None = None, **sections: dict[str, Any]) -> App:
-        app = await create_server(config or make_config(**sections))
+    async def start(
+        config: Config | None = None, *, sinks: Sequence[EventSink] = (), **sections: dict[str, Any]
+    ) -> App:
+        app = await create_server(config or make_config(**sections), sinks=sinks)
         await app.start()
         apps.append(app)
         return app

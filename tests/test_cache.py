@@ -26,17 +26,15 @@ from llmcompress_server.cache import (
     CachedResult,
     MemoryTier,
     SingleFlight,
-    add_cache_observer,
     cache_key,
-    remove_cache_observer,
 )
 from llmcompress_server.codecs import CompressOptions, Decoded, Encoded
 from llmcompress_server.codecs.zstd import ZstdCodec
-from llmcompress_server.config import Mode
-from llmcompress_server.domain import CompressCommand
+from llmcompress_server.domain import CompressCommand, Mode
 from llmcompress_server.errors import BackendUnavailable
+from llmcompress_server.events import NullSink
 from llmcompress_server.pipeline import Pipeline
-from llmcompress_server.stages import StageClock, add_stage_observer, remove_stage_observer
+from llmcompress_server.stages import StageClock
 from tests.conftest import (
     RedisServer,
     SimFactory,
@@ -133,10 +131,12 @@ def test_entry_round_trip_and_rejections() -> None:
 
     blob = seal(data, env)
     key = cache_key(data, Mode.ZSTD, codec.cache_params(CompressOptions()))
-    entry = CachedResult(envelope=blob, reason="r", quality=pb.QualityScores(overall=0.5))
+    entry = CachedResult(
+        envelope=blob, mode=Mode.ZSTD, reason="r", quality=pb.QualityScores(overall=0.5)
+    )
     back = CachedResult.unpack(key, entry.pack(key), data)
     assert back.envelope == blob
-    assert back.mode == pb.MODE_ZSTD
+    assert back.mode is Mode.ZSTD
     assert back.reason == "r"
     assert back.quality is not None and back.quality.overall == 0.5
     from llmcompress_server.cache import CorruptEntry
@@ -399,20 +399,17 @@ async def test_fifty_identical_requests_make_one_encode(
 ) -> None:
     # zstd -19 on 300 KB takes a good fraction of a second here, so the 50
     # calls arrive while the first one is still encoding.
-    app = await start_server(compression={"zstd_level": 19})
-    stub = stubs(app)
-    text = slow_text(300_000, seed=7)
     encodes: list[str] = []
 
-    def count(stage: str, seconds: float, self_seconds: float) -> None:
-        if stage == "zstd.encode":
-            encodes.append(stage)
+    class Count(NullSink):
+        def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
+            if stage == "zstd.encode":
+                encodes.append(stage)
 
-    add_stage_observer(count)
-    try:
-        responses = await asyncio.gather(*(_compress(stub, text) for _ in range(50)))
-    finally:
-        remove_stage_observer(count)
+    app = await start_server(compression={"zstd_level": 19}, sinks=[Count()])
+    stub = stubs(app)
+    text = slow_text(300_000, seed=7)
+    responses = await asyncio.gather(*(_compress(stub, text) for _ in range(50)))
     assert len(encodes) == 1
     assert len({r.envelope for r in responses}) == 1
     assert sum(not r.stats.cache_hit for r in responses) == 1
@@ -523,31 +520,28 @@ async def test_corrupt_redis_value_is_a_miss_and_is_deleted(
     values = {k: await rclient.get(k) for k in by_len}
     events: list[tuple[str, str]] = []
 
-    def watch(event: str, tier: str, seconds: float) -> None:
-        events.append((event, tier))
+    class Watch(NullSink):
+        def cache_event(self, event: str, tier: str, seconds: float) -> None:
+            events.append((event, tier))
 
-    add_cache_observer(watch)
-    try:
-        for garbage_kind in ("garbage", "swapped"):
-            for k in by_len:
-                # Garbage bytes, then valid entries written under each other's key.
-                bad = (
-                    b"\x00not an entry"
-                    if garbage_kind == "garbage"
-                    else values[by_len[1 - by_len.index(k)]]
-                )
-                await rclient.set(k, bad)
-            b = stubs(await start_server(**_cfg(redis_server.url)))  # empty memory tier
-            for text in (TEXT, other):
-                resp = await _compress(b, text)
-                assert not resp.stats.cache_hit
-                assert (
-                    await b.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
-                ).text == text
-            # Deleted, then re-stored by the computation that followed.
-            assert {k: await rclient.get(k) for k in by_len} == values
-    finally:
-        remove_cache_observer(watch)
+    for garbage_kind in ("garbage", "swapped"):
+        for k in by_len:
+            # Garbage bytes, then valid entries written under each other's key.
+            bad = (
+                b"\x00not an entry"
+                if garbage_kind == "garbage"
+                else values[by_len[1 - by_len.index(k)]]
+            )
+            await rclient.set(k, bad)
+        b = stubs(
+            await start_server(**_cfg(redis_server.url), sinks=[Watch()])
+        )  # empty memory tier
+        for text in (TEXT, other):
+            resp = await _compress(b, text)
+            assert not resp.stats.cache_hit
+            assert (await b.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))).text == text
+        # Deleted, then re-stored by the computation that followed.
+        assert {k: await rclient.get(k) for k in by_len} == values
     assert events.count(("corrupt", "redis")) == 4
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llmcompress_server.config import ConfigError, Mode, load_config
+from llmcompress_server.config import ConfigError, load_config
+from llmcompress_server.domain import Mode
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "examples" / "seed-config.yaml"
 

@@ -13,9 +13,8 @@ import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.batch import BatchRunner
-from llmcompress_server.config import Mode
 from llmcompress_server.deadline import remaining
-from llmcompress_server.domain import CompressCommand, CompressOutcome
+from llmcompress_server.domain import CompressCommand, CompressOutcome, Mode
 from llmcompress_server.errors import BackendUnavailable, InvalidInput
 
 

@@ -19,7 +19,7 @@ from llmcompress_server.codecs.lossless import (
     fingerprint_fields,
     pack_versions,
 )
-from llmcompress_server.config import Mode
+from llmcompress_server.domain import Mode
 from llmcompress_server.envelope import FORMAT_VERSION
 
 from .conftest import StartServer, make_config

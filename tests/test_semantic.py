@@ -20,7 +20,7 @@ from llmcompress_server.codecs.semantic import (
     unpack_body,
 )
 from llmcompress_server.codecs.zstd import ZstdCodec
-from llmcompress_server.config import Mode
+from llmcompress_server.domain import Mode
 from llmcompress_server.embedder import MiniLMEmbedder, cosine
 from llmcompress_server.entities import Entity, extract_entities, missing_entities
 from llmcompress_server.envelope import ModelIdentity

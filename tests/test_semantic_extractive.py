@@ -11,7 +11,7 @@ from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.semantic import SemanticCodec, keep_extract, unpack_body
 from llmcompress_server.codecs.summary_coding import coded_text, parse_coded_text
 from llmcompress_server.codecs.zstd import ZstdCodec
-from llmcompress_server.config import Mode
+from llmcompress_server.domain import Mode
 from llmcompress_server.embedder import MiniLMEmbedder
 from llmcompress_server.entities import Entity, extract_entities, missing_entities
 from llmcompress_server.envelope import open_envelope, seal

@@ -26,6 +26,7 @@ from llmcompress_server import stages
 from llmcompress_server.app import App, create_server
 from llmcompress_server.bottleneck import StageWindow
 from llmcompress_server.config import Config
+from llmcompress_server.events import Events
 from llmcompress_server.telemetry import Telemetry, configure_logging, setup_telemetry
 from tests.conftest import make_config
 
@@ -259,19 +260,43 @@ async def test_slow_request_log_has_stage_breakdown_and_no_text() -> None:
     assert "do-not-log" not in stream.getvalue()
 
 
+async def test_two_servers_in_one_process_keep_their_own_stages_and_metrics() -> None:
+    """Each create_server reports to its own Events: nothing one server does shows up in the
+    other's stage window (GetStats), metrics or traces."""
+    made: list[tuple[Traced, AsyncIterator[Traced]]] = []
+    for _ in range(2):
+        run = _traced(make_config())
+        made.append((await anext(run), run))
+    (busy, _), (idle, _) = made
+    try:
+        text = "Only the first server compresses this. " * 30
+        await busy.stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_ZSTD))
+        await _finished(busy.spans, "Compress")
+
+        def stage_names(t: Traced) -> set[str]:
+            return {a["stage"] for a, _ in _points(t.metrics, "llmc_stage_duration")}
+
+        assert {"validate", "zstd.encode", "pack"} <= {s.stage for s in busy.app.stages.summary()}
+        assert idle.app.stages.summary() == []
+        assert {"validate", "zstd.encode", "pack"} <= stage_names(busy)
+        assert stage_names(idle) == set()
+        assert _points(idle.metrics, "llmc_items") == []
+        assert "zstd.encode" in {s.name for s in busy.spans.get_finished_spans()}
+        assert idle.spans.get_finished_spans() == ()
+    finally:
+        for _, run in made:
+            await run.aclose()
+
+
 def test_slowest_stage_is_the_leaf_not_its_parent() -> None:
     # An outer stage that only waits on a nested one: the nested one ate the time.
     window = StageWindow()
-    stages.add_stage_observer(window.observe)
-    try:
-        for _ in range(5):
-            clock = stages.StageClock()
-            with clock.stage("lossless.encode"), clock.stage("llm.call"):
-                time.sleep(0.02)
-            with clock.stage("pack"):
-                clock.add("pack.measured_elsewhere", 0.001)
-    finally:
-        stages.remove_stage_observer(window.observe)
+    for _ in range(5):
+        clock = stages.StageClock(Events([window]))
+        with clock.stage("lossless.encode"), clock.stage("llm.call"):
+            time.sleep(0.02)
+        with clock.stage("pack"):
+            clock.add("pack.measured_elsewhere", 0.001)
     summaries = {s.stage: s for s in window.summary()}
     # Whole durations: the enclosing stage is (a bit) longer than its child...
     assert summaries["lossless.encode"].p95 >= summaries["llm.call"].p95 >= 0.02
@@ -282,13 +307,14 @@ def test_slowest_stage_is_the_leaf_not_its_parent() -> None:
 
 async def test_llm_call_span_and_genai_metrics(traced: Traced) -> None:
     from llmcompress_server.errors import BackendTimeout
-    from llmcompress_server.telemetry import record_cache, register_inflight
 
-    with stages.llm_call("chat", "tiny-model", "ollama", "127.0.0.1", 11434) as call:
+    # What this server's backends report to: its stage window, its metrics, its tracer.
+    events = traced.app.pipeline.events
+    with stages.llm_call(events, "chat", "tiny-model", "ollama", "127.0.0.1", 11434) as call:
         call.usage(12, 34)
     with (
         pytest.raises(BackendTimeout),
-        stages.llm_call("chat", "tiny-model", "ollama", "127.0.0.1", 11434),
+        stages.llm_call(events, "chat", "tiny-model", "ollama", "127.0.0.1", 11434),
     ):
         raise BackendTimeout("no answer in 30 s", endpoint="http://127.0.0.1:11434")
     ok, failed = [s for s in traced.spans.get_finished_spans() if s.name == "chat tiny-model"]
@@ -301,11 +327,13 @@ async def test_llm_call_span_and_genai_metrics(traced: Traced) -> None:
     assert failed.attributes["error.type"] == "BackendTimeout"
     assert failed.status.status_code is StatusCode.ERROR  # UNAVAILABLE: a server-side fault
 
-    record_cache("memory", True)
-    record_cache("memory", False)
-    record_cache("memory", False)
-    traced.telemetry.metrics.observe_cache("evict", "memory", 0.0)
-    unregister = register_inflight(lambda: [("http://127.0.0.1:11434", 3)])
+    events.cache_event("hit", "memory")
+    events.cache_event("miss", "memory")
+    events.cache_event("miss", "memory")
+    events.cache_event("evict", "memory")
+    unregister = traced.telemetry.metrics.watch_backends(
+        lambda: [("http://127.0.0.1:11434", 3)], lambda: []
+    )
     try:
         inflight = _points(traced.metrics, "llmc_backend_inflight")
     finally:
@@ -433,7 +461,7 @@ async def test_httpx_calls_get_client_spans_under_the_stage() -> None:
     config = make_config(monitoring={"enable_prometheus": True, "prometheus_port": 0})
     telemetry = setup_telemetry(config, tracer_provider=provider, environ={})
     try:
-        clock = stages.StageClock()
+        clock = stages.StageClock(Events(tracer=telemetry.tracer))
         async with httpx.AsyncClient(timeout=5) as client:
             with clock.stage("llm.summarize"):
                 reply = await client.get(f"http://127.0.0.1:{telemetry.metrics_port}/metrics")

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -31,18 +31,13 @@ from .codecs import Codec
 from .codecs.lossless import LosslessCodec
 from .codecs.semantic import SemanticCodec
 from .codecs.zstd import ZstdCodec
-from .config import Config, Mode
+from .config import Config
+from .domain import Mode
+from .events import Events, EventSink
 from .interceptors import ErrorInterceptor
 from .pipeline import Pipeline
 from .service import CompressionServicer
-from .stages import add_stage_observer, remove_stage_observer
-from .telemetry import (
-    Telemetry,
-    register_backend_up,
-    register_inflight,
-    setup_telemetry,
-    tracing_interceptor,
-)
+from .telemetry import Telemetry, setup_telemetry, tracing_interceptor
 from .tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -90,7 +85,6 @@ class App:
         await self.server.stop(self.config.server.grace_seconds if grace is None else grace)
         for task in self._tasks:
             task.cancel()
-        remove_stage_observer(self.stages.observe)
         for unregister in self._unregister:
             unregister()
         await self.pipeline.close()
@@ -114,18 +108,25 @@ def build_codecs(
     return codecs
 
 
-async def create_server(config: Config, telemetry: Telemetry | None = None) -> App:
+async def create_server(
+    config: Config, telemetry: Telemetry | None = None, sinks: Sequence[EventSink] = ()
+) -> App:
     """Build (not start) the server bound to config.server.host:port (port 0: any free one).
 
     Without `telemetry`, server spans still go to the global tracer provider.
+    Everything this server reports goes to its own `Events`: its stage window,
+    `telemetry.metrics`, and any other `sinks` given; never to another server's.
     """
-    engine = EmbeddedEngine(config.model.embedded)
-    backend = build_text_backend(config, engine)
-    pipeline = Pipeline(config, build_codecs(config, engine, backend))
     stages = StageWindow()
-    add_stage_observer(stages.observe)
+    every: list[EventSink] = [stages, *sinks]
+    if telemetry is not None:
+        every.append(telemetry.metrics)
+    events = Events(every, telemetry.tracer if telemetry is not None else None)
+    engine = EmbeddedEngine(config.model.embedded, events)
+    backend = build_text_backend(config, engine, events=events)
+    pipeline = Pipeline(config, build_codecs(config, engine, backend), events=events)
     window = config.performance.stream_window or 2 * config.performance.max_concurrent
-    batch = BatchRunner(functools.partial(pipeline.compress, wait=True), window)
+    batch = BatchRunner(functools.partial(pipeline.compress, wait=True), window, events.tracer)
     servicer = CompressionServicer(pipeline, batch, stages)
 
     limit = config.security.max_message_bytes
@@ -166,17 +167,19 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> A
         port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}: in use, or not an address of this host")
-    if telemetry is not None:
-        telemetry.watch_queue(
-            lambda: [("admission", pipeline.admission.active), ("embedded", engine.queue_depth)]
-        )
     app = App(config, server, port, health_servicer, pipeline, stages, engine, backend)
-    if isinstance(backend, BackendRouter):  # per-endpoint gauges of the Ollama/OpenAI pools
-        for route in backend.routes:
-            app._unregister += [
-                register_inflight(route.pool.inflight),
-                register_backend_up(route.pool.health),
-            ]
+    if telemetry is not None:
+        metrics = telemetry.metrics
+        app._unregister.append(
+            metrics.watch_queue(
+                lambda: [("admission", pipeline.admission.active), ("embedded", engine.queue_depth)]
+            )
+        )
+        if isinstance(backend, BackendRouter):  # per-endpoint gauges of the Ollama/OpenAI pools
+            for route in backend.routes:
+                app._unregister.append(
+                    metrics.watch_backends(route.pool.inflight, route.pool.health)
+                )
     return app
 
 

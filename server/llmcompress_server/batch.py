@@ -15,14 +15,16 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.rpc import status_pb2
+from opentelemetry.trace import Tracer
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from . import stages
 from .deadline import deadline_scope
 from .domain import CompressCommand, CompressOutcome
 from .errors import InvalidInput, LLMCompressError
+from .events import Events
 from .interceptors import UndecodableRequest
+from .stages import mark_failure
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,12 @@ def status_for(exc: BaseException) -> status_pb2.Status:
 
 
 class BatchRunner:
-    def __init__(self, compress: CompressFn, window: int) -> None:
+    """Runs one BatchCompress stream: at most `window` items in flight, one answer per id."""
+
+    def __init__(self, compress: CompressFn, window: int, tracer: Tracer | None = None) -> None:
         self.compress = compress
         self.window = window
+        self.tracer = tracer if tracer is not None else Events().tracer
 
     async def _answer(
         self, item: pb.BatchCompressRequest | UndecodableRequest
@@ -53,7 +58,7 @@ class BatchRunner:
             error = InvalidInput(f"a stream item cannot be parsed: {item.error}")
             return pb.BatchCompressResponse(id="", error=status_for(error))
         # One span per item, so each item's stages sit together under the stream's span.
-        with stages.tracer.start_as_current_span(
+        with self.tracer.start_as_current_span(
             "batch.item",
             attributes={"llmc.item.id": item.id},
             record_exception=False,
@@ -65,7 +70,7 @@ class BatchRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                stages.mark_failure(span, exc)
+                mark_failure(span, exc)
                 if not isinstance(exc, LLMCompressError):
                     log.exception("item %r failed unexpectedly", item.id)
                 return pb.BatchCompressResponse(id=item.id, error=status_for(exc))

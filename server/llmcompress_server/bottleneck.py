@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .events import NullSink
+
 
 @dataclass(frozen=True)
 class StageSummary:
@@ -28,15 +30,18 @@ class StageSummary:
     self_p95: float = 0.0
 
 
-class StageWindow:
-    """Bounded deque of (time, stage, seconds, self seconds); old samples fall off."""
+class StageWindow(NullSink):
+    """Bounded deque of (time, stage, seconds, self seconds); old samples fall off.
+
+    One per server: it is a sink of that server's `Events`, so GetStats reports
+    only the server's own stages."""
 
     def __init__(self, max_samples: int = 200_000, window_seconds: float = 300.0) -> None:
         self.window_seconds = window_seconds
         self._samples: deque[tuple[float, str, float, float]] = deque(maxlen=max_samples)
         self._lock = threading.Lock()  # stages may be recorded from worker threads
 
-    def observe(self, stage: str, seconds: float, self_seconds: float) -> None:
+    def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
         with self._lock:
             self._samples.append((time.monotonic(), stage, seconds, self_seconds))
 

@@ -17,18 +17,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .domain import Mode
+
 ENV_PREFIX = "LLMC_"
 DEFAULT_MAX_TEXT_BYTES = 4 * 1024 * 1024  # same as gRPC's default receive limit
 
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the keys."""
-
-
-class Mode(StrEnum):
-    SEMANTIC = "semantic"
-    LOSSLESS = "lossless"
-    ZSTD = "zstd"
 
 
 class SemanticFallback(StrEnum):

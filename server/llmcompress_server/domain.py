@@ -8,19 +8,40 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from .config import Mode
 from .errors import InvalidInput
 
-MODE_FROM_PB: dict[pb.Mode.ValueType, Mode] = {
+_MODE_CHOICES = "MODE_UNSPECIFIED (server default), MODE_ZSTD, MODE_LOSSLESS or MODE_SEMANTIC"
+
+
+class Mode(StrEnum):
+    """A compression mode; its value is its name in config and metric labels."""
+
+    SEMANTIC = "semantic"
+    LOSSLESS = "lossless"
+    ZSTD = "zstd"
+
+    @classmethod
+    def from_pb(cls, value: int) -> Mode:
+        """The mode a protobuf `Mode` number names (an envelope's or a request's)."""
+        mode = _FROM_PB.get(pb.Mode.ValueType(value))
+        if mode is None:
+            raise InvalidInput(f"mode {value} is not a known Mode; use {_MODE_CHOICES}")
+        return mode
+
+    def to_pb(self) -> pb.Mode.ValueType:
+        return _TO_PB[self]
+
+
+_FROM_PB: dict[pb.Mode.ValueType, Mode] = {
     pb.MODE_SEMANTIC: Mode.SEMANTIC,
     pb.MODE_LOSSLESS: Mode.LOSSLESS,
     pb.MODE_ZSTD: Mode.ZSTD,
 }
-MODE_TO_PB: dict[Mode, pb.Mode.ValueType] = {v: k for k, v in MODE_FROM_PB.items()}
-_MODE_CHOICES = "MODE_UNSPECIFIED (server default), MODE_ZSTD, MODE_LOSSLESS or MODE_SEMANTIC"
+_TO_PB: dict[Mode, pb.Mode.ValueType] = {v: k for k, v in _FROM_PB.items()}
 
 
 @dataclass(frozen=True)
@@ -35,8 +56,7 @@ class CompressCommand:
 
     @classmethod
     def from_pb(cls, req: pb.CompressRequest) -> CompressCommand:
-        if req.mode != pb.MODE_UNSPECIFIED and req.mode not in MODE_FROM_PB:
-            raise InvalidInput(f"mode {req.mode} is not a known Mode; use {_MODE_CHOICES}")
+        mode = None if req.mode == pb.MODE_UNSPECIFIED else Mode.from_pb(req.mode)
         if req.quality not in pb.Quality.values():
             raise InvalidInput(
                 f"quality {req.quality} is not a known Quality; use QUALITY_LOW, "
@@ -47,7 +67,7 @@ class CompressCommand:
             raise InvalidInput(f"target_ratio must be above 1 (or 0 for the default), got {ratio}")
         return cls(
             text=req.text,
-            mode=MODE_FROM_PB.get(req.mode),
+            mode=mode,
             verify=req.verify if req.HasField("verify") else None,
             target_ratio=ratio or None,
             evaluate_quality=req.evaluate_quality,
@@ -89,8 +109,8 @@ class CompressOutcome:
             cache_hit=self.cache_hit,
             degraded=self.degraded,
             reason=self.reason,
-            requested_mode=MODE_TO_PB[self.requested_mode],
-            mode=MODE_TO_PB[self.mode],
+            requested_mode=self.requested_mode.to_pb(),
+            mode=self.mode.to_pb(),
             backend=self.backend,
             total_seconds=self.total_seconds,
         )
@@ -112,7 +132,7 @@ class ReconstructOutcome:
         resp = pb.ReconstructResponse(
             text=self.text,
             exact=self.exact,
-            mode=MODE_TO_PB[self.mode],
+            mode=self.mode.to_pb(),
             model=self.model,
             stages=_timings_pb(self.stages),
         )

@@ -14,12 +14,13 @@ from opentelemetry import trace
 
 from .admission import Admission
 from .backends.router import collect_fallbacks
-from .cache import CachedResult, ResultCache
+from .cache import CachedResult, ResultCache, key_for
 from .codecs import Codec, CompressOptions, Encoded
-from .config import Config, Mode
-from .domain import MODE_FROM_PB, MODE_TO_PB, CompressCommand, CompressOutcome, ReconstructOutcome
+from .config import Config
+from .domain import CompressCommand, CompressOutcome, Mode, ReconstructOutcome
 from .envelope import check_original, mode_name, model_name, open_envelope, seal
 from .errors import BackendError, InvalidInput, PreconditionFailed
+from .events import Events
 from .stages import StageClock
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,14 @@ class Pipeline:
         codecs: Mapping[Mode, Codec],
         admission: Admission | None = None,
         cache: ResultCache | None = None,
+        events: Events | None = None,
     ) -> None:
         self.config = config
         self.codecs = dict(codecs)
+        self.events = events if events is not None else Events()
         self.admission = admission or Admission(config.performance.max_queue)
         if cache is None and config.cache.enabled:
-            cache = ResultCache.from_config(config)
+            cache = ResultCache.from_config(config, self.events)
         self.cache = cache
 
     def _codec(self, mode: Mode) -> Codec:
@@ -61,7 +64,7 @@ class Pipeline:
     async def compress(self, cmd: CompressCommand, *, wait: bool = False) -> CompressOutcome:
         """Compress one text; `wait` queues for admission (streams) instead of refusing."""
         gate = self.admission.wait() if wait else self.admission.admit()
-        clock = StageClock()
+        clock = StageClock(self.events)
         async with AsyncExitStack() as admitted:
             # A stage of its own, so time spent queued shows up in the breakdown.
             with clock.stage("admission.wait"):
@@ -102,7 +105,7 @@ class Pipeline:
                 blob = seal(data, encoded.envelope, encoded.model)
             return CachedResult(
                 envelope=blob,
-                mode=encoded.envelope.mode,
+                mode=Mode.from_pb(encoded.envelope.mode),
                 model=encoded.model.name if encoded.model else "",
                 backend=encoded.backend,
                 degraded=encoded.degraded,
@@ -112,7 +115,7 @@ class Pipeline:
 
         key = None
         if self.cache is not None and not cmd.skip_cache:
-            key = self.cache.key_for(codec, data, mode, opts)
+            key = key_for(codec, data, mode, opts)
         if self.cache is None or key is None:
             result, hit = await compute(), False
         else:
@@ -122,7 +125,7 @@ class Pipeline:
             envelope=result.envelope,
             original_bytes=len(data),
             requested_mode=requested,
-            mode=MODE_FROM_PB[result.mode],
+            mode=result.mode,
             model=result.model,
             backend=result.backend,
             stages=clock.timings,
@@ -163,7 +166,7 @@ class Pipeline:
             return await self._reconstruct(envelope)
 
     async def _reconstruct(self, envelope: bytes) -> ReconstructOutcome:
-        clock = StageClock()
+        clock = StageClock(self.events)
         with clock.stage("unpack"):
             env = open_envelope(envelope)
             limit = self.config.compression.max_text_bytes
@@ -172,7 +175,7 @@ class Pipeline:
                     f"the envelope holds {env.original_length} bytes, above this server's limit "
                     f"of {limit} (compression.max_text_bytes); use a server with a higher limit"
                 )
-        mode = MODE_FROM_PB[env.mode]
+        mode = Mode.from_pb(env.mode)
         if mode not in self.codecs:
             raise PreconditionFailed(
                 f"the envelope needs {mode_name(env.mode)}, which this server does not offer"
@@ -191,4 +194,4 @@ class Pipeline:
         )
 
 
-__all__ = ["MODE_TO_PB", "Pipeline"]
+__all__ = ["Pipeline"]

@@ -11,12 +11,16 @@ from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
 from .batch import BatchRunner
 from .bottleneck import StageWindow
+from .cache import TierStats
 from .deadline import deadline_scope
 from .domain import CompressCommand
 from .pipeline import Pipeline
 
 
 class CompressionServicer(pb_grpc.CompressionServiceServicer):
+    """CompressionService: each RPC converts its request, calls the pipeline (or the batch
+    runner, or the stage window and cache for GetStats) and converts the answer."""
+
     def __init__(self, pipeline: Pipeline, batch: BatchRunner, stages: StageWindow) -> None:
         self.pipeline = pipeline
         self.batch = batch
@@ -70,6 +74,22 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
                 for s in summaries
             ],
             slowest_stage=StageWindow.slowest(summaries),
-            cache=cache.tier_stats() if cache is not None else [],
+            cache=[_tier_pb(t) for t in cache.tier_stats()] if cache is not None else [],
             window_seconds=window,
         )
+
+
+def _tier_pb(tier: TierStats) -> pb.CacheTierStats:
+    return pb.CacheTierStats(
+        tier=tier.tier,
+        hits=tier.hits,
+        misses=tier.misses,
+        hit_ratio=tier.hit_ratio,
+        avg_lookup_seconds=tier.avg_lookup_seconds,
+        available=tier.available,
+        size=tier.size,
+        max_size=tier.max_size,
+        bytes=tier.bytes,
+        max_bytes=tier.max_bytes,
+        errors=tier.errors,
+    )

@@ -1,25 +1,24 @@
 """Stage timing: each pipeline stage is timed and opens an OpenTelemetry span.
 
 One `StageClock` per request; its timings go back to the caller in the
-response (`Stats.stages`) and feed the server's bottleneck report.
+response (`Stats.stages`) and, through the server's `Events`, to its
+bottleneck report and metrics. `llm_call` does the same for one model call.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from .errors import LLMCompressError
-
-TRACER_NAME = "llmcompress_server"
-tracer: Tracer = trace.get_tracer(TRACER_NAME)
+from .events import Events, ModelCallEnded
 
 # Codes that mean the server (or its backend) failed, not the caller; the same
 # set opentelemetry-instrumentation-grpc marks as errors on the server span.
@@ -35,12 +34,6 @@ SERVER_FAULTS = frozenset(
 )
 
 
-def use_tracer_provider(provider: TracerProvider | None) -> None:
-    """Send stage and LLM spans to `provider` (None: back to the global one)."""
-    global tracer
-    tracer = trace.get_tracer(TRACER_NAME, tracer_provider=provider)
-
-
 def status_code_of(exc: BaseException) -> grpc.StatusCode:
     return exc.code if isinstance(exc, LLMCompressError) else grpc.StatusCode.INTERNAL
 
@@ -54,27 +47,15 @@ def mark_failure(span: Span, exc: BaseException) -> None:
         span.set_status(Status(StatusCode.ERROR, f"{code.name}: {type(exc).__name__}"))
 
 
-# Called with (stage, seconds, self_seconds) after every stage: `seconds` is
-# the stage's whole duration, `self_seconds` that minus its nested stages.
-StageObserver = Callable[[str, float, float], None]
-_observers: list[StageObserver] = []
 # Seconds spent in nested stages of the stage open in this context.
 _nested: ContextVar[list[float] | None] = ContextVar("llmc_nested_stages", default=None)
 
 
-def add_stage_observer(observer: StageObserver) -> None:
-    _observers.append(observer)
-
-
-def remove_stage_observer(observer: StageObserver) -> None:
-    if observer in _observers:
-        _observers.remove(observer)
-
-
 class StageClock:
-    """Records (stage, seconds) in order, and opens a span per stage."""
+    """Records (stage, seconds) in order, opens a span per stage and reports each to `events`."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: Events | None = None) -> None:
+        self.events = events if events is not None else Events()
         self.timings: list[tuple[str, float]] = []
         self._start = time.perf_counter()
 
@@ -83,7 +64,7 @@ class StageClock:
         start = time.perf_counter()
         children: list[float] = [0.0]
         token = _nested.set(children)
-        with tracer.start_as_current_span(
+        with self.events.tracer.start_as_current_span(
             name, attributes=attributes, record_exception=False, set_status_on_exception=False
         ) as span:
             try:
@@ -106,26 +87,11 @@ class StageClock:
         if parent is not None:
             parent[0] += seconds
         self.timings.append((name, seconds))
-        for observer in _observers:
-            observer(name, seconds, self_seconds)
+        self.events.stage_finished(name, seconds, self_seconds)
 
     @property
     def total(self) -> float:
         return time.perf_counter() - self._start
-
-
-# Called with (attributes, seconds, input_tokens, output_tokens) after each LLM call.
-LLMObserver = Callable[[dict[str, AttributeValue], float, int, int], None]
-_llm_observers: list[LLMObserver] = []
-
-
-def add_llm_observer(observer: LLMObserver) -> None:
-    _llm_observers.append(observer)
-
-
-def remove_llm_observer(observer: LLMObserver) -> None:
-    if observer in _llm_observers:
-        _llm_observers.remove(observer)
 
 
 class LLMCall:
@@ -144,9 +110,15 @@ class LLMCall:
 
 @contextmanager
 def llm_call(
-    operation: str, model: str, provider: str, server_address: str, server_port: int = 0
+    events: Events,
+    operation: str,
+    model: str,
+    provider: str,
+    server_address: str,
+    server_port: int = 0,
 ) -> Iterator[LLMCall]:
-    """A GenAI-convention client span ("{operation} {model}") around one model call."""
+    """A GenAI-convention client span ("{operation} {model}") around one model call,
+    reported to `events` when it ends."""
     attributes: dict[str, AttributeValue] = {
         "gen_ai.operation.name": operation,
         "gen_ai.request.model": model,
@@ -156,7 +128,7 @@ def llm_call(
     if server_port:
         attributes["server.port"] = server_port
     start = time.perf_counter()
-    with tracer.start_as_current_span(
+    with events.tracer.start_as_current_span(
         f"{operation} {model}",
         kind=trace.SpanKind.CLIENT,
         attributes=attributes,
@@ -174,5 +146,6 @@ def llm_call(
             raise
         finally:
             elapsed = time.perf_counter() - start
-            for observer in _llm_observers:
-                observer(attributes, elapsed, call.input_tokens, call.output_tokens)
+            events.model_called(
+                ModelCallEnded(attributes, elapsed, call.input_tokens, call.output_tokens)
+            )

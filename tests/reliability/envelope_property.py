@@ -11,7 +11,7 @@ import asyncio
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.zstd import ZstdCodec
-from llmcompress_server.config import Mode
+from llmcompress_server.domain import Mode
 from llmcompress_server.envelope import seal, text_hash
 from llmcompress_server.errors import DataLoss, InvalidInput, PreconditionFailed
 from llmcompress_server.pipeline import Pipeline

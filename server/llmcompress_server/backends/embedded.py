@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from ..config import EmbeddedConfig
 from ..envelope import ModelIdentity
 from ..errors import Overloaded, PreconditionFailed
+from ..events import Events
 from ..stages import llm_call
 from . import ChatRequest, ChatResult
 
@@ -68,8 +69,9 @@ class EmbeddedEngine:
 
     name = "embedded"
 
-    def __init__(self, config: EmbeddedConfig) -> None:
+    def __init__(self, config: EmbeddedConfig, events: Events | None = None) -> None:
         self.config = config
+        self.events = events if events is not None else Events()
         self._path: Path | None = config.model_path
         self._identity: ModelIdentity | None = None
         self._idle: asyncio.Queue[Worker] | None = None
@@ -201,7 +203,9 @@ class EmbeddedEngine:
             return result
 
         t0 = time.perf_counter()
-        with llm_call("chat", self.config.model_name, "llama.cpp", "in-process") as call:
+        with llm_call(
+            self.events, "chat", self.config.model_name, "llama.cpp", "in-process"
+        ) as call:
             out = await self.run(job)
             usage = out.get("usage", {})
             call.usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))

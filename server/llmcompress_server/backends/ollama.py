@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from ..envelope import ModelIdentity
 from ..errors import BackendProtocolError
+from ..events import Events
 from ..stages import llm_call
 from . import ChatRequest, ChatResult
 from .transport import ClientSlots, backend_errors, json_object, split_address, status_error
@@ -63,8 +64,10 @@ class OllamaEndpoint:
         keep_alive: str | None = "5m",
         num_ctx: int | None = None,
         stream: bool = True,
+        events: Events | None = None,
     ) -> None:
         self.url = normalise_host(url)
+        self.events = events if events is not None else Events()
         self.keep_alive = keep_alive
         self.num_ctx = num_ctx
         self.stream = stream
@@ -149,7 +152,7 @@ class OllamaEndpoint:
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResult:
         identity = await self.identity(model)
-        with llm_call("chat", model, self.provider, self.address, self.port) as call:
+        with llm_call(self.events, "chat", model, self.provider, self.address, self.port) as call:
             payload = self._payload(request, model, self.stream)
             if self.stream:
                 text, final = await self._chat_stream(payload, model)
@@ -209,7 +212,9 @@ class OllamaEndpoint:
         return "".join(parts), final
 
     async def embed(self, texts: Sequence[str], model: str) -> list[list[float]]:
-        with llm_call("embeddings", model, self.provider, self.address, self.port) as call:
+        with llm_call(
+            self.events, "embeddings", model, self.provider, self.address, self.port
+        ) as call:
             with backend_errors(self.url):
                 async with self._clients.client() as client:
                     resp = await client.post(

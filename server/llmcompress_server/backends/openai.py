@@ -13,6 +13,7 @@ from typing import Any
 
 from ..envelope import ModelIdentity
 from ..errors import BackendProtocolError
+from ..events import Events
 from ..stages import llm_call
 from . import ChatRequest, ChatResult
 from .transport import ClientSlots, backend_errors, json_object, split_address, status_error
@@ -29,8 +30,10 @@ class OpenAIEndpoint:
         *,
         max_connections: int,
         api_key: str | None = None,
+        events: Events | None = None,
     ) -> None:
         self.url = base_url.rstrip("/")
+        self.events = events if events is not None else Events()
         self.address, self.port = split_address(self.url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self._clients = ClientSlots(max_connections, headers)
@@ -69,7 +72,7 @@ class OpenAIEndpoint:
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": request.json_schema, "strict": True},
             }
-        with llm_call("chat", model, self.provider, self.address, self.port) as call:
+        with llm_call(self.events, "chat", model, self.provider, self.address, self.port) as call:
             with backend_errors(self.url):
                 status, body = await self._clients.post_json(
                     f"{self.url}/chat/completions", payload
@@ -103,7 +106,9 @@ class OpenAIEndpoint:
         )
 
     async def embed(self, texts: Sequence[str], model: str) -> list[list[float]]:
-        with llm_call("embeddings", model, self.provider, self.address, self.port) as call:
+        with llm_call(
+            self.events, "embeddings", model, self.provider, self.address, self.port
+        ) as call:
             with backend_errors(self.url):
                 async with self._clients.client() as client:
                     resp = await client.post(

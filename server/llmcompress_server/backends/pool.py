@@ -7,7 +7,8 @@ through. Retryable failures are retried (retry.py) on whichever endpoint is
 least loaded then, within the caller's deadline; every request passes the
 pool's token bucket first. Cancelling a caller cancels its HTTP request and
 frees its slot at once. `inflight()` and `health()` are per-endpoint snapshots
-for the `llmc_backend_inflight` / `llmc_backend_up` gauges.
+for the `llmc_backend_inflight` / `llmc_backend_up` gauges; failures no model
+call reports (timed-out attempts, failed probes) go to the server's `Events`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..errors import (
     DeadlineExceeded,
     ModelNotFound,
 )
-from ..telemetry import record_backend_error
+from ..events import Events
 from . import ChatRequest, ChatResult
 from .breaker import BreakerState, CircuitBreaker
 from .ratelimit import TokenBucket
@@ -94,6 +95,7 @@ class EndpointPool:
         breaker_failures: int = 5,
         cooldown: float = 5.0,
         probe_interval: float = 10.0,
+        events: Events | None = None,
     ) -> None:
         if not clients:
             raise ValueError(f"backend pool {name} needs at least one endpoint")
@@ -105,6 +107,7 @@ class EndpointPool:
         self.retry = retry
         self.bucket = bucket or TokenBucket(0, 1)
         self.probe_interval = probe_interval
+        self.events = events if events is not None else Events()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._prober: asyncio.Task[None] | None = None
         self._rng = random.Random()
@@ -239,7 +242,7 @@ class EndpointPool:
                 endpoint=endpoint.url,
             )
             # The model call itself only saw a cancellation, which telemetry does not count.
-            record_backend_error(type(exc).__name__, endpoint.url)
+            self.events.backend_error(type(exc).__name__, endpoint.url)
             self._failed(endpoint, str(exc))
             raise exc from None
         except (BusyError, ModelNotFound):
@@ -290,7 +293,7 @@ class EndpointPool:
                 if endpoint.breaker.state is BreakerState.CLOSED:
                     endpoint.breaker.failure(f"health probe failed: {exc}")
                 endpoint.probe_error = str(exc) or type(exc).__name__
-                record_backend_error("health_probe", endpoint.url)
+                self.events.backend_error("health_probe", endpoint.url)
                 states[endpoint.url] = f"unhealthy: {exc}"
                 continue
             if endpoint.breaker.state is not BreakerState.CLOSED or endpoint.probe_error:

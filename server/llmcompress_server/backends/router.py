@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 from ..config import BackendKind, Config, ModelTiers
 from ..errors import BackendError, BackendUnavailable, Overloaded, PreconditionFailed
+from ..events import Events
 from . import ChatRequest, ChatResult, TextBackend
 from .ollama import OllamaEndpoint, normalise_host
 from .openai import OpenAIEndpoint
@@ -149,7 +150,9 @@ def resolve_backend(config: Config, environ: Mapping[str, str]) -> BackendKind:
     return BackendKind.OLLAMA if explicit else BackendKind.EMBEDDED
 
 
-def _pool(config: Config, name: str, clients: Sequence[EndpointClient]) -> EndpointPool:
+def _pool(
+    config: Config, name: str, clients: Sequence[EndpointClient], events: Events
+) -> EndpointPool:
     llm = config.llm
     return EndpointPool(
         name,
@@ -161,10 +164,11 @@ def _pool(config: Config, name: str, clients: Sequence[EndpointClient]) -> Endpo
         breaker_failures=llm.breaker_failures,
         cooldown=llm.cooldown,
         probe_interval=llm.health_interval,
+        events=events,
     )
 
 
-def _ollama_route(config: Config, environ: Mapping[str, str]) -> Route:
+def _ollama_route(config: Config, environ: Mapping[str, str], events: Events) -> Route:
     cfg = config.model.ollama
     limit = config.performance.max_concurrent
     clients = [
@@ -174,42 +178,50 @@ def _ollama_route(config: Config, environ: Mapping[str, str]) -> Route:
             keep_alive=cfg.keep_alive,
             num_ctx=cfg.num_ctx,
             stream=cfg.stream,
+            events=events,
         )
         for url in ollama_endpoints(config, environ)
     ]
-    return Route(_pool(config, "ollama", clients), cfg.models, cfg.embed_model)
+    return Route(_pool(config, "ollama", clients, events), cfg.models, cfg.embed_model)
 
 
-def _openai_route(config: Config, environ: Mapping[str, str]) -> Route | None:
+def _openai_route(config: Config, environ: Mapping[str, str], events: Events) -> Route | None:
     cfg = config.model.openai
     if not cfg.endpoints:
         return None
     key = environ.get(cfg.api_key_env) if cfg.api_key_env else None
     clients = [
-        OpenAIEndpoint(url, max_connections=config.performance.max_concurrent, api_key=key)
+        OpenAIEndpoint(
+            url, max_connections=config.performance.max_concurrent, api_key=key, events=events
+        )
         for url in cfg.endpoints
     ]
-    return Route(_pool(config, "openai", clients), cfg.models, cfg.embed_model)
+    return Route(_pool(config, "openai", clients, events), cfg.models, cfg.embed_model)
 
 
 def build_text_backend(
-    config: Config, engine: TextBackend | None, environ: Mapping[str, str] | None = None
+    config: Config,
+    engine: TextBackend | None,
+    environ: Mapping[str, str] | None = None,
+    events: Events | None = None,
 ) -> TextBackend | None:
-    """The TextBackend codecs use: the embedded engine alone, or a router over pools.
+    """The TextBackend codecs use: the embedded engine alone, or a router over pools
+    that report to `events`.
 
     Reads OLLAMA_HOST and the OpenAI key variable from `environ` (default: the
     process environment) here, at the edge.
     """
     env = os.environ if environ is None else environ
+    events = events if events is not None else Events()
     kind = resolve_backend(config, env)
     if kind is BackendKind.EMBEDDED:
         return engine
     ollama = (
-        _ollama_route(config, env)
+        _ollama_route(config, env, events)
         if kind is BackendKind.OLLAMA or config.model.ollama.endpoints
         else None
     )
-    openai = _openai_route(config, env)
+    openai = _openai_route(config, env, events)
     if kind is BackendKind.OPENAI and openai is None:
         raise PreconditionFailed(
             "model.backend is openai but model.openai.endpoints is empty; "

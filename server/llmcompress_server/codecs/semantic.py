@@ -34,7 +34,8 @@ from llmcompress.v1 import compression_pb2 as pb
 from ..backends import TextBackend
 from ..backends.embedded import EmbeddedEngine
 from ..backends.router import BackendRouter
-from ..config import Config, Mode, SemanticCoder, SemanticFallback, SemanticSummary
+from ..config import Config, SemanticCoder, SemanticFallback, SemanticSummary
+from ..domain import Mode
 from ..embedder import MiniLMEmbedder
 from ..entities import Entity, extract_entities, missing_entities
 from ..envelope import ModelIdentity, model_name, seal

@@ -1,0 +1,24 @@
+"""The result cache (result_cache.py): keys, entries, the two tiers, single-flight, statistics."""
+
+from .entries import CachedResult, CorruptEntry
+from .keys import SCHEMA, CacheableCodec, CacheParams, cache_key, key_for
+from .result_cache import ResultCache
+from .single_flight import SingleFlight
+from .stats import TierStats
+from .tiers import REDIS_NAMESPACE, MemoryTier, RedisTier
+
+__all__ = [
+    "REDIS_NAMESPACE",
+    "SCHEMA",
+    "CacheParams",
+    "CacheableCodec",
+    "CachedResult",
+    "CorruptEntry",
+    "MemoryTier",
+    "RedisTier",
+    "ResultCache",
+    "SingleFlight",
+    "TierStats",
+    "cache_key",
+    "key_for",
+]

@@ -1,0 +1,80 @@
+"""Cache entries: a sealed envelope plus how it was made, checked against key and text on read."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from dataclasses import dataclass
+
+from llmcompress.v1 import compression_pb2 as pb
+
+from ..domain import Mode
+from ..envelope import model_name, open_envelope, text_hash
+from ..errors import LLMCompressError
+
+_ENTRY_MAGIC = b"LCE1"
+_META_LEN = struct.Struct(">I")
+_KEY_BYTES = 32
+
+
+class CorruptEntry(ValueError):
+    """A stored value is not an entry for this key and text; treat as a miss."""
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    """What a hit must give back: the envelope plus how it was made."""
+
+    envelope: bytes
+    # Read from the envelope itself on unpack, so a hit reports what it holds.
+    mode: Mode
+    model: str = ""
+    backend: str = ""
+    degraded: bool = False
+    reason: str = ""
+    quality: pb.QualityScores | None = None
+
+    def pack(self, key: bytes) -> bytes:
+        meta = {
+            "backend": self.backend,
+            "degraded": self.degraded,
+            "reason": self.reason,
+            "quality": base64.b64encode(self.quality.SerializeToString()).decode("ascii")
+            if self.quality is not None
+            else None,
+        }
+        raw = json.dumps(meta, separators=(",", ":")).encode("utf-8")
+        return b"".join((_ENTRY_MAGIC, key, _META_LEN.pack(len(raw)), raw, self.envelope))
+
+    @classmethod
+    def unpack(cls, key: bytes, value: bytes, data: bytes) -> CachedResult:
+        """Parse and check an entry: its key, its envelope header, and the text it holds."""
+        head = len(_ENTRY_MAGIC) + _KEY_BYTES
+        if len(value) < head + _META_LEN.size or not value.startswith(_ENTRY_MAGIC):
+            raise CorruptEntry("not a cache entry")
+        if value[len(_ENTRY_MAGIC) : head] != key:
+            raise CorruptEntry("entry stored under another key")
+        (meta_len,) = _META_LEN.unpack_from(value, head)
+        body = head + _META_LEN.size
+        try:
+            meta = json.loads(value[body : body + meta_len])
+            envelope = value[body + meta_len :]
+            env = open_envelope(envelope)
+            quality = None
+            if meta["quality"] is not None:
+                quality = pb.QualityScores.FromString(base64.b64decode(meta["quality"]))
+            result = cls(
+                envelope=envelope,
+                mode=Mode.from_pb(env.mode),
+                model=model_name(env.model),
+                backend=str(meta["backend"]),
+                degraded=bool(meta["degraded"]),
+                reason=str(meta["reason"]),
+                quality=quality,
+            )
+        except (ValueError, KeyError, TypeError, LLMCompressError) as exc:
+            raise CorruptEntry(f"unreadable entry: {exc}") from None
+        if env.original_length != len(data) or env.original_hash != text_hash(data):
+            raise CorruptEntry("entry holds an envelope of another text")
+        return result

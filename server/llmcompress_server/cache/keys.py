@@ -1,0 +1,56 @@
+"""Cache keys: every input that shapes an envelope, hashed.
+
+Codec hook: a codec opts in by defining
+
+    def cache_params(self, opts: CompressOptions) -> CacheParams | None
+
+returning every codec-side input that changes its output for `opts`: a codec
+version (bump it when the output for the same input changes), the model name
+and full sha256, and the options and settings that matter (verify, target
+ratio, quality tier, zstd level, n_ctx, ...). Returning None (e.g. the model
+identity is not known yet) skips the cache for that request. A codec without
+the hook is never cached: a key that missed the model would serve envelopes
+of a replaced model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+from ..codecs import CompressOptions
+from ..domain import Mode
+from ..envelope import FORMAT_VERSION
+
+CacheParams = Mapping[str, str | int | float | bool]
+
+# Bump when the key recipe or the entry format (entries.py) changes.
+SCHEMA = 1
+
+
+@runtime_checkable
+class CacheableCodec(Protocol):
+    def cache_params(self, opts: CompressOptions) -> CacheParams | None: ...
+
+
+def cache_key(data: bytes, mode: Mode, params: CacheParams) -> bytes:
+    """SHA-256 over a canonical JSON of the text's full sha256, the mode and the codec's params."""
+    recipe = {
+        "schema": SCHEMA,
+        "envelope_format": FORMAT_VERSION,
+        "text_sha256": hashlib.sha256(data).hexdigest(),
+        "mode": mode.value,
+        "codec": dict(params),
+    }
+    canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+def key_for(codec: object, data: bytes, mode: Mode, opts: CompressOptions) -> bytes | None:
+    """The key, or None when the codec cannot name what shapes its output."""
+    if not isinstance(codec, CacheableCodec):
+        return None
+    params = codec.cache_params(opts)
+    return None if params is None else cache_key(data, mode, params)

@@ -1,0 +1,217 @@
+"""The service's OTel instruments; `Metrics` is an event sink and the request interceptor's counter.
+
+Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
+
+    compression_latency_seconds        histogram  mode, model, backend (per Compress/batch item)
+    reconstruction_latency_seconds     histogram  mode, model
+    compression_ratio                  histogram  mode, model, backend (original / envelope bytes)
+    quality_score                      histogram  mode, model, backend (QualityScores.overall)
+    llmc_stage_duration_seconds        histogram  stage (whole stage, nested stages included)
+    llmc_items_total                   counter    rpc, outcome=ok|degraded|error, code (errors)
+    llmc_queue_depth                   gauge      queue=admission|embedded
+    llmc_backend_inflight              gauge      endpoint (from `watch_backends` probes)
+    llmc_backend_up                    gauge      endpoint: 1 up, 0 down (`watch_backends`)
+    llmc_backend_errors_total          counter    kind (exception class, or health_probe),
+                                                  server_address (host)
+    llmc_cache_lookups_total           counter    tier, result=hit|miss
+    llmc_cache_events_total            counter    tier, event (store, evict, error, ...)
+    gen_ai_client_operation_duration_seconds  histogram  GenAI semconv attributes
+    gen_ai_client_token_usage          histogram  gen_ai_token_type=input|output, ...
+
+The seed's `throughput_per_minute` is `sum(rate(llmc_items_total[1m])) * 60`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from urllib.parse import urlsplit
+
+import grpc
+from opentelemetry.metrics import Observation
+from opentelemetry.sdk.metrics import MeterProvider
+
+from llmcompress.v1 import compression_pb2 as pb
+
+from ..domain import Mode
+from ..errors import InvalidInput
+from ..events import ModelCallEnded
+
+# Latencies span a 1 ms zstd call to a minutes-long CPU summary.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+# Ratios are original/envelope bytes: about 1-4 for zstd, 5-50 for summaries.
+RATIO_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
+# The GenAI semantic conventions' advised boundaries.
+GENAI_DURATION_BUCKETS: tuple[float, ...] = (
+    *(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64),
+    *(1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92),
+)
+GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+
+# A probe returns (label, value) pairs when the gauges are read.
+Probe = Callable[[], Iterable[tuple[str, int]]]
+
+
+class Metrics:
+    """The service's OTel instruments. An `EventSink` (stages, model calls, cache, backend
+    errors) of every server it is passed to, and the request interceptor's counter."""
+
+    def __init__(self, meter_provider: MeterProvider) -> None:
+        meter = meter_provider.get_meter("llmcompress_server")
+        self.compression_latency = meter.create_histogram(
+            "compression_latency",
+            unit="s",
+            description="Time to compress one text (Compress call or batch item)",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.reconstruction_latency = meter.create_histogram(
+            "reconstruction_latency",
+            unit="s",
+            description="Time to reconstruct one envelope",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.compression_ratio = meter.create_histogram(
+            "compression_ratio",
+            description="Original UTF-8 bytes / serialized envelope bytes",
+            explicit_bucket_boundaries_advisory=RATIO_BUCKETS,
+        )
+        self.quality_score = meter.create_histogram(
+            "quality_score",
+            description="Overall quality score of a lossy result, 0..1",
+            explicit_bucket_boundaries_advisory=SCORE_BUCKETS,
+        )
+        self.stage_duration = meter.create_histogram(
+            "llmc_stage_duration",
+            unit="s",
+            description="Duration of one pipeline stage, nested stages included",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.items = meter.create_counter(
+            "llmc_items", description="Compress calls and BatchCompress items answered, by outcome"
+        )
+        self.backend_errors = meter.create_counter(
+            "llmc_backend_errors", description="Failed model backend calls, by kind"
+        )
+        self.cache_lookups = meter.create_counter(
+            "llmc_cache_lookups", description="Cache lookups by tier and result"
+        )
+        self.cache_events = meter.create_counter(
+            "llmc_cache_events", description="Other cache events (store, evict, error, ...)"
+        )
+        self.llm_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=GENAI_DURATION_BUCKETS,
+        )
+        self.llm_tokens = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=GENAI_TOKEN_BUCKETS,
+        )
+        self._queue_probes: list[Probe] = []
+        self._inflight_probes: list[Probe] = []
+        self._up_probes: list[Probe] = []
+        meter.create_observable_gauge(
+            "llmc_queue_depth",
+            callbacks=[lambda options: _observe(self._queue_probes, "queue")],
+            description="Requests queued or running, per queue",
+        )
+        meter.create_observable_gauge(
+            "llmc_backend_inflight",
+            callbacks=[lambda options: _observe(self._inflight_probes, "endpoint")],
+            description="Calls in flight per model backend endpoint",
+        )
+        meter.create_observable_gauge(
+            "llmc_backend_up",
+            callbacks=[lambda options: _observe(self._up_probes, "endpoint")],
+            description="1 when a model backend endpoint is healthy, 0 when cooling down "
+            "after failures or failing its health probes",
+        )
+
+    # -- gauges: read from probes at each scrape ------------------------------------------
+
+    def watch_queue(self, probe: Probe) -> Callable[[], None]:
+        """Report `probe()`'s (queue, depth) pairs as `llmc_queue_depth{queue}`; returns a
+        function that stops it."""
+        return _watch(self._queue_probes, probe)
+
+    def watch_backends(self, inflight: Probe, up: Probe) -> Callable[[], None]:
+        """Report a pool's (endpoint, calls in flight) and (endpoint, 1 healthy / 0 down)
+        pairs as `llmc_backend_inflight` / `llmc_backend_up`; returns a function that stops it."""
+        stops = [_watch(self._inflight_probes, inflight), _watch(self._up_probes, up)]
+
+        def stop() -> None:
+            for one in stops:
+                one()
+
+        return stop
+
+    # -- EventSink ------------------------------------------------------------------------
+
+    def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
+        self.stage_duration.record(seconds, {"stage": stage})
+
+    def model_called(self, call: ModelCallEnded) -> None:
+        attributes = call.attributes
+        self.llm_duration.record(call.seconds, attributes)
+        error = attributes.get("error.type")
+        if error == "CancelledError":
+            return  # the caller went away, or the pool's timeout fired (the pool counts that)
+        if error is not None:
+            server = attributes.get("server.address", "")
+            self.backend_errors.add(1, {"kind": error, "server.address": server})
+            return
+        for kind, count in (("input", call.input_tokens), ("output", call.output_tokens)):
+            self.llm_tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+
+    def cache_event(self, event: str, tier: str, seconds: float = 0.0) -> None:
+        if event in ("hit", "miss"):
+            self.cache_lookups.add(1, {"tier": tier, "result": event})
+        else:
+            self.cache_events.add(1, {"tier": tier, "event": event})
+
+    def backend_error(self, kind: str, endpoint: str) -> None:
+        # `endpoint` may be a URL: the label is its host, as a model call's `server.address`.
+        address = urlsplit(endpoint).hostname or endpoint
+        self.backend_errors.add(1, {"kind": kind, "server.address": address})
+
+    # -- request outcomes (the request interceptor) ---------------------------------------
+
+    def compressed(self, rpc: str, stats: pb.Stats) -> None:
+        attrs = {"mode": mode_label(stats.mode), "model": stats.model, "backend": stats.backend}
+        self.compression_latency.record(stats.total_seconds, attrs)
+        self.compression_ratio.record(stats.ratio, attrs)
+        if stats.HasField("quality"):
+            self.quality_score.record(stats.quality.overall, attrs)
+        outcome = "degraded" if stats.degraded else "ok"
+        self.items.add(1, {"rpc": rpc, "outcome": outcome, "mode": attrs["mode"]})
+
+    def reconstructed(self, response: pb.ReconstructResponse, seconds: float) -> None:
+        attrs = {"mode": mode_label(response.mode), "model": response.model}
+        self.reconstruction_latency.record(seconds, attrs)
+
+    def failed(self, rpc: str, code: grpc.StatusCode) -> None:
+        self.items.add(1, {"rpc": rpc, "outcome": "error", "code": code.name})
+
+
+def mode_label(mode: pb.Mode.ValueType) -> str:
+    try:
+        return Mode.from_pb(mode).value
+    except InvalidInput:
+        return "unspecified"
+
+
+def _watch(probes: list[Probe], probe: Probe) -> Callable[[], None]:
+    probes.append(probe)
+    return lambda: probes.remove(probe) if probe in probes else None
+
+
+def _observe(probes: list[Probe], label: str) -> Iterator[Observation]:
+    for probe in list(probes):
+        for name, value in probe():
+            yield Observation(value, {label: name})
