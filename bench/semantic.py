@@ -32,6 +32,7 @@ from llmcompress_server.config import Config, load_config
 from llmcompress_server.domain import Mode
 from llmcompress_server.entities import Entity, extract_entities
 from llmcompress_server.envelope import open_envelope, seal
+from llmcompress_server.pipeline import Pipeline
 from llmcompress_server.quality import entity_recall, score
 from llmcompress_server.stages import StageClock
 from llmcompress_server.summarize import expand
@@ -73,16 +74,19 @@ async def _run(
     if engine is None:
         engine = EmbeddedEngine(config.model.embedded)
     await engine.start()
-    codec = build_codecs(config, engine, engine)[Mode.SEMANTIC]
+    codecs = build_codecs(config, engine, engine)
+    codec = codecs[Mode.SEMANTIC]
     assert isinstance(codec, SemanticCodec)
+    # Its fallbacks too (compression.semantic_fallback), as a server stores them.
+    pipeline = Pipeline(config, codecs)
     items: list[dict[str, Any]] = []
     try:
         for row in passages:
             text = row["text"]
             data = text.encode("utf-8")
             t0 = time.perf_counter()
-            encoded = await codec.encode(
-                text, CompressOptions(target_ratio=target_ratio), StageClock()
+            encoded = await pipeline.encode(
+                Mode.SEMANTIC, text, CompressOptions(target_ratio=target_ratio), StageClock()
             )
             blob = seal(data, encoded.envelope, encoded.model)
             t_compress = time.perf_counter() - t0

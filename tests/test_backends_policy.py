@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from llmcompress_server.backends import ChatRequest, ChatResult
+from llmcompress_server.backends import ChatRequest, ChatResult, Embeddings
 from llmcompress_server.backends.breaker import BreakerState, CircuitBreaker
 from llmcompress_server.backends.ollama import OllamaEndpoint
 from llmcompress_server.backends.ratelimit import TokenBucket
@@ -18,7 +18,6 @@ from llmcompress_server.backends.router import (
     BackendRouter,
     Route,
     build_text_backend,
-    collect_fallbacks,
     resolve_backend,
     tier_order,
 )
@@ -191,7 +190,13 @@ class LastResort:
         self.calls += 1
         return ChatResult("local answer", ModelIdentity("smol", "0" * 64), "embedded")
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+    async def embed(self, texts: Sequence[str]) -> Embeddings | None:
+        return None
+
+    def cache_identity(self) -> str | None:
+        return "smol"
+
+    def default_model(self) -> ModelIdentity | None:
         return None
 
     async def close(self) -> None:
@@ -203,12 +208,11 @@ async def test_missing_tier_model_falls_to_the_next_tier(sim_ollama: SimFactory)
     tiers = ModelTiers(low="gemma3:4b", standard="absent:7b", high="absent:8b")
     router = BackendRouter([Route(pool_for(sim.url), tiers)])
     try:
-        with collect_fallbacks() as notes:
-            result = await router.chat(ChatRequest(HELLO.messages, model="high"))
+        result = await router.chat(ChatRequest(HELLO.messages, model="high"))
     finally:
         await router.close()
     assert result.model.name == "gemma3:4b"
-    assert len(notes) == 1 and "absent:8b" in notes[0]
+    assert len(result.fallbacks) == 1 and "absent:8b" in result.fallbacks[0]
 
 
 async def test_chain_ends_with_the_embedded_engine_then_fails(sim_ollama: SimFactory) -> None:
@@ -217,10 +221,10 @@ async def test_chain_ends_with_the_embedded_engine_then_fails(sim_ollama: SimFac
     await dead.close()
     last = LastResort()
     router = BackendRouter([Route(pool_for(url, retries=0), ModelTiers())], last)
-    with collect_fallbacks() as notes:
-        result = await router.chat(HELLO)
+    result = await router.chat(HELLO)
     assert result.backend == "embedded" and last.calls == 1
-    assert "answered by the embedded model" in notes[0] and "cannot reach" in notes[0]
+    (note,) = result.fallbacks
+    assert "answered by the embedded model" in note and "cannot reach" in note
 
     bare = BackendRouter([Route(pool_for(url, retries=0), ModelTiers())])
     with pytest.raises(BackendUnavailable, match="no model backend could answer"):
@@ -233,11 +237,10 @@ async def test_no_fallback_noted_when_the_first_choice_answers(sim_ollama: SimFa
     sim = await sim_ollama(latency=0.0)
     router = BackendRouter([Route(pool_for(sim.url), ModelTiers())], LastResort())
     try:
-        with collect_fallbacks() as notes:
-            result = await router.chat(HELLO)
+        result = await router.chat(HELLO)
     finally:
         await router.close()
-    assert result.model.name == MODEL and notes == []
+    assert result.model.name == MODEL and result.fallbacks == ()
 
 
 # -- which backend --------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.backends import ChatRequest, ChatResult
-from llmcompress_server.codecs import CompressOptions
+from llmcompress_server.app import App
+from llmcompress_server.backends import ChatRequest, ChatResult, Embeddings
 from llmcompress_server.codecs.semantic import (
     SemanticCodec,
     pack_body,
@@ -19,16 +19,14 @@ from llmcompress_server.codecs.semantic import (
     residual_facts,
     unpack_body,
 )
-from llmcompress_server.codecs.zstd import ZstdCodec
 from llmcompress_server.domain import Mode
 from llmcompress_server.embedder import MiniLMEmbedder, cosine
 from llmcompress_server.entities import Entity, extract_entities, missing_entities
 from llmcompress_server.envelope import ModelIdentity
 from llmcompress_server.errors import DataLoss
 from llmcompress_server.quality import chrf, entity_recall, overall_score
-from llmcompress_server.stages import StageClock
 from llmcompress_server.summarize import InvalidSummary, expand, parse_summary, summary_schema
-from tests.conftest import StartServer, make_config
+from tests.conftest import StartServer
 
 
 def passage(corpus: list[dict[str, str]], pid: str) -> str:
@@ -205,7 +203,13 @@ class GarbageBackend:
         self.calls.append(request)
         return ChatResult(self.answer, ModelIdentity("garbage", "0" * 64), self.name)
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+    async def embed(self, texts: Sequence[str]) -> Embeddings | None:
+        return None
+
+    def cache_identity(self) -> str | None:
+        return None  # never cached
+
+    def default_model(self) -> ModelIdentity | None:
         return None
 
     async def close(self) -> None:
@@ -224,17 +228,52 @@ async def test_expansion_appends_facts_line_when_model_ignores_them() -> None:
     assert "$60,000" in backend.calls[1].messages[-1]["content"]
 
 
-async def test_invalid_summaries_fall_back_to_zstd(corpus: list[dict[str, str]]) -> None:
-    config = make_config(compression={"semantic_retries": 1})
+async def _garbage_server(
+    start_server: StartServer, **compression: object
+) -> tuple[App, GarbageBackend]:
+    """A real server whose SEMANTIC model ignores the JSON schema (no real backend here
+    can be made to), with abstractive summaries so the model is asked for one."""
+    settings = {"semantic_summary": "abstractive", "semantic_coder": "brotli"}
+    app = await start_server(compression={**settings, "semantic_retries": 1, **compression})
     backend = GarbageBackend("I cannot do that")
-    codec = SemanticCodec(backend, config, {Mode.ZSTD: ZstdCodec()})
+    app.pipeline.codecs[Mode.SEMANTIC] = SemanticCodec(backend, app.config)
+    return app, backend
+
+
+async def test_invalid_summaries_fall_back_to_zstd(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    app, backend = await _garbage_server(start_server)
     text = passage(corpus, "lcet10-0067")
-    enc = await codec.encode(text, CompressOptions(target_ratio=10), StageClock())
-    assert enc.envelope.mode == pb.MODE_ZSTD
-    assert enc.degraded
-    assert "no valid summary after 2 model calls" in enc.reason
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        resp = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC))
+        back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
+    assert resp.stats.mode == pb.MODE_ZSTD and resp.stats.degraded
+    assert "no valid summary after 2 model calls" in resp.stats.reason
+    assert "stored as ZSTD (compression.semantic_fallback)" in resp.stats.reason
+    assert back.exact and back.text == text
     assert len(backend.calls) == 2
     assert all(c.json_schema is not None for c in backend.calls)
+
+
+async def test_invalid_summary_without_fallback_is_failed_precondition(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    """compression.semantic_fallback: none stores nothing, and says so with a status the
+    caller can act on (not INTERNAL): the server cannot summarize this, retrying won't help."""
+    app, backend = await _garbage_server(start_server, semantic_fallback="none")
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.Compress(
+                pb.CompressRequest(text=passage(corpus, "lcet10-0067"), mode=pb.MODE_SEMANTIC)
+            )
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = failure.value.details() or ""
+    assert "no valid summary after 2 model calls" in details
+    assert "compression.semantic_fallback" in details and "another mode" in details
+    assert len(backend.calls) == 2
 
 
 # ---- through gRPC -----------------------------------------------------------------

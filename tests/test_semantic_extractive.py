@@ -9,9 +9,7 @@ from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.semantic import SemanticCodec, keep_extract, unpack_body
-from llmcompress_server.codecs.summary_coding import coded_text, parse_coded_text
-from llmcompress_server.codecs.zstd import ZstdCodec
-from llmcompress_server.domain import Mode
+from llmcompress_server.codecs.semantic.summary_coding import coded_text, parse_coded_text
 from llmcompress_server.embedder import MiniLMEmbedder
 from llmcompress_server.entities import Entity, extract_entities, missing_entities
 from llmcompress_server.envelope import open_envelope, seal
@@ -76,7 +74,7 @@ async def test_extractive_brotli_meets_target_with_every_entity(
 ) -> None:
     config = make_config(compression={"semantic_summary": "extractive", "semantic_coder": "brotli"})
     backend = GarbageBackend("unused")
-    codec = SemanticCodec(backend, config, {Mode.ZSTD: ZstdCodec()})
+    codec = SemanticCodec(backend, config)
     text = passage(corpus, "lcet10-0034")
     data = text.encode("utf-8")
     enc = await codec.encode(text, CompressOptions(target_ratio=8), StageClock())

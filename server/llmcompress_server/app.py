@@ -97,14 +97,15 @@ class App:
 def build_codecs(
     config: Config, engine: EmbeddedEngine | None, backend: TextBackend | None = None
 ) -> dict[Mode, Codec]:
-    """LOSSLESS needs the embedded engine (token-level access); SEMANTIC any chat backend."""
-    zstd = ZstdCodec(config.compression.zstd_level)
-    codecs: dict[Mode, Codec] = {Mode.ZSTD: zstd}
-    if engine is not None:
-        codecs[Mode.LOSSLESS] = LosslessCodec(engine, zstd)
+    """LOSSLESS needs the embedded engine (token-level access); SEMANTIC any chat backend,
+    and codes its bodies with the LOSSLESS codec where configured."""
+    codecs: dict[Mode, Codec] = {Mode.ZSTD: ZstdCodec(config.compression.zstd_level)}
+    lossless = LosslessCodec(engine) if engine is not None else None
+    if lossless is not None:
+        codecs[Mode.LOSSLESS] = lossless
     if backend is not None:
-        # SEMANTIC falls back through this same table (ZSTD, or LOSSLESS).
-        codecs[Mode.SEMANTIC] = SemanticCodec(backend, config, codecs)
+        local = engine is not None and backend is engine
+        codecs[Mode.SEMANTIC] = SemanticCodec(backend, config, lossless=lossless, local=local)
     return codecs
 
 

@@ -4,6 +4,8 @@
     ├── InvalidInput                      INVALID_ARGUMENT  bad text, mode, option or envelope bytes
     ├── DataLoss                          DATA_LOSS         decodes, but not to the original
     ├── PreconditionFailed                FAILED_PRECONDITION  needs a model/engine/format not here
+    ├── CannotEncode                      FAILED_PRECONDITION  a codec cannot store this text as
+    │                                                          asked; the pipeline falls back
     ├── Overloaded                        RESOURCE_EXHAUSTED   admission full; carries a retry hint
     ├── Unauthenticated                   UNAUTHENTICATED
     ├── DeadlineExceeded                  DEADLINE_EXCEEDED
@@ -37,6 +39,20 @@ class DataLoss(LLMCompressError):
 
 class PreconditionFailed(LLMCompressError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class CannotEncode(LLMCompressError):
+    """A codec cannot store this text in its mode (`reason` says why, for `stats.reason`).
+
+    The pipeline catches it and walks the configured fallback chain; the caller
+    sees FAILED_PRECONDITION only when no fallback is allowed.
+    """
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Overloaded(LLMCompressError):

@@ -1,7 +1,11 @@
-"""The compression pipeline: validate -> codec -> pack, and unpack -> codec -> verify.
+"""The compression pipeline: validate -> codec (or fallbacks) -> pack; unpack -> codec -> verify.
 
 Codecs are chosen by mode; what is stored is always a sealed envelope, so
-nothing a later Reconstruct needs lives only in this process.
+nothing a later Reconstruct needs lives only in this process. The pipeline is
+the one place that decides a fallback: a codec that cannot encode says so
+(`CannotEncode`), and `encode` walks the chain SEMANTIC -> LOSSLESS -> ZSTD as
+`compression.semantic_fallback` and `llm.allow_degraded` allow, noting every
+step in the result's reason and on the request's span.
 """
 
 from __future__ import annotations
@@ -13,13 +17,12 @@ from contextlib import AsyncExitStack
 from opentelemetry import trace
 
 from .admission import Admission
-from .backends.router import collect_fallbacks
 from .cache import CachedResult, ResultCache, key_for
-from .codecs import Codec, CompressOptions, Encoded
-from .config import Config
+from .codecs import BelowQuality, Codec, CompressOptions, Encoded
+from .config import Config, SemanticFallback
 from .domain import CompressCommand, CompressOutcome, Mode, ReconstructOutcome
 from .envelope import check_original, mode_name, model_name, open_envelope, seal
-from .errors import BackendError, InvalidInput, PreconditionFailed
+from .errors import BackendError, CannotEncode, InvalidInput, PreconditionFailed
 from .events import Events
 from .stages import StageClock
 
@@ -27,6 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class Pipeline:
+    """Compress and Reconstruct for one server: admission, cache, codecs and their fallbacks.
+
+    Reports its stages (and the cache its events) to `events`."""
+
     def __init__(
         self,
         config: Config,
@@ -92,15 +99,25 @@ class Pipeline:
                     f"text is {len(data)} bytes, above this server's limit of {limit} bytes "
                     "(compression.max_text_bytes); split it into smaller items"
                 )
-        requested = cmd.mode or self.config.compression.default_mode
+        comp = self.config.compression
+        requested = cmd.mode or comp.default_mode
         mode, reason = requested, ""
         if not cmd.text.strip():
             # Nothing for a model to work on; a tiny exact envelope loses nothing.
             mode, reason = Mode.ZSTD, "empty or whitespace-only text is stored as ZSTD"
+        elif mode is Mode.SEMANTIC and len(cmd.text) < comp.min_compress_length:
+            self._codec(mode)  # a server without SEMANTIC still says so
+            mode, reason = (
+                Mode.ZSTD,
+                (
+                    f"text is {len(cmd.text)} characters, below compression.min_compress_length="
+                    f"{comp.min_compress_length}: stored as ZSTD (a summary would not be smaller)"
+                ),
+            )
         codec, opts = self._codec(mode), self.options(cmd)
 
         async def compute() -> CachedResult:
-            encoded = await self._encode(codec, mode, cmd.text, opts, clock)
+            encoded = await self.encode(mode, cmd.text, opts, clock)
             with clock.stage("pack"):
                 blob = seal(data, encoded.envelope, encoded.model)
             return CachedResult(
@@ -109,7 +126,7 @@ class Pipeline:
                 model=encoded.model.name if encoded.model else "",
                 backend=encoded.backend,
                 degraded=encoded.degraded,
-                reason=encoded.reason or reason,
+                reason=encoded.reason,
                 quality=encoded.quality,
             )
 
@@ -131,7 +148,8 @@ class Pipeline:
             stages=clock.timings,
             cache_hit=hit,
             degraded=result.degraded,
-            reason=result.reason,
+            # Why the text went to another mode before any codec ran holds for a hit too.
+            reason=result.reason or reason,
             quality=result.quality,
             total_seconds=clock.total,
         )
@@ -140,26 +158,82 @@ class Pipeline:
         if self.cache is not None:
             await self.cache.close()
 
-    async def _encode(
-        self, codec: Codec, mode: Mode, text: str, opts: CompressOptions, clock: StageClock
+    def chain(self, mode: Mode) -> list[Mode]:
+        """`mode`, then where a text goes when a codec cannot encode it."""
+        if mode is Mode.LOSSLESS:
+            return [Mode.LOSSLESS, Mode.ZSTD]
+        if mode is Mode.SEMANTIC:
+            choice = self.config.compression.semantic_fallback
+            if choice is SemanticFallback.NONE:
+                return [Mode.SEMANTIC]
+            if choice is SemanticFallback.LOSSLESS and Mode.LOSSLESS in self.codecs:
+                return [Mode.SEMANTIC, Mode.LOSSLESS, Mode.ZSTD]
+            return [Mode.SEMANTIC, Mode.ZSTD]
+        return [mode]
+
+    async def encode(
+        self, mode: Mode, text: str, opts: CompressOptions, clock: StageClock
     ) -> Encoded:
-        """The codec's answer; ZSTD marked degraded when no model backend could answer."""
-        with collect_fallbacks() as fallbacks:
+        """`mode`'s codec's answer, or the next one of `chain(mode)` that can encode; ZSTD
+        marked degraded when no model backend could answer (`llm.allow_degraded`)."""
+        span = trace.get_current_span()
+        failed: list[CannotEncode] = []
+        for step in self.chain(mode):
             try:
-                encoded = await codec.encode(text, opts, clock)
+                encoded = await self._codec(step).encode(text, opts, clock)
+            except CannotEncode as exc:
+                span.add_event(
+                    "llmc.fallback", {"llmc.mode": step.value, "llmc.reason": exc.reason}
+                )
+                failed.append(exc)
+                continue
             except BackendError as exc:
-                if mode is Mode.ZSTD or not self.config.llm.allow_degraded:
+                if step is Mode.ZSTD or not self.config.llm.allow_degraded:
                     raise
                 # Per item, so debug; the pool logs each endpoint's cooldown once.
-                log.debug("%s mode fell back to ZSTD: %s", mode.value, exc)
+                log.debug("%s mode fell back to ZSTD: %s", step.value, exc)
+                span.add_event("llmc.fallback", {"llmc.mode": step.value, "llmc.reason": str(exc)})
                 encoded = await self._codec(Mode.ZSTD).encode(text, opts, clock)
                 encoded.degraded = True
                 encoded.reason = f"stored as ZSTD: no model backend answered ({exc})"
                 return encoded
-        if fallbacks and not encoded.degraded:
-            encoded.degraded = True
-            encoded.reason = encoded.reason or "; ".join(fallbacks)
+            if failed:
+                return self._fallen_back(encoded, mode, step, failed)
+            if encoded.fallbacks:
+                # Another model than the one asked for answered: usable, but not what was asked.
+                encoded.degraded = True
+                encoded.reason = "; ".join(dict.fromkeys(encoded.fallbacks))
+            return encoded
+        return self._chain_ended(mode, failed)
+
+    @staticmethod
+    def _fallen_back(
+        encoded: Encoded, mode: Mode, stored: Mode, failed: list[CannotEncode]
+    ) -> Encoded:
+        encoded.degraded = True
+        how = " (compression.semantic_fallback)" if mode is Mode.SEMANTIC else ", exact"
+        steps = "; ".join(exc.reason for exc in failed)
+        encoded.reason = f"{steps}; stored as {stored.name}{how}"
+        below = next((exc for exc in failed if isinstance(exc, BelowQuality)), None)
+        if below is not None:
+            # The scores of the rejected attempt: they say why.
+            encoded.quality = below.best.quality
         return encoded
+
+    @staticmethod
+    def _chain_ended(mode: Mode, failed: list[CannotEncode]) -> Encoded:
+        """No codec of the chain could encode: only a SEMANTIC with no fallback gets here."""
+        last = failed[-1]
+        if isinstance(last, BelowQuality):
+            kept = last.best
+            kept.degraded = True
+            kept.reason = f"{last.reason}; kept as SEMANTIC (compression.semantic_fallback=none)"
+            return kept
+        raise CannotEncode(
+            f"{last.reason}; nothing was stored, because compression.semantic_fallback is none: "
+            f"ask for another mode than {mode.name}, or set compression.semantic_fallback to "
+            "zstd or lossless"
+        )
 
     async def reconstruct(self, envelope: bytes) -> ReconstructOutcome:
         async with self.admission.admit():

@@ -44,10 +44,9 @@ async def similarity(
 ) -> tuple[float, str]:
     """Cosine similarity and the name of the embedding model that produced it."""
     if backend is not None:
-        vectors = await backend.embed([original, reconstruction])
-        if vectors is not None:
-            name = str(getattr(backend, "embedding_model", "") or f"{backend.name} embeddings")
-            return cosine(vectors[0], vectors[1]), name
+        found = await backend.embed([original, reconstruction])
+        if found is not None:
+            return cosine(found.vectors[0], found.vectors[1]), found.model
     # A CPU-bound numpy forward pass: keep it off the event loop.
     a, b = await asyncio.to_thread(embedder.embed, [original, reconstruction])
     return cosine(a, b), embedder.name

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .backends import ChatRequest, ChatResult, TextBackend
 from .entities import Entity, missing_entities
+from .errors import CannotEncode
 
 # Average bytes per English word (with its space) and per model token; used
 # only to turn byte budgets into word counts and token limits.
@@ -38,7 +39,7 @@ EXPAND_SYSTEM = (
 )
 
 
-class InvalidSummary(ValueError):
+class InvalidSummary(CannotEncode):
     """The model's answer is not a usable summary."""
 
 

@@ -1,6 +1,8 @@
-"""Model backends: the embedded llama.cpp engine now; Ollama and OpenAI-compatible pools later.
+"""Model backends: the embedded llama.cpp engine, and pools of Ollama or OpenAI-compatible servers.
 
-Every backend speaks `TextBackend`; codecs never see HTTP or llama.cpp details.
+Every backend speaks `TextBackend` (the engine itself, or `BackendRouter` over
+the pools with the engine as last resort); codecs never see HTTP or llama.cpp
+details, nor which backend they hold.
 """
 
 from __future__ import annotations
@@ -34,15 +36,37 @@ class ChatResult:
     output_tokens: int = 0
     # Backend-reported timings in seconds (e.g. Ollama's load/prompt_eval/eval).
     timings: dict[str, float] = field(default_factory=dict)
+    # Fallbacks taken before this answer (another endpoint tier or backend answered
+    # than the one asked for); a result built on them is marked degraded.
+    fallbacks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    model: str  # the embedding model's name, as quality scores report it
 
 
 class TextBackend(Protocol):
+    """What codecs call for model work: chat completions, embeddings, and the backend's
+    own account of which models answer it."""
+
     name: str
 
     async def chat(self, request: ChatRequest) -> ChatResult: ...
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+    async def embed(self, texts: Sequence[str]) -> Embeddings | None:
         """Sentence embeddings, or None when the backend has no embedding endpoint."""
+        ...
+
+    def cache_identity(self) -> str | None:
+        """Names every model that can answer a call without a fallback, for cache keys
+        (editing any of them must change the key); None while that is not known yet, and
+        then nothing it shapes is cached."""
+        ...
+
+    def default_model(self) -> ModelIdentity | None:
+        """The model a call without a tier reaches, when known without calling it."""
         ...
 
     async def close(self) -> None: ...

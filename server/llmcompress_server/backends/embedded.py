@@ -26,7 +26,7 @@ from ..envelope import ModelIdentity
 from ..errors import Overloaded, PreconditionFailed
 from ..events import Events
 from ..stages import llm_call
-from . import ChatRequest, ChatResult
+from . import ChatRequest, ChatResult, Embeddings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -219,8 +219,16 @@ class EmbeddedEngine:
             timings={"total": time.perf_counter() - t0},
         )
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+    async def embed(self, texts: Sequence[str]) -> Embeddings | None:
         return None  # the chat model is not an embedding model
+
+    def cache_identity(self) -> str | None:
+        if not self.started:
+            return None
+        return f"embedded:{self.identity.name}:{self.identity.sha256}"
+
+    def default_model(self) -> ModelIdentity | None:
+        return self.identity if self.started else None
 
     async def close(self) -> None:
         workers, self._workers = self._workers, []

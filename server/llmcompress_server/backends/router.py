@@ -6,9 +6,9 @@ pool (Ollama before OpenAI-compatible when `model.prefer_local`) with the
 requested tier's model, then the other tiers (lower first), then the embedded
 engine (`llm.fallback_embedded`). Within a pool, "next endpoint" is the pool's
 own retry on the least-loaded endpoint. Every step taken past the first choice
-is noted (`collect_fallbacks`), so the pipeline can mark the result degraded;
-when everything fails the pipeline stores ZSTD (degraded) or answers
-UNAVAILABLE, as `llm.allow_degraded` says.
+is noted in the answer (`ChatResult.fallbacks`), so the pipeline can mark the
+result degraded; when everything fails the pipeline stores ZSTD (degraded) or
+answers UNAVAILABLE, as `llm.allow_degraded` says.
 
 Which backend `model.backend: auto` means: Ollama when OLLAMA_HOST is set,
 `model.ollama.endpoints` is non-empty, or `model.ollama_endpoint` is written in
@@ -19,15 +19,14 @@ server started with no config serves with the embedded model.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..config import BackendKind, Config, ModelTiers
+from ..envelope import ModelIdentity
 from ..errors import BackendError, BackendUnavailable, Overloaded, PreconditionFailed
 from ..events import Events
-from . import ChatRequest, ChatResult, TextBackend
+from . import ChatRequest, ChatResult, Embeddings, TextBackend
 from .ollama import OllamaEndpoint, normalise_host
 from .openai import OpenAIEndpoint
 from .pool import EndpointClient, EndpointPool
@@ -36,25 +35,6 @@ from .retry import RetryPolicy
 
 TIERS = ("low", "standard", "high")
 DEFAULT_TIER = "standard"
-
-_fallbacks: ContextVar[list[str] | None] = ContextVar("llmcompress_fallbacks", default=None)
-
-
-@contextmanager
-def collect_fallbacks() -> Iterator[list[str]]:
-    """Collect the fallbacks taken by backend calls inside (including tasks they spawn)."""
-    notes: list[str] = []
-    token = _fallbacks.set(notes)
-    try:
-        yield notes
-    finally:
-        _fallbacks.reset(token)
-
-
-def note_fallback(reason: str) -> None:
-    notes = _fallbacks.get()
-    if notes is not None and reason not in notes:
-        notes.append(reason)
 
 
 def tier_order(wanted: str) -> list[str]:
@@ -97,7 +77,8 @@ class BackendRouter:
                     failures.append(f"{route.pool.name} {model}: {exc}")
                     continue
                 if failures:
-                    note_fallback(f"answered by {route.pool.name} {model} after: {failures[0]}")
+                    note = f"answered by {route.pool.name} {model} after: {failures[0]}"
+                    return replace(result, fallbacks=(*result.fallbacks, note))
                 return result
         if self.last_resort is not None:
             try:
@@ -106,23 +87,37 @@ class BackendRouter:
                 failures.append(f"{self.last_resort.name}: {exc}")
             else:
                 cause = failures[0] if failures else "no remote backend configured"
-                note_fallback(f"answered by the {self.last_resort.name} model after: {cause}")
-                return result
+                note = f"answered by the {self.last_resort.name} model after: {cause}"
+                return replace(result, fallbacks=(*result.fallbacks, note))
         raise BackendUnavailable(
             "no model backend could answer: " + " | ".join(failures), retryable=False
         )
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+    async def embed(self, texts: Sequence[str]) -> Embeddings | None:
         for route in self.routes:
             if route.embed_model is None:
                 continue
             try:
-                return await route.pool.embed(texts, route.embed_model)
+                vectors = await route.pool.embed(texts, route.embed_model)
             except BackendError:
                 continue
+            return Embeddings(vectors, route.embed_model)
         if self.last_resort is not None:
             return await self.last_resort.embed(texts)
         return None
+
+    def cache_identity(self) -> str:
+        """Only the first route's models answer without a fallback (fallbacks mark the result
+        degraded, and degraded results are not cached), but every route, endpoint and tier
+        is named: editing any of them is a new key."""
+        return ";".join(
+            f"{r.pool.name}[{','.join(e.url for e in r.pool.endpoints)}]="
+            f"{r.models.low},{r.models.standard},{r.models.high}"
+            for r in self.routes
+        )
+
+    def default_model(self) -> ModelIdentity | None:
+        return None  # known only from an answer (an Ollama digest, a served model name)
 
     async def close(self) -> None:
         for route in self.routes:

@@ -1,13 +1,19 @@
-"""Codecs turn text into an envelope body and back; one module per mode."""
+"""Codecs turn text into an envelope body and back; one module (or room) per mode.
+
+A codec stores what it was asked for or raises `CannotEncode` (`BelowQuality`
+when it made a result below the quality bar); the pipeline decides what to
+store instead.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from llmcompress.v1 import compression_pb2 as pb
 
 from ..envelope import ModelIdentity
+from ..errors import CannotEncode
 from ..stages import StageClock
 
 
@@ -28,10 +34,12 @@ class Encoded:
     envelope: pb.Envelope
     model: ModelIdentity | None = None
     backend: str = ""
-    # Set when the codec had to store something other than what was asked.
+    # Set by the pipeline when it stored something other than what was asked.
     degraded: bool = False
     reason: str = ""
     quality: pb.QualityScores | None = None
+    # Model fallbacks the backend took on the way (ChatResult.fallbacks), in order.
+    fallbacks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -44,7 +52,19 @@ class Decoded:
     quality: pb.QualityScores | None = None
 
 
+class BelowQuality(CannotEncode):
+    """A lossy result scored below `model.quality_threshold`: `best` is the best one made,
+    which the pipeline keeps (marked degraded) only when no fallback is configured."""
+
+    def __init__(self, reason: str, best: Encoded) -> None:
+        super().__init__(reason)
+        self.best = best
+
+
 class Codec(Protocol):
+    """One mode: `encode` makes an envelope body (or raises `CannotEncode`), `decode` reads
+    one back. Everything decode needs is in the envelope."""
+
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded: ...
 
     async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded: ...

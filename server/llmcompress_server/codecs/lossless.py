@@ -41,10 +41,9 @@ from llmcompress.v1 import compression_pb2 as pb
 
 from ..backends.embedded import EmbeddedEngine, Worker
 from ..envelope import model_name
-from ..errors import BackendError, DataLoss, LLMCompressError, PreconditionFailed
+from ..errors import BackendError, CannotEncode, DataLoss, LLMCompressError, PreconditionFailed
 from ..stages import StageClock
 from . import CompressOptions, Decoded, Encoded
-from .zstd import ZstdCodec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -225,16 +224,16 @@ def _run_schedule(
 
 
 class LosslessCodec:
-    """MODE_LOSSLESS on the embedded engine; ZSTD (degraded) when a round trip is not exact."""
+    """MODE_LOSSLESS on the embedded engine; `CannotEncode` when a round trip is not exact
+    (the pipeline then stores ZSTD)."""
 
     mode = pb.MODE_LOSSLESS
 
     # Bump when the coded output for the same text and settings changes (cache key).
     version = 1
 
-    def __init__(self, engine: EmbeddedEngine, zstd: ZstdCodec | None = None) -> None:
+    def __init__(self, engine: EmbeddedEngine) -> None:
         self.engine = engine
-        self.zstd = zstd or ZstdCodec()
         cfg = engine.config
         self.n_ctx = cfg.n_ctx
         self.threads = cfg.coding_threads
@@ -388,9 +387,7 @@ class LosslessCodec:
         with clock.stage("lossless.tokenize", **{"llmc.bytes": len(data)}):
             tokens, round_trips = await self.engine.run(functools.partial(self.tokenize, data))
         if not round_trips:
-            return await self._fallback(
-                text, opts, clock, "the tokenizer does not reproduce this text byte for byte"
-            )
+            raise CannotEncode("the tokenizer does not reproduce this text byte for byte")
         with clock.stage("lossless.encode", **{"llmc.tokens": len(tokens)}):
             body = await self.encode_tokens(tokens)
         if opts.verify:
@@ -403,22 +400,12 @@ class LosslessCodec:
                     problem = _first_difference(tokens, back)
             if problem:
                 log.error("LOSSLESS verify failed, storing ZSTD instead: %s", problem)
-                return await self._fallback(
-                    text, opts, clock, f"LOSSLESS verify failed ({problem})"
-                )
+                raise CannotEncode(f"LOSSLESS verify failed ({problem})")
         return Encoded(
             envelope=pb.Envelope(mode=pb.MODE_LOSSLESS, lossless=body),
             model=self.engine.identity,
             backend=self.engine.name,
         )
-
-    async def _fallback(
-        self, text: str, opts: CompressOptions, clock: StageClock, why: str
-    ) -> Encoded:
-        encoded = await self.zstd.encode(text, opts, clock)
-        encoded.degraded = True
-        encoded.reason = f"{why}; stored as ZSTD, exact"
-        return encoded
 
     def check_compatible(self, env: pb.Envelope) -> None:
         """PreconditionFailed naming every difference that would make decoding here wrong."""

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ..entities import Entity
-from ..errors import DataLoss
-from .lossless import LosslessCodec
+from ...entities import Entity
+from ...errors import DataLoss
+from ..lossless import LosslessCodec
 
 # Starts the facts after the summary; a control byte, so no summary contains it.
 FACTS_MARK = "\n\x1e"
