@@ -12,11 +12,11 @@ import grpc
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
-from ._client import DEFAULT_TARGET, channel_options, compress_request, unanswered_error
+from ._client import DEFAULT_TARGET, channel_options, compress_request
 from ._errors import LLMCompressError, from_rpc_error
 from ._options import TLS, Deadline, RetryPolicy, bearer_metadata
 from ._results import BatchResult, CompressResult, Mode, ReconstructResult, ServerStats
-from ._stream import ItemLike, ProgressCallback, StreamDefaults, StreamState
+from ._stream import ItemLike, ProgressCallback, StreamDefaults, StreamRun
 
 log = logging.getLogger("llmcompress")
 T = TypeVar("T")
@@ -69,12 +69,8 @@ class AsyncClient:
                 return await rpc(deadline.remaining()), attempt
             except grpc.RpcError as err:
                 error = from_rpc_error(err)
-            wait = self.retry.delay(attempt, error.retry_after)
-            if (
-                not error.retryable
-                or attempt >= self.retry.max_attempts
-                or not deadline.allows(wait)
-            ):
+            wait = self.retry.backoff(error, attempt, deadline)
+            if wait is None:
                 raise error
             log.info("%s; retry %d in %.2fs", error, attempt, wait)
             await asyncio.sleep(wait)
@@ -139,7 +135,8 @@ class AsyncClient:
     ) -> AsyncIterator[BatchResult]:
         """As `Client.compress_stream`; `items` may also be an async iterable."""
         defaults = StreamDefaults(mode, verify, target_ratio, evaluate_quality, in_order)
-        state = StreamState(on_progress, max_in_flight)
+        run = StreamRun(defaults, self.retry, timeout, on_progress, max_in_flight)
+        state = run.state
         room = asyncio.Event()
         # One reader task feeds a one-slot queue: a call being torn down can be
         # cancelled mid-wait without cancelling the caller's (async) iterator.
@@ -174,18 +171,15 @@ class AsyncClient:
                 yield got
 
         reader = asyncio.create_task(pump())
-        deadline = Deadline(timeout)
-        attempt = 1
         replay: list[pb.BatchCompressRequest] = []
         try:
             while True:
                 call = self._stub.BatchCompress(
-                    requests(replay), timeout=deadline.remaining(), metadata=self._metadata
+                    requests(replay), timeout=run.deadline.remaining(), metadata=self._metadata
                 )
                 try:
                     async for resp in call:
-                        attempt = 1  # progress: a later failure starts its backoff afresh
-                        answer = state.answer(resp)
+                        answer = run.answer(resp)
                         room.set()
                         yield answer
                     break
@@ -193,20 +187,8 @@ class AsyncClient:
                     error: LLMCompressError = from_rpc_error(err)
                 finally:
                     call.cancel()
-                wait = self.retry.delay(attempt, error.retry_after)
-                if (
-                    not error.retryable
-                    or attempt >= self.retry.max_attempts
-                    or not deadline.allows(wait)
-                ):
-                    raise error
-                log.info("stream: %s; reopening in %.2fs", error, wait)
-                await asyncio.sleep(wait)
-                attempt += 1
+                await asyncio.sleep(run.backoff(error))
                 replay = state.unanswered()
         finally:
             reader.cancel()
-        if state.source_error is not None:
-            raise state.source_error
-        if state.pending:
-            raise unanswered_error(len(state.unanswered()))
+        run.finish()

@@ -13,7 +13,7 @@ import grpc
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
-from ._errors import LLMCompressError, ServerError, from_rpc_error
+from ._errors import LLMCompressError, from_rpc_error
 from ._options import TLS, Deadline, RetryPolicy, bearer_metadata
 from ._results import (
     BatchResult,
@@ -23,7 +23,7 @@ from ._results import (
     ServerStats,
     mode_to_pb,
 )
-from ._stream import ItemLike, ProgressCallback, StreamDefaults, StreamState
+from ._stream import ItemLike, ProgressCallback, StreamDefaults, StreamRun
 
 log = logging.getLogger("llmcompress")
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -53,14 +53,6 @@ def channel_options(tls: TLS | None, max_message_bytes: int) -> list[tuple[str, 
     if tls is not None:
         opts.extend(tls.channel_options())
     return opts
-
-
-def unanswered_error(count: int) -> ServerError:
-    return ServerError(
-        grpc.StatusCode.INTERNAL,
-        f"the server closed the stream with {count} items unanswered; "
-        "run the batch again (llmc batch --resume) to finish them",
-    )
 
 
 class Client:
@@ -110,12 +102,8 @@ class Client:
                 return rpc(deadline.remaining()), attempt
             except grpc.RpcError as err:
                 error = from_rpc_error(err)
-            wait = self.retry.delay(attempt, error.retry_after)
-            if (
-                not error.retryable
-                or attempt >= self.retry.max_attempts
-                or not deadline.allows(wait)
-            ):
+            wait = self.retry.backoff(error, attempt, deadline)
+            if wait is None:
                 raise error
             log.info("%s; retry %d in %.2fs", error, attempt, wait)
             time.sleep(wait)
@@ -179,12 +167,11 @@ class Client:
         RESOURCE_EXHAUSTED is reopened and the unanswered items sent again.
         """
         defaults = StreamDefaults(mode, verify, target_ratio, evaluate_quality, in_order)
-        state = StreamState(on_progress, max_in_flight)
+        run = StreamRun(defaults, self.retry, timeout, on_progress, max_in_flight)
+        state = run.state
         source = iter(items)
-        deadline = Deadline(timeout)
         generation = [0]
         pulling = threading.Lock()
-        attempt = 1
 
         def requests(
             gen: int, replay: list[pb.BatchCompressRequest]
@@ -210,13 +197,12 @@ class Client:
         while True:
             call = self._stub.BatchCompress(
                 requests(generation[0], replay),
-                timeout=deadline.remaining(),
+                timeout=run.deadline.remaining(),
                 metadata=self._metadata,
             )
             try:
                 for resp in call:
-                    attempt = 1  # progress: a later failure starts its backoff afresh
-                    yield state.answer(resp)
+                    yield run.answer(resp)
                 break
             except grpc.RpcError as err:
                 error: LLMCompressError = from_rpc_error(err)
@@ -226,19 +212,7 @@ class Client:
                 call.cancel()  # type: ignore[no-untyped-call]
                 generation[0] += 1
                 state.wake()
-            wait = self.retry.delay(attempt, error.retry_after)
-            if (
-                not error.retryable
-                or attempt >= self.retry.max_attempts
-                or not deadline.allows(wait)
-            ):
-                raise error
-            log.info("stream: %s; reopening in %.2fs", error, wait)
-            time.sleep(wait)
-            attempt += 1
+            time.sleep(run.backoff(error))
             with pulling:  # an item being pulled by the old sender is pending once it has it
                 replay = state.unanswered()
-        if state.source_error is not None:
-            raise state.source_error
-        if state.pending:
-            raise unanswered_error(len(state.unanswered()))
+        run.finish()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 
+from ._errors import LLMCompressError
+
 
 @dataclass(frozen=True)
 class TLS:
@@ -81,6 +83,14 @@ class RetryPolicy:
             # The hint is the server's floor; jitter above it so waiting clients spread out.
             return max(backoff * draw, hint * (1 + abs(draw - 1)))
         return backoff * draw
+
+    def backoff(self, error: LLMCompressError, attempt: int, deadline: Deadline) -> float | None:
+        """Seconds to wait before trying again after failed attempt `attempt`, or None when
+        `error` is final: not retryable, attempts used up, or no time left after the wait."""
+        wait = self.delay(attempt, error.retry_after)
+        if not error.retryable or attempt >= self.max_attempts or not deadline.allows(wait):
+            return None
+        return wait
 
 
 class Deadline:

@@ -1,24 +1,32 @@
-"""Bookkeeping of a `compress_stream`: requests built lazily, answers matched to ids.
+"""What both clients' `compress_stream` share: requests built lazily, answers matched to ids,
+when to reopen a broken stream, and how it ends.
 
 At most `max_in_flight` items are sent and not yet answered: HTTP/2 flow control
 alone would let megabytes through (the server's receive window grows with its
 bandwidth-delay probe), so the client bounds its own share. Memory stays flat
 however long the input is. The unanswered items are what a reopened stream
-sends again, so a broken connection loses none.
+sends again, so a broken connection loses none. The clients keep only what
+differs: threads and blocking waits, or tasks and awaits.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
+
 from llmcompress.v1 import compression_pb2 as pb
 
-from ._errors import from_status
+from ._errors import LLMCompressError, ServerError, from_status
+from ._options import Deadline, RetryPolicy
 from ._results import BatchItem, BatchResult, CompressResult, Mode, Progress, mode_to_pb
+
+log = logging.getLogger("llmcompress")
 
 ItemLike = BatchItem | tuple[str, str]
 ProgressCallback = Callable[[Progress], None]
@@ -127,3 +135,46 @@ class StreamState:
             compressed_bytes=self.compressed_bytes,
             elapsed_seconds=time.monotonic() - self.started,
         )
+
+
+class StreamRun:
+    """One `compress_stream` call: its state, its deadline, and its reopen decisions."""
+
+    def __init__(
+        self,
+        defaults: StreamDefaults,
+        retry: RetryPolicy,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        max_in_flight: int,
+    ) -> None:
+        self.defaults = defaults
+        self.state = StreamState(on_progress, max_in_flight)
+        self.retry = retry
+        self.deadline = Deadline(timeout)
+        self.attempt = 1
+
+    def answer(self, resp: pb.BatchCompressResponse) -> BatchResult:
+        self.attempt = 1  # progress: a later failure starts its backoff afresh
+        return self.state.answer(resp)
+
+    def backoff(self, error: LLMCompressError) -> float:
+        """Seconds to wait before reopening the stream; raises `error` when it is final."""
+        wait = self.retry.backoff(error, self.attempt, self.deadline)
+        if wait is None:
+            raise error
+        log.info("stream: %s; reopening in %.2fs", error, wait)
+        self.attempt += 1
+        return wait
+
+    def finish(self) -> None:
+        """After the last answer: the caller's iterator failing, or items left unanswered,
+        is an error too."""
+        if self.state.source_error is not None:
+            raise self.state.source_error
+        if self.state.pending:
+            raise ServerError(
+                grpc.StatusCode.INTERNAL,
+                f"the server closed the stream with {len(self.state.unanswered())} items "
+                "unanswered; run the batch again (llmc batch --resume) to finish them",
+            )
