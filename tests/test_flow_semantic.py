@@ -27,7 +27,14 @@ from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import App
 from llmcompress_server.backends.router import BackendRouter
-from tests.conftest import ROOT, SimFactory, StartServer, load_corpus, semantic_server
+from tests.conftest import (
+    ROOT,
+    SimFactory,
+    StartServer,
+    load_corpus,
+    semantic_config,
+    semantic_server,
+)
 
 pytest.importorskip("llmcompress_server.codecs.semantic")
 
@@ -83,6 +90,22 @@ async def test_semantic_compress_goes_through_ollama(
     assert response.stats.mode == pb.MODE_SEMANTIC and not response.stats.degraded
     assert response.stats.backend == "ollama"
     assert sim.stats.completed >= 1
+
+
+async def test_performance_batch_size_is_the_batchcompress_window(
+    start_server: StartServer, sim_ollama: SimFactory
+) -> None:
+    """The seed's performance.batch_size bounds the items in flight per stream (here below
+    the pool's 8 slots, so the window, not the pool, is what the simulator sees)."""
+    sim = await sim_ollama(latency=0.05, slots=8)
+    base = semantic_config(sim.url)
+    config = base.model_copy(
+        update={"performance": base.performance.model_copy(update={"batch_size": 3})}
+    )
+    app = await start_server(config)
+    answers = await batch(app, 40)
+    assert len(answers) == 40 and not any(a.HasField("error") for a in answers)
+    assert 1 <= sim.stats.max_in_flight <= 3
 
 
 async def test_503s_are_retried_until_every_item_completes(

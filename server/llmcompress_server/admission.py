@@ -16,6 +16,8 @@ from .errors import Overloaded
 
 
 class Admission:
+    """A server-wide bound on queued + running requests: refuse now (`admit`) or wait (`wait`)."""
+
     def __init__(self, limit: int, retry_after: float = 0.5) -> None:
         self.limit = limit
         self.retry_after = retry_after

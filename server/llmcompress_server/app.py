@@ -126,7 +126,7 @@ async def create_server(
     engine = EmbeddedEngine(config.model.embedded, events)
     backend = build_text_backend(config, engine, events=events)
     pipeline = Pipeline(config, build_codecs(config, engine, backend), events=events)
-    window = config.performance.stream_window or 2 * config.performance.max_concurrent
+    window = config.performance.batch_window
     batch = BatchRunner(functools.partial(pipeline.compress, wait=True), window, events.tracer)
     servicer = CompressionServicer(pipeline, batch, stages)
 

@@ -128,18 +128,29 @@ class ModelConfig(_Section):
 
 
 class PerformanceConfig(_Section):
-    batch_size: int = Field(32, ge=1)
+    """Concurrency, queueing, the BatchCompress window and the in-process cache's bounds."""
+
+    # The seed's batch size: BatchCompress items in flight per stream, when
+    # stream_window is not set (the seed config sets 32).
+    batch_size: int | None = Field(None, ge=1)
     # Per-endpoint in-flight limit for model backends.
     max_concurrent: int = Field(8, ge=1)
     cache_size: int = Field(50_000, ge=0)
     cache_ttl: float = Field(7200, ge=0)
     # Queued + running requests server-wide; beyond it unary calls get RESOURCE_EXHAUSTED.
     max_queue: int = Field(256, ge=1)
-    # BatchCompress items in flight per stream; None: 2 x max_concurrent.
+    # BatchCompress items in flight per stream; None: batch_size, else 2 x max_concurrent.
     stream_window: int | None = Field(None, ge=1)
+
+    @property
+    def batch_window(self) -> int:
+        """BatchCompress items in flight per stream."""
+        return self.stream_window or self.batch_size or 2 * self.max_concurrent
 
 
 class CompressionConfig(_Section):
+    """Modes and their settings: limits, verify, SEMANTIC's summary, coder and fallback."""
+
     min_compress_length: int = Field(100, ge=0)
     max_tokens: int = Field(100, ge=1)
     temperature: float = Field(0.3, ge=0.0, le=2.0)
@@ -229,6 +240,8 @@ class ServerConfig(_Section):
 
 
 class Config(_Section):
+    """The whole configuration, one section per seed section; see `load_config`."""
+
     model: ModelConfig = ModelConfig()
     performance: PerformanceConfig = PerformanceConfig()
     compression: CompressionConfig = CompressionConfig()

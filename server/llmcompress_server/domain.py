@@ -46,6 +46,8 @@ _TO_PB: dict[Mode, pb.Mode.ValueType] = {v: k for k, v in _FROM_PB.items()}
 
 @dataclass(frozen=True)
 class CompressCommand:
+    """A Compress request (or batch item), validated; None fields take the server's defaults."""
+
     text: str
     mode: Mode | None = None  # None: the server's default
     verify: bool | None = None
@@ -82,6 +84,8 @@ def _timings_pb(stages: list[tuple[str, float]]) -> list[pb.StageTiming]:
 
 @dataclass
 class CompressOutcome:
+    """What Compress answers: the sealed envelope and how it was made."""
+
     envelope: bytes
     original_bytes: int
     requested_mode: Mode
@@ -121,6 +125,8 @@ class CompressOutcome:
 
 @dataclass
 class ReconstructOutcome:
+    """What Reconstruct answers: the text and how exact it is."""
+
     text: str
     exact: bool
     mode: Mode

@@ -78,6 +78,8 @@ else:
 
 
 class ErrorInterceptor(_ServerInterceptor):
+    """Maps every exception of a handler to its status (errors.py), once, for every RPC."""
+
     async def intercept_service(
         self,
         continuation: Callable[

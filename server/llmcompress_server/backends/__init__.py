@@ -16,6 +16,8 @@ from ..envelope import ModelIdentity
 
 @dataclass(frozen=True)
 class ChatRequest:
+    """One chat completion asked of a backend."""
+
     messages: Sequence[dict[str, str]]
     max_tokens: int = 256
     temperature: float = 0.0
@@ -28,6 +30,8 @@ class ChatRequest:
 
 @dataclass
 class ChatResult:
+    """A backend's answer, with the model that gave it and how it got there."""
+
     text: str
     model: ModelIdentity
     backend: str
@@ -43,6 +47,8 @@ class ChatResult:
 
 @dataclass(frozen=True)
 class Embeddings:
+    """Sentence embeddings and the model that made them."""
+
     vectors: list[list[float]]
     model: str  # the embedding model's name, as quality scores report it
 

@@ -18,6 +18,8 @@ class BreakerState(StrEnum):
 
 
 class CircuitBreaker:
+    """One endpoint's breaker: counts consecutive failures and says when to try again."""
+
     def __init__(self, failures: int = 5, cooldown: float = 5.0) -> None:
         self.threshold = failures
         self.cooldown = cooldown

@@ -65,6 +65,8 @@ class EndpointClient(Protocol):
 
 @dataclass
 class Endpoint:
+    """One endpoint of a pool, with its slots, breaker and what it lacks."""
+
     client: EndpointClient
     limit: int
     breaker: CircuitBreaker
@@ -83,6 +85,8 @@ class Endpoint:
 
 
 class EndpointPool:
+    """The endpoints of one backend kind behind in-flight limits, retries and a rate limit."""
+
     def __init__(
         self,
         name: str,

@@ -9,6 +9,8 @@ from ..errors import DeadlineExceeded
 
 
 class TokenBucket:
+    """Requests per minute with a burst; `acquire` waits for a token within the deadline."""
+
     def __init__(self, per_minute: float, burst: int) -> None:
         self.rate = per_minute / 60.0  # tokens per second
         self.capacity = float(max(1, burst))

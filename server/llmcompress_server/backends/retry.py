@@ -16,6 +16,8 @@ from ..errors import BackendError
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Which backend failures are retried, and the jittered wait before each retry."""
+
     max_retries: int = 3
     base_delay: float = 0.1
     max_delay: float = 5.0

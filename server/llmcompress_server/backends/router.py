@@ -47,6 +47,8 @@ def tier_order(wanted: str) -> list[str]:
 
 @dataclass
 class Route:
+    """A pool and the models it serves per tier (and for embeddings)."""
+
     pool: EndpointPool
     models: ModelTiers
     embed_model: str | None = None

@@ -44,6 +44,8 @@ class Encoded:
 
 @dataclass
 class Decoded:
+    """What decode gives back: the text, and whether it is exact."""
+
     text: str
     # True only for modes that promise the original byte for byte; the
     # pipeline then checks the stored length and hash.

@@ -18,6 +18,8 @@ _INLINE_BYTES = 32 * 1024
 
 
 class ZstdCodec:
+    """MODE_ZSTD: a zstd frame at `level`, exact, no model."""
+
     mode = pb.MODE_ZSTD
     # Bump when the frame for the same text and level changes (cache keys include it).
     version = 1
