@@ -33,7 +33,7 @@ from ...backends import TextBackend
 from ...config import Config, SemanticCoder, SemanticSummary
 from ...embedder import MiniLMEmbedder
 from ...entities import Entity, extract_entities, missing_entities
-from ...envelope import ModelIdentity, model_name, seal
+from ...envelope import ModelIdentity, model_name
 from ...errors import CannotEncode, PreconditionFailed
 from ...extractive import rank_text
 from ...quality import score
@@ -46,19 +46,12 @@ from ...summarize import (
     expand,
     summarize,
     summary_messages,
-    trim_words,
 )
 from .. import BelowQuality, CompressOptions, Decoded, Encoded
 from ..lossless import LosslessCodec
 from . import summary_coding
-from .body import keep_extract, pack_body_off_loop, required_entities, residual_facts, unpack_body
-from .fit import fit_coded, fit_packed, fit_words
-
-# Assumed packed/raw size of a short English summary under brotli -q 11.
-_PACKED_FRACTION = 0.8
-# Assumed raw/coded size of a summary plus facts under the LOSSLESS coder, for
-# the summary's budget; fit_coded measures the real one.
-_CODED_RATIO = 3.5
+from .body import keep_extract, required_entities, unpack_body
+from .fit import fit_coded, fit_packed, fit_words, picked, summary_budget, trimmed
 
 
 def prompt_version() -> str:
@@ -190,13 +183,8 @@ class SemanticCodec:
         guess = known or ModelIdentity(
             name=tier or self.config.model.embedded.model_name, sha256="0" * 64
         )
-        overhead = len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC), guess))
-        facts_only = len((await pack_body_off_loop("", entities)).SerializeToString())
-        # Ask for a little more than fits raw: brotli packs the summary, and
-        # `fit_words` trims it to the real envelope size afterwards.
         coder = self.coder
-        fraction = 1 / _CODED_RATIO if coder is not None else _PACKED_FRACTION
-        budget = (target - overhead - facts_only) / fraction
+        budget = await summary_budget(data, target, entities, guess, coded=coder is not None)
         with clock.stage("semantic.summarize", **{"llmc.budget_bytes": int(budget)}):
             summary = await summarize(
                 self.backend,
@@ -208,16 +196,11 @@ class SemanticCodec:
             )
         words = summary.text.split()
         if coder is not None:
-
-            def candidate(n: int) -> tuple[str, list[Entity]]:
-                cut = trim_words(summary.text, n)
-                return cut, residual_facts(cut, entities)
-
             coded = await fit_coded(
                 coder,
                 data,
                 target,
-                candidate,
+                trimmed(summary.text, entities),
                 len(words),
                 opts,
                 clock,
@@ -248,11 +231,7 @@ class SemanticCodec:
         with clock.stage("semantic.rank") as span:
             ranked = await asyncio.to_thread(rank_text, self.embedder, text)
             span.set_attribute("llmc.sentences", len(ranked.sentences))
-
-        def candidate(n: int) -> tuple[str, list[Entity]]:
-            cut = ranked.pick(n)
-            return cut, residual_facts(cut, entities)
-
+        candidate = picked(ranked, entities)
         coder = self.coder
         if coder is not None:
             coded = await fit_coded(

@@ -16,6 +16,7 @@ from llmcompress.v1 import compression_pb2 as pb
 
 from ...entities import Entity, missing_entities
 from ...envelope import ModelIdentity, seal
+from ...extractive import Ranked
 from ...stages import StageClock
 from ...summarize import trim_words
 from .. import CompressOptions, Encoded
@@ -25,6 +26,11 @@ from .body import pack_body, pack_body_off_loop, residual_facts
 
 log = logging.getLogger(__name__)
 
+# Assumed packed/raw size of a short English summary under brotli -q 11.
+_PACKED_FRACTION = 0.8
+# Assumed raw/coded size of a summary plus facts under the LOSSLESS coder, for
+# the summary's budget; fit_coded measures the real one.
+_CODED_RATIO = 3.5
 # Assumed raw/coded size of a summary plus facts under the LOSSLESS coder: a
 # first guess only (measured 2.7-5.5x on the bench passages, rising with
 # length as the model gains context); the fit measures the real one after the
@@ -36,6 +42,38 @@ _CODED_PASSES = 3
 
 # The text size knob of a candidate body -> (summary, residual facts).
 Candidate = Callable[[int], tuple[str, list[Entity]]]
+
+
+def trimmed(summary: str, entities: list[Entity]) -> Candidate:
+    """Candidates of an abstractive summary: its first n words."""
+
+    def candidate(n: int) -> tuple[str, list[Entity]]:
+        cut = trim_words(summary, n)
+        return cut, residual_facts(cut, entities)
+
+    return candidate
+
+
+def picked(ranked: Ranked, entities: list[Entity]) -> Candidate:
+    """Candidates of an extract: the best-ranked sentences that fit in n bytes, in order."""
+
+    def candidate(n: int) -> tuple[str, list[Entity]]:
+        cut = ranked.pick(n)
+        return cut, residual_facts(cut, entities)
+
+    return candidate
+
+
+async def summary_budget(
+    data: bytes, target: float, entities: list[Entity], model: ModelIdentity, coded: bool
+) -> float:
+    """Raw summary bytes to ask the model for: the room the envelope leaves after its header
+    and the facts alone, over the size a summary packs (or codes) to. A little more than
+    fits raw; `fit_words` or `fit_coded` trims it to the real size afterwards."""
+    overhead = len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC), model))
+    facts_only = len((await pack_body_off_loop("", entities)).SerializeToString())
+    fraction = 1 / _CODED_RATIO if coded else _PACKED_FRACTION
+    return (target - overhead - facts_only) / fraction
 
 
 def fit_packed(candidate: Candidate, hi: int, data: bytes, target: float) -> pb.SemanticBody:
