@@ -99,21 +99,8 @@ class Pipeline:
                     f"text is {len(data)} bytes, above this server's limit of {limit} bytes "
                     "(compression.max_text_bytes); split it into smaller items"
                 )
-        comp = self.config.compression
-        requested = cmd.mode or comp.default_mode
-        mode, reason = requested, ""
-        if not cmd.text.strip():
-            # Nothing for a model to work on; a tiny exact envelope loses nothing.
-            mode, reason = Mode.ZSTD, "empty or whitespace-only text is stored as ZSTD"
-        elif mode is Mode.SEMANTIC and len(cmd.text) < comp.min_compress_length:
-            self._codec(mode)  # a server without SEMANTIC still says so
-            mode, reason = (
-                Mode.ZSTD,
-                (
-                    f"text is {len(cmd.text)} characters, below compression.min_compress_length="
-                    f"{comp.min_compress_length}: stored as ZSTD (a summary would not be smaller)"
-                ),
-            )
+        requested = cmd.mode or self.config.compression.default_mode
+        mode, reason = self._route(cmd.text, requested)
         codec, opts = self._codec(mode), self.options(cmd)
 
         async def compute() -> CachedResult:
@@ -157,6 +144,20 @@ class Pipeline:
     async def close(self) -> None:
         if self.cache is not None:
             await self.cache.close()
+
+    def _route(self, text: str, requested: Mode) -> tuple[Mode, str]:
+        """The mode a text goes to before any codec runs, and why when it is not `requested`."""
+        if not text.strip():
+            # Nothing for a model to work on; a tiny exact envelope loses nothing.
+            return Mode.ZSTD, "empty or whitespace-only text is stored as ZSTD"
+        shortest = self.config.compression.min_compress_length
+        if requested is Mode.SEMANTIC and len(text) < shortest:
+            self._codec(requested)  # a server without SEMANTIC still says so
+            return Mode.ZSTD, (
+                f"text is {len(text)} characters, below compression.min_compress_length="
+                f"{shortest}: stored as ZSTD (a summary would not be smaller)"
+            )
+        return requested, ""
 
     def chain(self, mode: Mode) -> list[Mode]:
         """`mode`, then where a text goes when a codec cannot encode it."""
