@@ -66,8 +66,11 @@ def _print_usage(found: ServerStats) -> None:
             f"{u.input_tokens:>12}{u.output_tokens:>10}{u.cost:>12.6f}"
         )
     print(f"total cost {found.cost:.6f}")
+    if not found.cost_reference:
+        print("saving: no reference model (set cost.reference to a priced model)")
+        return
     if found.cost_saving is None:
-        print("saving: no reference (set cost.reference to a priced model) or no chat calls yet")
+        print(f"saving against {found.cost_reference}: no chat calls yet (it compares chat calls)")
         return
     chat = sum(u.cost for u in found.usage if u.operation == "chat")
     print(
