@@ -85,6 +85,10 @@ class CompressStats:
     quality: Quality | None
     stages: tuple[StageTiming, ...]
     total_seconds: float
+    # BatchCompress near-duplicate grouping: the id of the group's first item ("" for
+    # none), and whether the envelope holds the group's shared summary.
+    group: str = ""
+    shared_summary: bool = False
 
     @classmethod
     def from_pb(cls, s: pb.Stats) -> CompressStats:
@@ -102,6 +106,8 @@ class CompressStats:
             quality=Quality.from_pb(s.quality) if s.HasField("quality") else None,
             stages=_timings(s.stages),
             total_seconds=s.total_seconds,
+            group=s.group,
+            shared_summary=s.shared_summary,
         )
 
 

@@ -131,7 +131,13 @@ async def create_server(
     backend = build_text_backend(config, engine, events=events)
     pipeline = Pipeline(config, build_codecs(config, engine, backend), events=events)
     window = config.performance.batch_window
-    batch = BatchRunner(functools.partial(pipeline.compress, wait=True), window, events.tracer)
+    batch = BatchRunner(
+        functools.partial(pipeline.compress, wait=True),
+        window,
+        events.tracer,
+        group_threshold=config.compression.group_similar_threshold,
+        default_mode=config.compression.default_mode,
+    )
     servicer = CompressionServicer(pipeline, batch, stages, usage)
 
     limit = config.security.max_message_bytes

@@ -3,12 +3,15 @@
 The next request is read only while the window has room, so HTTP/2 flow
 control pushes back on a fast sender instead of this process buffering the
 stream. Every id gets exactly one answer, a result or a per-item status; a
-failing item never ends the stream.
+failing item never ends the stream. SEMANTIC items that are near-duplicates of
+an earlier one in the window join its group and share its summary
+(`grouping.py`); `Stats.group` and the item's span say which.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -20,9 +23,10 @@ from opentelemetry.trace import Tracer
 from llmcompress.v1 import compression_pb2 as pb
 
 from .deadline import deadline_scope
-from .domain import CompressCommand, CompressOutcome
+from .domain import CompressCommand, CompressOutcome, Mode
 from .errors import InvalidInput, LLMCompressError
 from .events import Events
+from .grouping import Membership, StreamGroups
 from .interceptors import UndecodableRequest
 from .stages import mark_failure
 
@@ -43,15 +47,44 @@ def status_for(exc: BaseException) -> status_pb2.Status:
 
 
 class BatchRunner:
-    """Runs one BatchCompress stream: at most `window` items in flight, one answer per id."""
+    """Runs one BatchCompress stream: at most `window` items in flight, one answer per id.
 
-    def __init__(self, compress: CompressFn, window: int, tracer: Tracer | None = None) -> None:
+    With `group_threshold` above 0, SEMANTIC items (`default_mode` for items that name
+    none) are grouped with near-duplicates earlier in the window."""
+
+    def __init__(
+        self,
+        compress: CompressFn,
+        window: int,
+        tracer: Tracer | None = None,
+        *,
+        group_threshold: float = 0.0,
+        default_mode: Mode = Mode.ZSTD,
+    ) -> None:
         self.compress = compress
         self.window = window
         self.tracer = tracer if tracer is not None else Events().tracer
+        self.group_threshold = group_threshold
+        self.default_mode = default_mode
+
+    def _membership(
+        self, groups: StreamGroups | None, item: pb.BatchCompressRequest | UndecodableRequest
+    ) -> Membership | None:
+        """The group a SEMANTIC item joins, in stream order; None for anything else."""
+        if groups is None or isinstance(item, UndecodableRequest):
+            return None
+        req = item.request
+        wanted = self.default_mode.to_pb() if req.mode == pb.MODE_UNSPECIFIED else req.mode
+        if wanted != pb.MODE_SEMANTIC or not req.text.strip():
+            return None
+        # Only items asked the same way can share a summary.
+        options = (req.target_ratio, req.quality, req.evaluate_quality)
+        return groups.join(item.id, req.text, options)
 
     async def _answer(
-        self, item: pb.BatchCompressRequest | UndecodableRequest
+        self,
+        item: pb.BatchCompressRequest | UndecodableRequest,
+        membership: Membership | None = None,
     ) -> pb.BatchCompressResponse:
         if isinstance(item, UndecodableRequest):
             # No id can be read from bytes that do not parse; answer with an empty id.
@@ -65,8 +98,16 @@ class BatchRunner:
             set_status_on_exception=False,
         ) as span:
             try:
-                outcome = await self.compress(CompressCommand.from_pb(item.request))
-                return pb.BatchCompressResponse(id=item.id, result=outcome.to_pb())
+                cmd = CompressCommand.from_pb(item.request)
+                if membership is not None:
+                    cmd = dataclasses.replace(cmd, group=membership)
+                outcome = await self.compress(cmd)
+                response = pb.BatchCompressResponse(id=item.id, result=outcome.to_pb())
+                if membership is not None:
+                    stats = response.result.stats
+                    stats.group = membership.group.leader_id
+                    stats.shared_summary = membership.shared
+                return response
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -74,6 +115,19 @@ class BatchRunner:
                 if not isinstance(exc, LLMCompressError):
                     log.exception("item %r failed unexpectedly", item.id)
                 return pb.BatchCompressResponse(id=item.id, error=status_for(exc))
+            finally:
+                if membership is not None:
+                    span.set_attributes(
+                        {
+                            "llmc.group": membership.group.leader_id,
+                            "llmc.group.leader": membership.leader,
+                            "llmc.group.similarity": membership.similarity,
+                            "llmc.group.shared_summary": membership.shared,
+                        }
+                    )
+                    if membership.leader:
+                        # Members still waiting for a summary make their own.
+                        membership.group.close()
 
     async def run(
         self,
@@ -89,11 +143,17 @@ class BatchRunner:
         in_order = False
         limit = None if time_remaining is None else time.monotonic() + time_remaining
 
-        async def work(seq: int, item: pb.BatchCompressRequest) -> None:
+        groups = (
+            StreamGroups(self.group_threshold, self.window) if self.group_threshold > 0 else None
+        )
+
+        async def work(
+            seq: int, item: pb.BatchCompressRequest, membership: Membership | None
+        ) -> None:
             # Each item's backend calls stop at the stream's deadline.
             left = None if limit is None else limit - time.monotonic()
             with deadline_scope(left):
-                done.put_nowait((seq, await self._answer(item)))
+                done.put_nowait((seq, await self._answer(item, membership)))
 
         async def read() -> None:
             nonlocal in_order
@@ -110,7 +170,7 @@ class BatchRunner:
                     break
                 if seq == 0 and isinstance(item, pb.BatchCompressRequest):
                     in_order = item.in_order
-                task = asyncio.create_task(work(seq, item))
+                task = asyncio.create_task(work(seq, item, self._membership(groups, item)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 seq += 1

@@ -170,6 +170,9 @@ class CompressionConfig(_Section):
     zstd_level: int = Field(19, ge=1, le=22)
     # SEMANTIC: default target ratio (sets the summary's length budget).
     target_ratio: float = Field(10.0, gt=1.0)
+    # BatchCompress: SEMANTIC items whose text reaches this similarity (Jaccard of word
+    # 3-shingles) to an earlier item in the stream's window share its summary; 0 turns it off.
+    group_similar_threshold: float = Field(0.8, ge=0.0, le=1.0)
     # SEMANTIC: extra model calls when a summary is invalid or an expansion misses entities.
     semantic_retries: int = Field(1, ge=0, le=5)
     # SEMANTIC: model tiers (ChatRequest.model) tried in order when evaluated

@@ -9,10 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from llmcompress.v1 import compression_pb2 as pb
 
 from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .grouping import Membership
 
 _MODE_CHOICES = "MODE_UNSPECIFIED (server default), MODE_ZSTD, MODE_LOSSLESS or MODE_SEMANTIC"
 
@@ -55,6 +59,8 @@ class CompressCommand:
     evaluate_quality: bool = False
     quality: pb.Quality.ValueType = pb.QUALITY_UNSPECIFIED
     skip_cache: bool = False
+    # BatchCompress: the near-duplicate group the item joined (grouping.py), if any.
+    group: Membership | None = None
 
     @classmethod
     def from_pb(cls, req: pb.CompressRequest) -> CompressCommand:

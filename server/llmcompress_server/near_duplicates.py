@@ -31,6 +31,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,7 @@ SHINGLE_WORDS = 3
 PERMUTATIONS = 128
 # A pair at the threshold must become a candidate at least this often.
 RECALL_AT_THRESHOLD = 0.99
+K = TypeVar("K", bound=Hashable)
 _WORD = re.compile(r"\w+")
 # Multiply-add-shift hashing of 32-bit keys: random 64-bit a (odd) and b, and the high
 # 32 bits of (a * h + b) mod 2**64; a fixed seed, so signatures are the same in every run.
@@ -101,14 +103,14 @@ def lsh_shape(threshold: float, permutations: int = PERMUTATIONS) -> tuple[int, 
 
 
 @dataclass
-class _Member:
-    key: Hashable
+class _Member(Generic[K]):
+    key: K
     hashes: frozenset[int]
     bands: list[bytes]
 
 
 @dataclass
-class NearDuplicateIndex:
+class NearDuplicateIndex(Generic[K]):
     """The last `capacity` group leaders of a stream, findable by near-duplicate text.
 
     `match(text)` returns (the best leader's key, its Jaccard index) when a leader
@@ -118,8 +120,8 @@ class NearDuplicateIndex:
 
     threshold: float
     capacity: int
-    _members: OrderedDict[Hashable, _Member] = field(default_factory=OrderedDict)
-    _buckets: dict[bytes, set[Hashable]] = field(default_factory=dict)
+    _members: OrderedDict[K, _Member[K]] = field(default_factory=OrderedDict)
+    _buckets: dict[bytes, set[K]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -135,13 +137,13 @@ class NearDuplicateIndex:
         return [i.to_bytes(2, "big") + sig[i * rows : (i + 1) * rows].tobytes()
                 for i in range(self.bands)]  # fmt: skip
 
-    def match(self, text: str) -> tuple[Hashable, float, frozenset[int]] | None:
+    def match(self, text: str) -> tuple[K, float, frozenset[int]] | None:
         """The most similar leader at or above the threshold (the earliest on a tie)."""
         hashes = shingles(text)
-        candidates: set[Hashable] = set()
+        candidates: set[K] = set()
         for band in self._band_keys(hashes):
             candidates |= self._buckets.get(band, set())
-        best: tuple[Hashable, float] | None = None
+        best: tuple[K, float] | None = None
         for key in self._members:  # in insertion order, so ties go to the earliest
             if key not in candidates:
                 continue
@@ -150,16 +152,21 @@ class NearDuplicateIndex:
                 best = (key, sim)
         return None if best is None else (best[0], best[1], hashes)
 
-    def add(self, key: Hashable, text: str) -> None:
+    def add(self, key: K, text: str) -> list[K]:
+        """Make `text` a leader; returns the keys of the leaders that dropped out for it."""
         hashes = shingles(text)
         member = _Member(key, hashes, self._band_keys(hashes))
         self._members[key] = member
         for band in member.bands:
             self._buckets.setdefault(band, set()).add(key)
+        evicted: list[K] = []
         while len(self._members) > self.capacity:
-            self.remove(next(iter(self._members)))
+            oldest = next(iter(self._members))
+            self.remove(oldest)
+            evicted.append(oldest)
+        return evicted
 
-    def remove(self, key: Hashable) -> None:
+    def remove(self, key: K) -> None:
         member = self._members.pop(key, None)
         if member is None:
             return

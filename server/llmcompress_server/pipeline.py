@@ -66,6 +66,7 @@ class Pipeline:
             target_ratio=cmd.target_ratio or comp.target_ratio,
             quality=cmd.quality,
             evaluate_quality=cmd.evaluate_quality,
+            group=cmd.group,
         )
 
     async def compress(self, cmd: CompressCommand, *, wait: bool = False) -> CompressOutcome:

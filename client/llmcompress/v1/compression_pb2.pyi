@@ -216,6 +216,8 @@ class Stats(_message.Message):
     QUALITY_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     TOTAL_SECONDS_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    SHARED_SUMMARY_FIELD_NUMBER: _builtins.int
     original_bytes: _builtins.int
     """UTF-8 bytes of the original text."""
     compressed_bytes: _builtins.int
@@ -238,6 +240,16 @@ class Stats(_message.Message):
     """The backend that served the model calls ("" for ZSTD)."""
     total_seconds: _builtins.float
     """Total server-side seconds."""
+    group: _builtins.str
+    """BatchCompress with near-duplicate grouping on
+    (`compression.group_similar_threshold`): the id of the first item of the
+    group this item joined ("" when it joined none; a group's first item
+    names itself).
+    """
+    shared_summary: _builtins.bool
+    """The envelope holds its group's shared summary, adapted to this item's own
+    words and facts; false when the item has a summary of its own.
+    """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageTiming]:
         """Wall time per stage, in order."""
@@ -262,10 +274,12 @@ class Stats(_message.Message):
         quality: Global___QualityScores | None = ...,
         backend: _builtins.str = ...,
         total_seconds: _builtins.float = ...,
+        group: _builtins.str = ...,
+        shared_summary: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cache_hit", b"cache_hit", "compressed_bytes", b"compressed_bytes", "degraded", b"degraded", "mode", b"mode", "model", b"model", "original_bytes", b"original_bytes", "quality", b"quality", "ratio", b"ratio", "reason", b"reason", "requested_mode", b"requested_mode", "stages", b"stages", "total_seconds", b"total_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cache_hit", b"cache_hit", "compressed_bytes", b"compressed_bytes", "degraded", b"degraded", "group", b"group", "mode", b"mode", "model", b"model", "original_bytes", b"original_bytes", "quality", b"quality", "ratio", b"ratio", "reason", b"reason", "requested_mode", b"requested_mode", "shared_summary", b"shared_summary", "stages", b"stages", "total_seconds", b"total_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,13 +8,16 @@ store instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from llmcompress.v1 import compression_pb2 as pb
 
 from ..envelope import ModelIdentity
 from ..errors import CannotEncode
 from ..stages import StageClock
+
+if TYPE_CHECKING:
+    from ..grouping import Membership
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class CompressOptions:
     target_ratio: float = 10.0
     quality: pb.Quality.ValueType = pb.QUALITY_UNSPECIFIED
     evaluate_quality: bool = False
+    # BatchCompress near-duplicates: the group whose summary SEMANTIC shares (never in
+    # cache keys: a member's envelope is a complete envelope of its own text).
+    group: Membership | None = None
 
 
 @dataclass

@@ -1,0 +1,194 @@
+"""Near-duplicate grouping in BatchCompress, grouped vs ungrouped in one run, against the
+simulated Ollama: items/s, model calls per item, quality per item.
+
+The corpus is `groups` passages, each sent `variants` times with its own ticket
+number in front ("Ticket 48213: ..."), one group after the other. Each setting
+gets a fresh in-process server on the same simulator (a process of its own);
+the grouped and ungrouped runs alternate, once with the quality gate on request
+only (the issue's acceptance: calls per item of the summary alone) and once
+with it on every item (the default: an expansion and an embedding per item).
+Model calls are the simulator's own count. Every envelope is then
+reconstructed (outside the timing) to check that it holds its own ticket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import random
+import re
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+from llmcompress_server.app import create_server
+from llmcompress_server.config import load_config
+
+from .overhead import SIMULATOR, _free_port, _wait_listening
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_ON_BUILD = "section not available on this build (tests/sim_ollama.py is missing)"
+GROUPED = 0.8  # compression.group_similar_threshold's default
+# Passages this short are stored as ZSTD (min_compress_length) or too short to group.
+MIN_WORDS = 40
+
+
+def near_duplicates(
+    passages: list[dict[str, str]], groups: int, variants: int, seed: int = 17
+) -> list[tuple[str, str, str]]:
+    """(id, ticket, text): `variants` copies of each of `groups` passages, own ticket each."""
+    rng = random.Random(seed)
+    chosen = [p for p in passages if len(p["text"].split()) >= MIN_WORDS][:groups]
+    tickets = rng.sample(range(10_000, 100_000), len(chosen) * variants)
+    out = []
+    for g, passage in enumerate(chosen):
+        for v in range(variants):
+            ticket = str(tickets[g * variants + v])
+            out.append((f"{passage['id']}#{v}", ticket, f"Ticket {ticket}: {passage['text']}"))
+    return out
+
+
+def _sim_calls(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/sim/stats", timeout=10) as reply:
+        return int(json.loads(reply.read())["calls"])
+
+
+async def _run(
+    port: int, items: list[tuple[str, str, str]], threshold: float, gate: str, slots: int
+) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
+        "monitoring": {"enable_prometheus": False},
+        "model": {
+            "backend": "ollama",
+            "ollama_endpoint": f"http://127.0.0.1:{port}",
+            "embedded": {"preload": False},
+        },
+        "performance": {"max_concurrent": slots},
+        "llm": {"rate_limit": 0},
+        "cache": {"enabled": False},
+        "compression": {"group_similar_threshold": threshold, "quality_gate": gate},
+    }
+    app = await create_server(load_config(environ={}, overrides=overrides))
+    await app.start()
+
+    async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+        for item_id, _, text in items:
+            req = pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC, skip_cache=True)
+            yield pb.BatchCompressRequest(id=item_id, request=req)
+
+    try:
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            stub = pb_grpc.CompressionServiceStub(channel)
+            await channel.channel_ready()
+            calls0 = await asyncio.to_thread(_sim_calls, port)
+            t0 = time.perf_counter()
+            answers = [r async for r in stub.BatchCompress(requests(), timeout=3600)]
+            seconds = time.perf_counter() - t0
+            calls = await asyncio.to_thread(_sim_calls, port) - calls0
+            kept = await _tickets_kept(stub, items, answers)
+    finally:
+        await app.stop(grace=0)
+    results = [a.result for a in answers if a.WhichOneof("outcome") == "result"]
+    stats = [r.stats for r in results]
+    scores = [s.quality.overall for s in stats if s.HasField("quality")]
+    modes: dict[str, int] = {}
+    for s in stats:
+        name = pb.Mode.Name(s.mode).removeprefix("MODE_").lower()
+        modes[name] = modes.get(name, 0) + 1
+    return {
+        "threshold": threshold,
+        "quality_gate": gate,
+        "items": len(items),
+        "errors": len(answers) - len(results),
+        "seconds": seconds,
+        "items_per_s": len(items) / seconds,
+        "model_calls": calls,
+        "model_calls_per_item": calls / len(items),
+        "groups": len({s.group for s in stats if s.group}),
+        "shared_summary": sum(s.shared_summary for s in stats),
+        "stored_modes": modes,
+        "degraded": sum(s.degraded for s in stats),
+        "quality_scored": len(scores),
+        "quality_mean": sum(scores) / len(scores) if scores else None,
+        "quality_min": min(scores) if scores else None,
+        "median_ratio": sorted(s.ratio for s in stats)[len(stats) // 2] if stats else None,
+        "own_ticket_kept": kept,
+    }
+
+
+async def _tickets_kept(
+    stub: pb_grpc.CompressionServiceStub,
+    items: list[tuple[str, str, str]],
+    answers: list[pb.BatchCompressResponse],
+) -> float:
+    """Share of items whose reconstruction holds their own ticket and no other one."""
+    tickets = {item_id: ticket for item_id, ticket, _ in items}
+    every = set(tickets.values())
+    good = 0
+    for answer in answers:
+        if answer.WhichOneof("outcome") != "result":
+            continue
+        back = await stub.Reconstruct(pb.ReconstructRequest(envelope=answer.result.envelope))
+        numbers = set(re.findall(r"\d+", back.text)) & every
+        good += numbers == {tickets[answer.id]}
+    return good / len(items)
+
+
+async def measure(
+    passages: list[dict[str, str]],
+    *,
+    groups: int = 25,
+    variants: int = 4,
+    slots: int = 8,
+    latency: float = 0.05,
+) -> dict[str, Any]:
+    if importlib.util.find_spec(SIMULATOR) is None:
+        return {"available": False, "reason": NOT_ON_BUILD}
+    items = near_duplicates(passages, groups, variants)
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        SIMULATOR,
+        *("--port", str(port), "--slots", str(slots), "--latency", str(latency)),
+        cwd=ROOT,
+    )
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        await _wait_listening(port, proc, 15.0)
+        for gate in ("on_request", "always"):
+            # Alternate which goes first, so neither always meets a cold simulator.
+            order = [GROUPED, 0.0] if gate == "on_request" else [0.0, GROUPED]
+            for threshold in order:
+                name = f"{'grouped' if threshold else 'ungrouped'}, gate {gate}"
+                print(f"bench.grouping: {name}: {len(items)} items", file=sys.stderr)
+                runs[name] = await _run(port, items, threshold, gate, slots)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+    out: dict[str, Any] = {
+        "groups": groups,
+        "variants": variants,
+        "items": len(items),
+        "slots": slots,
+        "latency_s": latency,
+        "runs": runs,
+    }
+    for gate in ("on_request", "always"):
+        grouped, ungrouped = runs[f"grouped, gate {gate}"], runs[f"ungrouped, gate {gate}"]
+        out[f"items_per_s_ratio_{gate}"] = grouped["items_per_s"] / ungrouped["items_per_s"]
+        out[f"calls_per_item_{gate}"] = {
+            "grouped": grouped["model_calls_per_item"],
+            "ungrouped": ungrouped["model_calls_per_item"],
+        }
+    return out

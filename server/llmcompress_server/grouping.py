@@ -1,0 +1,139 @@
+"""Near-duplicate groups in one BatchCompress stream: which SEMANTIC items share a summary.
+
+The first item of a group (its leader) makes the summary; later items whose
+text reaches `compression.group_similar_threshold` against it (Jaccard of
+word shingles, `near_duplicates.py`) join it and wait for that summary
+instead of asking the model for their own. Each member then stores the
+leader's summary adapted to its own text (`adapt`: the words where the two
+texts differ swapped in) plus its own residual facts, so its envelope is
+complete on its own; see the SEMANTIC codec for the per-item quality check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import re
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from .backends import ChatResult
+from .entities import extract_entities
+from .near_duplicates import NearDuplicateIndex
+
+# Words, numbers and single symbols, with their positions in the text.
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass(frozen=True)
+class SharedSummary:
+    """A leader's summary and the text it summarizes."""
+
+    text: str
+    summary: str
+    result: ChatResult
+
+
+class Group:
+    """One group of near-duplicates: its leader's id, and the summary its members await."""
+
+    def __init__(self, leader_id: str) -> None:
+        self.leader_id = leader_id
+        self.members = 1
+        self._summary: asyncio.Future[SharedSummary | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def publish(self, shared: SharedSummary | None) -> None:
+        """The leader's summary (None: it has none); only the first call counts."""
+        if not self._summary.done():
+            self._summary.set_result(shared)
+
+    def close(self) -> None:
+        """The leader is done: members still waiting make their own summaries."""
+        self.publish(None)
+
+    async def summary(self) -> SharedSummary | None:
+        return await asyncio.shield(self._summary)
+
+
+@dataclass
+class Membership:
+    """How one stream item is grouped: its group, whether it leads it, and (set by the codec)
+    whether its envelope holds the group's shared summary."""
+
+    group: Group
+    leader: bool
+    similarity: float = 1.0
+    shared: bool = False
+
+
+@dataclass
+class StreamGroups:
+    """The groups of one stream: the last `window` leaders per set of options, findable by
+    near-duplicate text."""
+
+    threshold: float
+    window: int
+    _indexes: dict[Hashable, NearDuplicateIndex[int]] = field(default_factory=dict)
+    # By leader: (options, the leader's number in the stream; ids may repeat).
+    _groups: dict[tuple[Hashable, int], Group] = field(default_factory=dict)
+    _joined: int = 0
+
+    def join(self, item_id: str, text: str, options: Hashable) -> Membership:
+        """The group `text` joins among items asked with the same `options` (a new one it
+        leads when no leader is similar enough)."""
+        index = self._indexes.get(options)
+        if index is None:
+            index = self._indexes[options] = NearDuplicateIndex[int](self.threshold, self.window)
+        self._joined += 1
+        found = index.match(text)
+        if found is not None:
+            leader, similarity, _ = found
+            group = self._groups[(options, leader)]
+            group.members += 1
+            return Membership(group, leader=False, similarity=similarity)
+        group = self._groups[(options, self._joined)] = Group(item_id)
+        for gone in index.add(self._joined, text):  # leaders that left the window
+            self._groups.pop((options, gone))
+        return Membership(group, leader=True)
+
+
+def _spans(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+
+
+def substitutions(leader_text: str, text: str) -> list[tuple[str, str]]:
+    """Where `text` differs from `leader_text` by replaced words: (leader's words, its words),
+    as they are written in each text."""
+    a, b = _spans(leader_text), _spans(text)
+    matcher = difflib.SequenceMatcher(None, [t for t, _, _ in a], [t for t, _, _ in b], False)
+    pairs = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "replace":
+            old = leader_text[a[i1][1] : a[i2 - 1][2]]
+            new = text[b[j1][1] : b[j2 - 1][2]]
+            pairs.append((old, new))
+    return pairs
+
+
+def adapt(shared: SharedSummary, text: str) -> str | None:
+    """The leader's summary with the leader's words swapped for this text's where the two
+    differ; None when it would still state a fact (a number, date, name, ...) of the
+    leader's text that `text` does not have."""
+    swaps: dict[str, str] = {}
+    for old, new in substitutions(shared.text, text):
+        swaps.setdefault(old, new)  # a leader's word replaced two ways: the first one
+    summary = shared.summary
+    if swaps:
+        # One pass, longest first, whole words only (4711 must not match inside 47110), so
+        # a swapped-in word is never swapped again.
+        olds = sorted(swaps, key=len, reverse=True)
+        pattern = r"(?<!\w)(?:" + "|".join(map(re.escape, olds)) + r")(?!\w)"
+        summary = re.sub(pattern, lambda m: swaps[m.group()], summary)
+    leader_only = [e for e in extract_entities(shared.text) if not _mentions(text, e.text)]
+    return None if any(_mentions(summary, e.text) for e in leader_only) else summary
+
+
+def _mentions(text: str, words: str) -> bool:
+    return re.search(r"(?<!\w)" + re.escape(words) + r"(?!\w)", text) is not None
