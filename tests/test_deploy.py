@@ -69,9 +69,15 @@ def test_deploy_configs_keep_every_seed_setting(path: Path) -> None:
     seed = _flatten(_yaml(SEED))
     ours = _flatten(_yaml(path))
     changed = {k: (v, ours.get(k)) for k, v in seed.items() if ours.get(k) != v}
-    # Only where a container differs from a laptop: Ollama's host, and a metrics
-    # port that is not Prometheus's own 9090.
-    for key in ("model.ollama_endpoint", "monitoring.prometheus_port"):
+    # Only where a container differs from a laptop (Ollama's host, and a metrics port
+    # that is not Prometheus's own 9090), and the quality bars: the seed's 0.85 was a
+    # similarity bar, and on our overall score it would send good extracts to ZSTD.
+    for key in (
+        "model.ollama_endpoint",
+        "monitoring.prometheus_port",
+        "model.quality_threshold",
+        "monitoring.alert_quality_threshold",
+    ):
         changed.pop(key, None)
     assert not changed, f"{path.name} drops or changes seed settings: {changed}"
     config = load_config(path, environ={})
@@ -170,7 +176,9 @@ def test_grafana_panels_use_recorded_series() -> None:
 
 
 def test_quality_alert_uses_the_configured_threshold() -> None:
-    threshold = load_config(SEED, environ={}).monitoring.alert_quality_threshold
+    threshold = load_config(
+        DEPLOY / "config/llmcompress.yaml", environ={}
+    ).monitoring.alert_quality_threshold
     rules = _yaml(DEPLOY / "prometheus/alerts.yml")["groups"]
     alert = next(r for g in rules for r in g["rules"] if r.get("alert") == "LLMCompressQualityLow")
     assert alert["expr"].endswith(f"< {threshold}")

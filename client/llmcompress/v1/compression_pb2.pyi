@@ -170,16 +170,24 @@ class QualityScores(_message.Message):
     CHRF_FIELD_NUMBER: _builtins.int
     OVERALL_FIELD_NUMBER: _builtins.int
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    BODY_ENTITY_RECALL_FIELD_NUMBER: _builtins.int
     similarity: _builtins.float
     """Cosine similarity of sentence embeddings, original vs reconstruction."""
     entity_recall: _builtins.float
-    """Fraction of stored entities found verbatim in the reconstruction."""
+    """Fraction of stored entities found verbatim in the reconstruction (1.0 by
+    construction for SEMANTIC: entities its body lacks go on a "Facts:" line).
+    """
     chrf: _builtins.float
     """chrF (sacrebleu), 0..100."""
     overall: _builtins.float
     """The documented overall score, 0..1."""
     embedding_model: _builtins.str
     """The embedding model used for `similarity`."""
+    body_entity_recall: _builtins.float
+    """Fraction of the original's entities found verbatim in the reconstruction's
+    body (everything but its final "Facts:" line); on Reconstruct, of the
+    stored entities. This, not entity_recall, is what `overall` counts.
+    """
     def __init__(
         self,
         *,
@@ -188,10 +196,11 @@ class QualityScores(_message.Message):
         chrf: _builtins.float = ...,
         overall: _builtins.float = ...,
         embedding_model: _builtins.str = ...,
+        body_entity_recall: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chrf", b"chrf", "embedding_model", b"embedding_model", "entity_recall", b"entity_recall", "overall", b"overall", "similarity", b"similarity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_entity_recall", b"body_entity_recall", "chrf", b"chrf", "embedding_model", b"embedding_model", "entity_recall", b"entity_recall", "overall", b"overall", "similarity", b"similarity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,8 +3,9 @@
 `fit_words` trims an abstractive summary word by word (brotli-packed body);
 `fit_packed` picks how many ranked sentences an extractive body keeps;
 `fit_coded` does either for a body coded by the LOSSLESS coder, whose size is
-only known after a coding pass. Facts are never dropped: a text dense with
-entities can miss the target; it never loses them.
+only known after a coding pass. Sentences (or summary words) come first and facts
+get the room they leave, most wanted kinds first; only a coded abstractive body
+(`trimmed`, a rarely chosen variant) still stores every fact its summary misses.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ...entities import Entity, missing_entities
+from ...entities import Entity
 from ...envelope import ModelIdentity, seal
 from ...extractive import Ranked
 from ...stages import StageClock
@@ -22,7 +23,7 @@ from ...summarize import trim_words
 from .. import CompressOptions, Encoded
 from ..lossless import LosslessCodec
 from . import summary_coding
-from .body import pack_body, pack_body_off_loop, residual_facts
+from .body import leftover_facts, pack_body, pack_body_off_loop, residual_facts
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ _CODED_RATIO = 3.5
 # length as the model gains context); the fit measures the real one after the
 # first coding pass.
 _CODED_RATIO_MAX = 5.0
+# The most raw text shrinks in a body, coded (above the best measured on the bench
+# passages) or brotli-packed (a short sentence, with brotli's dictionary): a body room
+# smaller than a sentence over this cannot hold that sentence.
+BEST_RATIO_CODED = 6.0
+BEST_RATIO_PACKED = 1.5
 # Coding passes the fit may spend to meet the target size (each costs about
 # a token-by-token pass over the summary).
 _CODED_PASSES = 3
@@ -55,25 +61,38 @@ def trimmed(summary: str, entities: list[Entity]) -> Candidate:
 
 
 def picked(ranked: Ranked, entities: list[Entity]) -> Candidate:
-    """Candidates of an extract: the best-ranked sentences that fit in n bytes, in order."""
+    """Candidates of an extract: the best-ranked sentences that fit in n bytes, in the
+    original's structure, then the facts they miss that fit in what is left."""
 
     def candidate(n: int) -> tuple[str, list[Entity]]:
         cut = ranked.pick(n)
-        return cut, residual_facts(cut, entities)
+        room = n - len(cut.encode("utf-8")) - len(summary_coding.FACTS_MARK)
+        return cut, leftover_facts(cut, entities, room)
 
     return candidate
 
 
-async def summary_budget(
-    data: bytes, target: float, entities: list[Entity], model: ModelIdentity, coded: bool
+def body_room(
+    data: bytes, target: float, model: ModelIdentity | None, coder: LosslessCodec | None
 ) -> float:
-    """Raw summary bytes to ask the model for: the room the envelope leaves after its header
-    and the facts alone, over the size a summary packs (or codes) to. A little more than
-    fits raw; `fit_words` or `fit_coded` trims it to the real size afterwards."""
+    """Bytes the target size leaves for the body after the envelope's header (coded bodies
+    also carry the coder's fingerprint)."""
+    if coder is None:
+        empty = pb.SemanticBody(extractive=True)
+    else:
+        empty = pb.SemanticBody(
+            coded=pb.LosslessBody(fingerprint=coder.fingerprint, n_tokens=1), extractive=True
+        )
+    return target - len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=empty), model))
+
+
+async def summary_budget(data: bytes, target: float, model: ModelIdentity, coded: bool) -> float:
+    """Raw summary bytes to ask the model for: the room the envelope leaves after its header,
+    over the size a summary packs (or codes) to. A little more than fits raw; `fit_words` or
+    `fit_coded` trims it to the real size afterwards, and facts get what is left."""
     overhead = len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC), model))
-    facts_only = len((await pack_body_off_loop("", entities)).SerializeToString())
     fraction = 1 / _CODED_RATIO if coded else _PACKED_FRACTION
-    return (target - overhead - facts_only) / fraction
+    return (target - overhead) / fraction
 
 
 def fit_packed(candidate: Candidate, hi: int, data: bytes, target: float) -> pb.SemanticBody:
@@ -191,41 +210,37 @@ async def fit_words(
     model: ModelIdentity,
     words: int,
 ) -> pb.SemanticBody:
-    """Drop trailing summary words until the envelope meets the target size.
+    """The most summary words whose envelope meets the target size, then the facts they
+    miss while they still fit (most wanted kinds first: `leftover_facts`'s order).
 
-    Facts are never dropped, and at least a few words always remain, so a
-    text dense with entities can miss the target ratio; it never loses them.
+    At least a few words always remain, so a text can miss the target ratio; it never
+    loses its summary to its facts.
     """
     split = summary.split()
     # Everything in the envelope but its body is the same for every cut: seal once.
     sealed = pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=pb.SemanticBody())
     seal(data, sealed, model)
 
-    def estimate(n: int) -> int:
-        # A fast brotli level and the facts a substring test finds (residual_facts
-        # without its extraction pass): close to the exact size at a fraction of the CPU.
-        cut = " ".join(split[:n])
-        sealed.semantic.CopyFrom(pack_body(cut, missing_entities(cut, entities), 5))
+    def size(cut: str, facts: list[Entity], quality: int) -> int:
+        sealed.semantic.CopyFrom(pack_body(cut, facts, quality))
         return len(sealed.SerializeToString(deterministic=True))
 
-    async def exact(n: int) -> tuple[pb.SemanticBody, int]:
-        cut = trim_words(summary, n)
-        body = await pack_body_off_loop(cut, residual_facts(cut, entities))
-        env = pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body)
-        return body, len(seal(data, env, model))
-
-    # Binary search on the estimates, then one exact pack (q11, exact facts) of
-    # the winner, stepping back a word at a time in the rare case it is larger.
+    # Binary search on a fast brotli level, then exact (q11) sizes, stepping back a word
+    # at a time in the rare case the winner is larger.
     floor = min(words, 8)
     lo, hi, fit = floor, words, floor
     while lo <= hi:
         mid = (lo + hi) // 2
-        if estimate(mid) <= target:
+        if size(" ".join(split[:mid]), [], 5) <= target:
             fit, lo = mid, mid + 1
         else:
             hi = mid - 1
-    body, size = await exact(fit)
-    while size > target and fit > floor:
+    cut = trim_words(summary, fit)
+    while size(cut, [], 11) > target and fit > floor:
         fit -= 1
-        body, size = await exact(fit)
-    return body
+        cut = trim_words(summary, fit)
+    facts: list[Entity] = []
+    for fact in leftover_facts(cut, entities, int(target)):
+        if size(cut, [*facts, fact], 11) <= target:
+            facts.append(fact)
+    return await pack_body_off_loop(cut, facts)

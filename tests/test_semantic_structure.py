@@ -1,0 +1,106 @@
+"""Extractive structure: speakers, records, lists and headers survive any extract (no model)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from llmcompress_server.extractive import read_structure, render
+
+CHAT = (
+    "## Standup, 3 June\n"
+    "\n"
+    "[09:01] Ana: I loved that book as a kid. It made me cry twice.\n"
+    "[09:02] Ben: It made me appreciate my friends. I read it in 1998.\n"
+    "[09:03] Ana: Same here. The sequel came out on March 3, 2001.\n"
+)
+
+RECORDS = "host: db-01\nrole: primary\nip: 10.0.0.1\n\nhost: db-02\nrole: replica\nip: 10.0.0.2\n"
+
+LOG = (
+    "2026-05-11T08:00:01Z INFO  scheduler  started job id=7731\n"
+    "2026-05-11T08:04:29Z WARN  export     slow query took 48.2s (threshold 30s)\n"
+    "2026-05-11T08:21:10Z ERROR uploader   upload failed: 503 SlowDown\n"
+)
+
+PLAY = (
+    "ORLANDO What passion hangs these weights upon my tongue?\n"
+    " I cannot speak to her, yet she urged conference.\n"
+    "\n"
+    "LE BEAU Good sir, I do in friendship counsel you\n"
+    " To leave this place.\n"
+    "\n"
+    "CELIA Why, cousin! why, Rosalind!\n"
+)
+
+SPEAKER = re.compile(r"^(?:\[[^\]]*\] )?(\w+): |^([A-Z]{2,}(?: [A-Z]{2,})*) ")
+
+
+def speakers_of(text: str) -> dict[str, str | None]:
+    """Each sentence of `text` -> the speaker of the line holding it."""
+    out: dict[str, str | None] = {}
+    who: str | None = None
+    for line in text.split("\n"):
+        m = SPEAKER.match(line)
+        if m:
+            who = m.group(1) or m.group(2)
+            line = line[m.end() :]
+        elif not line.startswith(" "):
+            who = None
+        for s in re.split(r"(?<=[.!?])\s+", line.strip()):
+            if s:
+                out[s] = who
+    return out
+
+
+def test_every_subset_of_a_chat_keeps_speakers_and_lines() -> None:
+    s = read_structure(CHAT)
+    original = speakers_of(CHAT)
+    units = range(len(s.units))
+    for k in range(1, len(s.units) + 1):
+        for kept in itertools.combinations(units, k):
+            body = render(s, kept)
+            for sentence, who in speakers_of(body).items():
+                if sentence in original:
+                    assert original[sentence] == who, (kept, body)
+
+
+def test_chat_units_and_labels() -> None:
+    s = read_structure(CHAT)
+    assert s.blocks[0].header and s.units[0].text == "## Standup, 3 June"
+    turns = [b for b in s.blocks if not b.header]
+    assert [b.label for b in turns] == ["[09:01] Ana: ", "[09:02] Ben: ", "[09:03] Ana: "]
+    assert all(b.frame == 0 for b in turns)  # the header frames every turn
+    # "Ben: It made me appreciate my friends." kept alone keeps its label.
+    i = next(i for i, u in enumerate(s.units) if u.text.startswith("It made me appreciate"))
+    assert render(s, [i]) == "[09:02] Ben: It made me appreciate my friends."
+
+
+def test_records_frame_their_fields() -> None:
+    s = read_structure(RECORDS)
+    ip2 = next(i for i, u in enumerate(s.units) if u.text == "10.0.0.2")
+    head = s.blocks[s.units[ip2].block].frame
+    assert s.blocks[head].label == "host: " and s.units[head].text == "db-02"
+    assert render(s, [head, ip2]) == "host: db-02\nip: 10.0.0.2"
+
+
+def test_log_lines_are_whole_units() -> None:
+    s = read_structure(LOG)
+    assert [u.text for u in s.units] == LOG.strip().split("\n")
+    assert render(s, [0, 2]) == "\n".join(LOG.strip().split("\n")[::2])
+
+
+def test_play_turns_run_over_indented_lines() -> None:
+    s = read_structure(PLAY)
+    labels = [s.blocks[u.block].label for u in s.units]
+    assert labels[:2] == ["ORLANDO ", "ORLANDO "]
+    assert s.units[1].text == "I cannot speak to her, yet she urged conference."
+    assert render(s, [1]) == "ORLANDO I cannot speak to her, yet she urged conference."
+    # Adjacent kept units keep their line wrap and indent.
+    assert render(s, [0, 1]) == PLAY.split("\n\n")[0]
+
+
+def test_full_render_is_the_original() -> None:
+    for text in (CHAT, RECORDS, LOG, PLAY):
+        s = read_structure(text)
+        assert " ".join(render(s, range(len(s.units))).split()) == " ".join(text.split())
