@@ -88,6 +88,13 @@ def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _pct(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 # ---- the lead baseline --------------------------------------------------------------------
 
 
@@ -299,9 +306,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "median_overall": _median([r["overall"] for r in sem if "overall" in r]),
         "gate_s_mean": statistics.mean(r["gate_s"] for r in rows) if rows else None,
         "compress_s_median": _median([r["compress_s"] for r in rows]),
-        "compress_s_p95": sorted(r["compress_s"] for r in rows)[int(0.95 * (len(rows) - 1))]
-        if rows
-        else None,
+        "compress_s_p95": _pct([r["compress_s"] for r in rows], 0.95),
         "reconstruct_s_median": _median([r["reconstruct_s"] for r in sem]),
         "coding_passes_max": max((r["coding_passes"] for r in rows), default=0),
         "coding_passes_mean": statistics.mean(r["coding_passes"] for r in rows) if rows else None,
