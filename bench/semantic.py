@@ -29,10 +29,12 @@ import constriction
 import numpy as np
 import numpy.typing as npt
 
+from bench.openai_server import llama_openai_server, server_config
 from bench.semantic_eval import EvalText, attribution, kept_facts, load
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.app import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine, Worker
+from llmcompress_server.backends.router import build_text_backend
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.lossless import LosslessCodec, _run_schedule
 from llmcompress_server.codecs.semantic import SemanticCodec, pack_body
@@ -54,12 +56,17 @@ BASELINE_QUOTED = {
     "seconds_per_3kb": 13,
 }
 
-# name -> (compression.semantic_summary, compression.semantic_coder)
+# The abstractive path over the OpenAI backend, against llama-cpp-python's server with the
+# packaged SmolLM2 (bench/openai_server.py).
+ON_SERVER = "abstractive+brotli on llama_cpp.server"
+# name -> (compression.semantic_summary, compression.semantic_coder); the summary model is
+# the embedded engine, except for the variant on a real OpenAI-compatible model server.
 VARIANTS = {
     "abstractive+brotli": ("abstractive", "brotli"),
     "abstractive+lossless": ("abstractive", "lossless"),
     "extractive+brotli": ("extractive", "brotli"),
     "extractive+lossless": ("extractive", "lossless"),
+    ON_SERVER: ("abstractive", "brotli"),
 }
 DEFAULT_VARIANT = "extractive+lossless"
 TARGETS = (4.0, 8.0, 16.0, 32.0)
@@ -68,19 +75,42 @@ ACCEPTANCE_TARGET = 8.0
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What one profile measures: (variant, targets) runs over the set, with or without lead."""
+class Run:
+    """One variant at some targets, over the whole set or the texts named in `only`."""
 
-    runs: tuple[tuple[str, tuple[float, ...]], ...]
-    only: tuple[str, ...] = ()  # text ids (empty: the whole set)
+    variant: str
+    targets: tuple[float, ...]
+    only: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one profile measures: its runs, with or without the lead baseline."""
+
+    runs: tuple[Run, ...]
     lead: bool = True
 
 
+# The abstractive path is slow (a schema-constrained summary, then an expansion for the gate
+# and one to reconstruct, each a server call of seconds): every third text of the set.
+EVERY_THIRD = tuple(i.id for i in load()[::3])
 PLANS = {
     # CI-sized: two short texts at the acceptance point.
-    "quick": Plan(((DEFAULT_VARIANT, (ACCEPTANCE_TARGET,)),), ("lines-hosts", "chat-book-club")),
-    "standard": Plan(((DEFAULT_VARIANT, TARGETS), ("extractive+brotli", (ACCEPTANCE_TARGET,)))),
-    "full": Plan(((DEFAULT_VARIANT, TARGETS), ("extractive+brotli", TARGETS))),
+    "quick": Plan((Run(DEFAULT_VARIANT, (ACCEPTANCE_TARGET,), ("lines-hosts", "chat-book-club")),)),
+    "standard": Plan(
+        (
+            Run(DEFAULT_VARIANT, TARGETS),
+            Run("extractive+brotli", (ACCEPTANCE_TARGET,)),
+            Run(ON_SERVER, (ACCEPTANCE_TARGET,), EVERY_THIRD),
+        )
+    ),
+    "full": Plan(
+        (
+            Run(DEFAULT_VARIANT, TARGETS),
+            Run("extractive+brotli", TARGETS),
+            Run(ON_SERVER, (ACCEPTANCE_TARGET,)),
+        )
+    ),
 }
 
 
@@ -350,24 +380,26 @@ async def _over_texts(
     return [r for group in groups for r in group]
 
 
-def variant_config(name: str, workers: int, threshold: float | None = None) -> Config:
+def variant_config(
+    name: str, workers: int, threshold: float | None = None, server: str | None = None
+) -> Config:
     summary, coder = VARIANTS[name]
     model: dict[str, Any] = {"embedded": {"preload": False, "workers": workers}}
+    overrides: dict[str, Any] = {
+        "model": model,
+        "compression": {"semantic_summary": summary, "semantic_coder": coder},
+    }
+    if server is not None:
+        model.update(server_config(server))
+        # One request at a time on a shared 2-core box: seconds to minutes per call.
+        overrides["llm"] = {"timeout": 900.0, "max_retries": 0}
     if threshold is not None:
         model["quality_threshold"] = threshold
-    return load_config(
-        environ={},
-        overrides={
-            "model": model,
-            "compression": {"semantic_summary": summary, "semantic_coder": coder},
-        },
-    )
+    return load_config(environ={}, overrides=overrides)
 
 
 async def run_plan(plan: Plan, workers: int = 2, threshold: float | None = None) -> dict[str, Any]:
-    items = load()
-    if plan.only:
-        items = [i for i in items if i.id in plan.only]
+    everything = load()
     base = variant_config(DEFAULT_VARIANT, workers, threshold)
     engine = EmbeddedEngine(base.model.embedded)
     await engine.start()
@@ -375,23 +407,36 @@ async def run_plan(plan: Plan, workers: int = 2, threshold: float | None = None)
     rows_out: dict[str, list[dict[str, Any]]] = {}
     t_start = time.perf_counter()
     try:
-        for name, targets in plan.runs:
-            config = variant_config(name, workers, threshold)
-            codecs = build_codecs(config, engine, engine)
-            codec = codecs[Mode.SEMANTIC]
-            assert isinstance(codec, SemanticCodec)
-            pipeline = Pipeline(config, codecs)
-            print(f"== {name} at {targets}", file=sys.stderr)
-            rows = await _over_texts(items, targets, pipeline, codec, plan.lead, workers)
+        for run in plan.runs:
+            items = [i for i in everything if not run.only or i.id in run.only]
+            print(f"== {run.variant} at {run.targets} on {len(items)} texts", file=sys.stderr)
+            if run.variant == ON_SERVER:
+                rows = await _on_server(run, items, engine, workers, threshold)
+            else:
+                config = variant_config(run.variant, workers, threshold)
+                codecs = build_codecs(config, engine, engine)
+                codec = codecs[Mode.SEMANTIC]
+                assert isinstance(codec, SemanticCodec)
+                pipeline = Pipeline(config, codecs)
+                rows = await _over_texts(items, run.targets, pipeline, codec, plan.lead, workers)
+            partial = run.only and len(items) < len(everything)
+            name = f"{run.variant} ({len(items)} texts)" if partial else run.variant
             rows_out[name] = rows
             curve[name] = {
-                f"{t:g}": summarize([r for r in rows if r["target"] == t]) for t in targets
+                f"{t:g}": summarize([r for r in rows if r["target"] == t]) for t in run.targets
             }
+            if partial and DEFAULT_VARIANT in rows_out:
+                # The default variant on the same texts, for a side-by-side row.
+                ids = {i.id for i in items}
+                mine = [r for r in rows_out[DEFAULT_VARIANT] if r["id"] in ids]
+                curve[f"{DEFAULT_VARIANT} (the same {len(items)} texts)"] = {
+                    f"{t:g}": summarize([r for r in mine if r["target"] == t]) for t in run.targets
+                }
     finally:
         await engine.close()
     return {
-        "eval_set": f"bench/semantic_eval ({len(items)} texts, "
-        f"{sum(len(i.facts) for i in items)} facts)",
+        "eval_set": f"bench/semantic_eval ({len(everything)} texts, "
+        f"{sum(len(i.facts) for i in everything)} facts)",
         "model": base.model.embedded.model_name,
         "embedding_model": "all-MiniLM-L6-v2",
         "quality_threshold": base.model.quality_threshold,
@@ -402,6 +447,31 @@ async def run_plan(plan: Plan, workers: int = 2, threshold: float | None = None)
         "baseline_naive_prompt": BASELINE_QUOTED,
         "rows": rows_out,
     }
+
+
+async def _on_server(
+    run: Run,
+    items: list[EvalText],
+    engine: EmbeddedEngine,
+    workers: int,
+    threshold: float | None,
+) -> list[dict[str, Any]]:
+    """The abstractive path over the OpenAI backend against a real llama_cpp.server (the lead
+    baseline is brotli-packed, as the abstractive body is)."""
+    async with llama_openai_server() as url:
+        config = variant_config(run.variant, workers, threshold, server=url)
+        backend = build_text_backend(config, engine)
+        assert backend is not None
+        codecs = build_codecs(config, engine, backend)
+        codec = codecs[Mode.SEMANTIC]
+        assert isinstance(codec, SemanticCodec)
+        try:
+            # The server answers one request at a time.
+            return await _over_texts(
+                items, run.targets, Pipeline(config, codecs), codec, True, workers=1
+            )
+        finally:
+            await backend.close()
 
 
 def measure(profile: str = "standard") -> dict[str, Any]:
@@ -422,11 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", help="write the JSON result (with every row) here")
     args = parser.parse_args(argv)
     targets = tuple(float(t) for t in args.targets.split(","))
-    plan = Plan(
-        tuple((v, targets) for v in args.variants.split(",")),
-        tuple(x for x in args.only.split(",") if x),
-        not args.no_lead,
-    )
+    only = tuple(x for x in args.only.split(",") if x)
+    plan = Plan(tuple(Run(v, targets, only) for v in args.variants.split(",")), not args.no_lead)
     result = asyncio.run(run_plan(plan, args.workers, args.quality_threshold))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
     if args.output:
