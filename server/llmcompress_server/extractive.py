@@ -267,22 +267,28 @@ def _clauses(sentence: str) -> list[str]:
     return pieces
 
 
-def render(structure: Structure, kept: Iterable[int]) -> str:
-    """The kept units in original order, each block's under its label, a block a line."""
+def pieces(structure: Structure, kept: Iterable[int]) -> list[str]:
+    """The rendered extract cut at its unit boundaries: the kept units in original order,
+    each with what precedes it (a line break and its block's label when it opens a block, a
+    space or the original wrap when it continues one). Any prefix of the pieces is the
+    rendering of that prefix of the kept units."""
     out: list[str] = []
     prev_unit, prev_block = -2, -1
     for u in sorted(kept):
         unit = structure.units[u]
         if unit.block != prev_block:
             block = structure.blocks[unit.block]
-            if out:
-                out.append("\n\n" if block.blank_before else "\n")
-            out.append(block.label)
+            lead = ("\n\n" if block.blank_before else "\n") if out else ""
+            out.append(lead + block.label + unit.text)
         else:
-            out.append(unit.sep if u == prev_unit + 1 else " ")
-        out.append(unit.text)
+            out.append((unit.sep if u == prev_unit + 1 else " ") + unit.text)
         prev_unit, prev_block = u, unit.block
-    return "".join(out)
+    return out
+
+
+def render(structure: Structure, kept: Iterable[int]) -> str:
+    """The kept units in original order, each block's under its label, a block a line."""
+    return "".join(pieces(structure, kept))
 
 
 # ---- ranking ---------------------------------------------------------------------------
