@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.codecs import CompressOptions
-from llmcompress_server.codecs.semantic import SemanticCodec, keep_extract, unpack_body
+from llmcompress_server.app import build_codecs
+from llmcompress_server.backends.embedded import EmbeddedEngine
+from llmcompress_server.codecs import CompressOptions, lossless
+from llmcompress_server.codecs.semantic import (
+    SemanticCodec,
+    keep_extract,
+    summary_coding,
+    unpack_body,
+)
 from llmcompress_server.codecs.semantic.summary_coding import coded_text, parse_coded_text
+from llmcompress_server.domain import Mode
 from llmcompress_server.embedder import MiniLMEmbedder
 from llmcompress_server.entities import Entity, extract_entities, missing_entities
 from llmcompress_server.envelope import open_envelope, seal
@@ -175,3 +185,37 @@ async def test_large_summary_budget_stays_under_the_grammar_limit() -> None:
     schema = backend.calls[0].json_schema
     assert schema is not None
     assert schema["properties"]["summary"]["maxLength"] == MAX_SUMMARY_CHARS  # type: ignore[index]
+
+
+@pytest.mark.model
+async def test_compress_takes_two_coding_passes(
+    monkeypatch: pytest.MonkeyPatch, corpus: list[dict[str, str]]
+) -> None:
+    """A coded extract costs one coding pass (every prefix's size comes from it) and one
+    verifying decode: two token-by-token passes of the model, plus the ranking."""
+    config = make_config()
+    engine = EmbeddedEngine(config.model.embedded)
+    await engine.start()
+    codec = build_codecs(config, engine, engine)[Mode.SEMANTIC]
+    assert isinstance(codec, SemanticCodec)
+    passes: list[int] = []
+    real = lossless._run_schedule
+
+    def counted(*args: Any) -> None:
+        passes.append(args[3])  # tokens in this pass
+        real(*args)
+
+    monkeypatch.setattr(lossless, "_run_schedule", counted)
+    monkeypatch.setattr(summary_coding, "_run_schedule", counted)
+    clock = StageClock()
+    try:
+        encoded = await codec.encode(
+            passage(corpus, "lcet10-0034"), CompressOptions(target_ratio=8), clock
+        )
+    finally:
+        await engine.close()
+    assert encoded.envelope.semantic.HasField("coded")
+    assert len(passes) == 2, passes
+    stages = [name for name, _ in clock.timings]
+    assert stages.count("semantic.code") == 1 and stages.count("semantic.verify") == 1
+    assert "semantic.rank" in stages and "semantic.gate" in stages
