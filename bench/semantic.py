@@ -37,10 +37,11 @@ from llmcompress_server.backends.embedded import EmbeddedEngine, Worker
 from llmcompress_server.backends.router import build_text_backend
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.lossless import LosslessCodec, _run_schedule
-from llmcompress_server.codecs.semantic import SemanticCodec, pack_body
+from llmcompress_server.codecs.semantic import SemanticCodec, pack_body, summary_coding
 from llmcompress_server.config import Config, load_config
 from llmcompress_server.domain import Mode
 from llmcompress_server.embedder import cosine
+from llmcompress_server.entities import Entity
 from llmcompress_server.envelope import open_envelope, seal
 from llmcompress_server.pipeline import Pipeline
 from llmcompress_server.quality import body_of, chrf
@@ -293,6 +294,11 @@ async def _measure_text(
             t0 = time.perf_counter()
             decoded = await codec.decode(open_envelope(blob), StageClock())
             row["reconstruct_s"] = time.perf_counter() - t0
+            if codec.coder is not None and encoded.envelope.semantic.HasField("coded"):
+                # Issue 14's yardstick, in the same run: one LOSSLESS coding pass of the kept
+                # text (the coded summary and facts) by the LOSSLESS codec itself.
+                row["lossless_pass_s"] = await _lossless_pass(codec, blob)
+                row["compress_over_lossless_pass"] = compress_s / row["lossless_pass_s"]
             row.update(_scores(item, decoded.text, original_vector, embedder))
             row["reconstruction"] = decoded.text
             if target in leads:
@@ -301,6 +307,18 @@ async def _measure_text(
         brief = {k: row.get(k) for k in ("id", "target", "ratio", "mode", "facts_kept", "facts")}
         print(json.dumps(brief | {"lead": row.get("lead", {}).get("facts_kept")}), file=sys.stderr)
     return rows
+
+
+async def _lossless_pass(codec: SemanticCodec, blob: bytes) -> float:
+    coder = codec.coder
+    assert coder is not None
+    body = await codec._open(open_envelope(blob), StageClock())
+    kept = summary_coding.coded_text(body.summary, [Entity(f.kind, f.text) for f in body.facts])
+    assert kept is not None
+    tokens, _ = await coder.engine.run(functools.partial(coder.tokenize, kept.encode("utf-8")))
+    t0 = time.perf_counter()
+    await coder.encode_tokens(tokens)
+    return time.perf_counter() - t0
 
 
 # Stages that make one token-by-token pass of the model over a body.
@@ -339,6 +357,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "compress_s_p95": _pct([r["compress_s"] for r in rows], 0.95),
         "reconstruct_s_median": _median([r["reconstruct_s"] for r in sem]),
         "coding_passes_max": max((r["coding_passes"] for r in rows), default=0),
+        "compress_over_lossless_pass_median": _median(
+            [r["compress_over_lossless_pass"] for r in sem if "compress_over_lossless_pass" in r]
+        ),
+        "rank_share_median": _median(
+            [r["stages"].get("semantic.rank", 0.0) / r["compress_s"] for r in sem]
+        ),
+        "stage_s_mean": {
+            name: statistics.mean(r["stages"].get(name, 0.0) for r in rows)
+            for name in sorted({n for r in rows for n in r["stages"]})
+        }
+        if rows
+        else {},
         "coding_passes_mean": statistics.mean(r["coding_passes"] for r in rows) if rows else None,
     }
     if lead:
@@ -420,12 +450,14 @@ async def run_plan(plan: Plan, workers: int = 2, threshold: float | None = None)
                 pipeline = Pipeline(config, codecs)
                 rows = await _over_texts(items, run.targets, pipeline, codec, plan.lead, workers)
             partial = run.only and len(items) < len(everything)
-            name = f"{run.variant} ({len(items)} texts)" if partial else run.variant
+            # The default variant keeps its name on any texts: the report reads it.
+            named = partial and run.variant != DEFAULT_VARIANT
+            name = f"{run.variant} ({len(items)} texts)" if named else run.variant
             rows_out[name] = rows
             curve[name] = {
                 f"{t:g}": summarize([r for r in rows if r["target"] == t]) for t in run.targets
             }
-            if partial and DEFAULT_VARIANT in rows_out:
+            if named and DEFAULT_VARIANT in rows_out:
                 # The default variant on the same texts, for a side-by-side row.
                 ids = {i.id for i in items}
                 mine = [r for r in rows_out[DEFAULT_VARIANT] if r["id"] in ids]
