@@ -151,7 +151,11 @@ def semantic_config(endpoint: str, **llm: Any) -> Config:
     return make_config(
         model={"backend": "ollama", "ollama": {"endpoints": [endpoint]}},
         performance={"max_concurrent": 8, "max_queue": 256},
-        compression={"default_mode": "semantic"},
+        # Room for a summary at any text these tests send (at the default 10 a short text
+        # is stored exactly, and the simulator is never asked), and the quality gate on
+        # request only (the simulator's answers are not prose worth scoring; the gate has
+        # its own tests).
+        compression={"default_mode": "semantic", "target_ratio": 2.0, "quality_gate": "on_request"},
         llm={"rate_limit": 0, "fallback_embedded": False, "retry_base_delay": 0.01,
              "retry_max_delay": 0.2, "health_interval": 0, **llm},
     )  # fmt: skip

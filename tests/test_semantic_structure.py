@@ -18,7 +18,7 @@ from llmcompress_server.codecs.semantic import SemanticCodec
 from llmcompress_server.domain import Mode
 from llmcompress_server.envelope import open_envelope, seal
 from llmcompress_server.errors import CannotEncode
-from llmcompress_server.extractive import read_structure, render
+from llmcompress_server.extractive import Ranked, read_structure, render
 from llmcompress_server.quality import body_of
 from llmcompress_server.stages import StageClock
 from tests.conftest import make_config
@@ -90,6 +90,19 @@ def test_chat_units_and_labels() -> None:
     # "Ben: It made me appreciate my friends." kept alone keeps its label.
     i = next(i for i, u in enumerate(s.units) if u.text.startswith("It made me appreciate"))
     assert render(s, [i]) == "[09:02] Ben: It made me appreciate my friends."
+
+
+def test_timestamps_are_written_when_the_budget_allows() -> None:
+    """A turn's speaker is part of its sentences; its timestamp, like a header, frames them
+    and is kept only with room to spare."""
+    s = read_structure(CHAT)
+    i = next(i for i, u in enumerate(s.units) if u.text.startswith("It made me appreciate"))
+    assert s.blocks[s.units[i].block].stamp == "[09:02] "
+    ranked = Ranked(s, [i])
+    tight = len("Ben: It made me appreciate my friends.") + 1
+    assert ranked.pick(tight) == "Ben: It made me appreciate my friends."
+    roomy = ranked.pick(tight + len("[09:02] ") + len("## Standup, 3 June") + 1)
+    assert roomy == "## Standup, 3 June\n[09:02] Ben: It made me appreciate my friends."
 
 
 def test_records_frame_their_fields() -> None:

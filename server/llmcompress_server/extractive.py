@@ -5,7 +5,7 @@ structure (speaker labels, list bullets, record keys, headers), chosen to fit a 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -48,6 +48,7 @@ _LABEL = re.compile(
 )
 # A play's turn: "ORLANDO I rest ...", "DUKE FREDERICK Mistress, ...".
 _PLAY = re.compile(r"^[A-Z][A-Z'\-]+(?: [A-Z][A-Z'\-]+)*[ \t]+(?=\S)")
+_LABEL_STAMP = re.compile(r"^\[[^\]\n]{1,30}\][ \t]*")
 _CLOSERS = "'\"\u2019\u201d)]"
 _OPENERS = "`'\"\u2018\u201c("
 
@@ -73,6 +74,11 @@ class Block:
     header: bool  # a section header or title: kept only to frame kept blocks under it
     blank_before: bool  # a blank line precedes it in the original
     frame: int  # the block that frames it (its header, or its record's first line); -1: none
+    # The label's timestamp ("[09:04] "): like a header, written when the budget allows.
+    stamp: str = ""
+
+    def short_label(self) -> str:
+        return self.label[len(self.stamp) :]
 
 
 @dataclass
@@ -217,7 +223,9 @@ def read_structure(text: str) -> Structure:
             headers.append((level, b))
             continue
         label = how.label(first)
-        out.blocks.append(Block(label, False, blank, headers[-1][1] if headers else -1))
+        stamp = _LABEL_STAMP.match(label)
+        frame = headers[-1][1] if headers else -1
+        out.blocks.append(Block(label, False, blank, frame, stamp.group(0) if stamp else ""))
         group.append(b)
         if _STAMP.match(first) and len(block_lines) == 1:
             out.units.append(Unit(raw[len(label) :].strip(), b, "", True))  # a log line
@@ -267,11 +275,14 @@ def _clauses(sentence: str) -> list[str]:
     return pieces
 
 
-def pieces(structure: Structure, kept: Iterable[int]) -> list[str]:
+def pieces(
+    structure: Structure, kept: Iterable[int], stamped: Collection[int] | None = None
+) -> list[str]:
     """The rendered extract cut at its unit boundaries: the kept units in original order,
     each with what precedes it (a line break and its block's label when it opens a block, a
-    space or the original wrap when it continues one). Any prefix of the pieces is the
-    rendering of that prefix of the kept units."""
+    space or the original wrap when it continues one). A label's timestamp is written for
+    the blocks in `stamped` (None: all). Any prefix of the pieces is the rendering of that
+    prefix of the kept units."""
     out: list[str] = []
     prev_unit, prev_block = -2, -1
     for u in sorted(kept):
@@ -279,16 +290,27 @@ def pieces(structure: Structure, kept: Iterable[int]) -> list[str]:
         if unit.block != prev_block:
             block = structure.blocks[unit.block]
             lead = ("\n\n" if block.blank_before else "\n") if out else ""
-            out.append(lead + block.label + unit.text)
+            full = stamped is None or unit.block in stamped
+            out.append(lead + (block.label if full else block.short_label()) + unit.text)
         else:
             out.append((unit.sep if u == prev_unit + 1 else " ") + unit.text)
         prev_unit, prev_block = u, unit.block
     return out
 
 
-def render(structure: Structure, kept: Iterable[int]) -> str:
+def render(
+    structure: Structure, kept: Iterable[int], stamped: Collection[int] | None = None
+) -> str:
     """The kept units in original order, each block's under its label, a block a line."""
-    return "".join(pieces(structure, kept))
+    return "".join(pieces(structure, kept, stamped))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The units an extract keeps, and the kept blocks whose label keeps its timestamp."""
+
+    units: list[int]
+    stamped: set[int]
 
 
 # ---- ranking ---------------------------------------------------------------------------
@@ -316,11 +338,12 @@ class Ranked:
     # The document's embedding (what the quality gate compares the reconstruction with).
     document: Vector | None = None
 
-    def kept(self, budget: int) -> list[int]:
+    def select(self, budget: int) -> Selection:
         """Units in rank order while the rendered extract fits `budget` UTF-8 bytes (a
-        block's label is paid by its first kept unit; a unit that does not fit is skipped,
-        a shorter one after it may be kept), then the headers and record heads framing the
-        kept blocks while they fit; in original order."""
+        block's label, without its timestamp, is paid by its first kept unit; a unit that
+        does not fit is skipped, a shorter one after it may be kept), then the headers and
+        record heads framing the kept blocks, then the kept labels' timestamps, while they
+        fit; units in original order."""
         s = self.structure
         kept: list[int] = []
         opened: set[int] = set()
@@ -347,18 +370,29 @@ class Ranked:
             cost = self._cost(firsts[f], opened)
             if spent + cost <= budget:
                 kept.append(firsts[f])
+                opened.add(f)
                 spent += cost
-        return sorted(kept)
+        stamped: set[int] = set()
+        for b in sorted(opened):
+            cost = len(s.blocks[b].stamp.encode("utf-8"))
+            if cost and spent + cost <= budget:
+                stamped.add(b)
+                spent += cost
+        return Selection(sorted(kept), stamped)
+
+    def kept(self, budget: int) -> list[int]:
+        return self.select(budget).units
 
     def _cost(self, u: int, opened: set[int]) -> int:
         unit = self.structure.units[u]
         cost = len(unit.text.encode("utf-8")) + 1
         if unit.block not in opened:
-            cost += len(self.structure.blocks[unit.block].label.encode("utf-8"))
+            cost += len(self.structure.blocks[unit.block].short_label().encode("utf-8"))
         return cost
 
     def pick(self, budget: int) -> str:
-        return render(self.structure, self.kept(budget))
+        chosen = self.select(budget)
+        return render(self.structure, chosen.units, chosen.stamped)
 
     def smallest_whole(self) -> int:
         """Bytes of the cheapest whole sentence or line with its label: no extract holding a
@@ -404,7 +438,9 @@ def rank(
     if not left:
         return []
     costs = np.array([len(u.text.encode("utf-8")) + 1 for u in s.units], dtype=np.float64)
-    labels = np.array([len(s.blocks[u.block].label.encode("utf-8")) for u in s.units], np.float64)
+    labels = np.array(
+        [len(s.blocks[u.block].short_label().encode("utf-8")) for u in s.units], np.float64
+    )
     mass = np.array([len(u.text.split()) + 2 for u in s.units], dtype=np.float64)
     vecs = np.stack(vectors).astype(np.float64)
     doc = document.astype(np.float64)
@@ -451,7 +487,7 @@ def rank_text(
         entities = extract_entities(text)
     vectors = [embedder.embed_one(u.text) for u in structure.units]
     document = embedder.embed_one(text)
-    labels = " ".join(" ".join(b.label.split()) for b in structure.blocks)
+    labels = " ".join(" ".join(b.short_label().split()) for b in structure.blocks)
     in_labels = {k for k in (" ".join(e.text.split()) for e in entities) if k in labels}
     order = rank(structure, vectors, document, _entity_weights(structure, entities), in_labels)
     return Ranked(structure, order, document)

@@ -86,7 +86,8 @@ def picked(ranked: Ranked, entities: list[Entity]) -> Candidate:
     is left."""
 
     def candidate(n: int) -> Cut:
-        parts = pieces(ranked.structure, ranked.kept(n))
+        chosen = ranked.select(n)
+        parts = pieces(ranked.structure, chosen.units, chosen.stamped)
         used = sum(len(p.encode("utf-8")) for p in parts)
         room = n - used - len(summary_coding.FACTS_MARK)
         return Cut(parts, leftover_facts("".join(parts), entities, room))
