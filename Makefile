@@ -94,6 +94,10 @@ stubs: node ## TypeScript types (grpc-js) and a descriptor set for any gRPC tool
 	  --outDir=stubs/ts --longs=String --enums=String --defaults --oneofs --includeComments
 	npx buf build -o stubs/llmcompress.binpb
 
+.PHONY: polyglot
+polyglot: ## C++ and Go example clients (examples/) from protos/ into build/polyglot/; Debian packages in .ci/run
+	$(MAKE) -C examples
+
 fmt: install ## apply ruff format and fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
