@@ -39,14 +39,6 @@ EXAMPLES = int(os.environ.get("FUZZ_MODEL_EXAMPLES", "200"))
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    own = asyncio.new_event_loop()
-    yield own
-    own.run_until_complete(own.shutdown_default_executor())
-    own.close()
-
-
-@pytest.fixture(scope="module")
 def model(loop: asyncio.AbstractEventLoop) -> Iterator[ModelPipeline]:
     built = run_model_pipeline(loop)
     yield built

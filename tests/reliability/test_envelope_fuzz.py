@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,15 +19,6 @@ from .envelope_property import MAX_TEXT, PIPELINE, SEEDS, check
 from .strategies import envelopes
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "3000"))
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """A private loop: hypothesis drives sync tests, and each example runs one call on it."""
-    own = asyncio.new_event_loop()
-    yield own
-    own.run_until_complete(own.shutdown_default_executor())
-    own.close()
 
 
 @pytest.mark.timeout(1800)
