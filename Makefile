@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz bench bench-quick bench-full bench-lossless clean stubs proto-baseline
+.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -73,10 +73,20 @@ test-fast: install ## tests that neither load the model nor run the load tests
 	$(PY) -m pytest -m "not model and not load" $(PYTEST_ARGS)
 
 FUZZ_RUNS ?= 100000
-fuzz: install ## fuzz the envelope decoder: hypothesis + atheris, $(FUZZ_RUNS) inputs each
+# The model's decoders cost up to seconds an input: fewer inputs, and atheris by time.
+FUZZ_MODEL_RUNS ?= 5000
+FUZZ_MODEL_SECONDS ?= 900
+fuzz: install ## fuzz every decoder: hypothesis + atheris, $(FUZZ_RUNS) ZSTD-pipeline inputs each, then the model's ($(FUZZ_MODEL_RUNS) inputs, $(FUZZ_MODEL_SECONDS) s)
 	FUZZ_EXAMPLES=$(FUZZ_RUNS) $(PY) -m pytest tests/reliability/test_envelope_fuzz.py -q
+	FUZZ_MODEL_EXAMPLES=$(FUZZ_MODEL_RUNS) $(PY) -m pytest tests/reliability/test_codec_fuzz.py -q
 	$(PY) -m pip install --quiet -e '.[fuzz]'
 	$(PY) -m tests.reliability.fuzz_envelope_atheris -runs=$(FUZZ_RUNS)
+	$(PY) -m tests.reliability.fuzz_codecs_atheris -max_total_time=$(FUZZ_MODEL_SECONDS)
+
+SOAK_MINUTES ?= 10
+SOAK_ARGS ?=
+soak: install ## llmc serve at twice its admission capacity for $(SOAK_MINUTES) min: documented statuses only, nothing lost, RSS flat; prints a JSON report
+	$(PY) -m tests.reliability.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 lint: install node proto-check ## stubs up to date, ruff format+check, mypy strict (client and server), buf lint, buf breaking
 	$(VENV)/bin/ruff format --check .

@@ -203,8 +203,10 @@ class MonitoringConfig(_Section):
 class LLMConfig(_Section):
     timeout: float = Field(30.0, gt=0)
     max_retries: int = Field(3, ge=0)
-    # Requests per minute per backend (token bucket); 0 disables.
-    rate_limit: float = Field(60, ge=0)
+    # Requests per minute per backend (token bucket); 0 (the default) disables. Off unless
+    # asked for: the in-flight limit already protects a backend, and a cap of 60/min
+    # would hold a local Ollama below the seed's own 100 texts/min target.
+    rate_limit: float = Field(0, ge=0)
     rate_burst: int = Field(10, ge=1)
     # Backoff before retry n: uniform(0, min(retry_max_delay, retry_base_delay * 2**(n-1))).
     retry_base_delay: float = Field(0.1, ge=0)

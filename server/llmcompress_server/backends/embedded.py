@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from ..config import EmbeddedConfig
 from ..envelope import ModelIdentity
-from ..errors import Overloaded, PreconditionFailed
+from ..errors import ContextExceeded, Overloaded, PreconditionFailed
 from ..events import Events
 from ..stages import llm_call
 from . import ChatRequest, ChatResult, Embeddings
@@ -193,13 +193,23 @@ class EmbeddedEngine:
             if request.json_schema is not None:
                 kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
             worker.llama.reset()
-            result: dict[str, Any] = worker.llama.create_chat_completion(
-                messages=list(request.messages),
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                seed=request.seed if request.seed is not None else self.config.seed,
-                **kwargs,
-            )
+            try:
+                result: dict[str, Any] = worker.llama.create_chat_completion(
+                    messages=list(request.messages),
+                    max_tokens=request.max_tokens,
+                    temperature=request.temperature,
+                    seed=request.seed if request.seed is not None else self.config.seed,
+                    **kwargs,
+                )
+            except ValueError as exc:
+                # llama-cpp-python's only report of an oversized prompt.
+                if "context window" not in str(exc):
+                    raise
+                raise ContextExceeded(
+                    f"the embedded model's context cannot hold this prompt ({exc}); "
+                    "raise model.embedded.n_ctx, or use an Ollama/OpenAI backend",
+                    endpoint="in-process",
+                ) from None
             return result
 
         t0 = time.perf_counter()

@@ -29,6 +29,7 @@ import functools
 import importlib
 import importlib.metadata
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -164,6 +165,35 @@ class _Cancelled(LLMCompressError):
     """The caller went away; the worker stops coding."""
 
 
+class _InformationBudget:
+    """Bounds the model work a corrupt or forged coded stream can cause.
+
+    A range-coded stream of B bits carries about B bits of information: the tokens
+    decoded from it cost -log2 p each, and their sum cannot pass B + 64 (the coder's
+    state). Decoding garbage, or decoding on past a stream's end (the decoder reads
+    zeros there), keeps producing tokens at several bits each, up to the claimed token
+    count (at most the claimed length, up to compression.max_text_bytes: hours of model
+    work for a 4 MiB claim). Twice that budget plus 256 bits covers the gap between
+    these float probabilities and the coder's quantized ones with room to spare (a real
+    300-byte passage spends 400 of its 1,216 bits), and stops garbage within about
+    twice the work a real stream of the same size costs.
+    """
+
+    def __init__(self, stream_bytes: int) -> None:
+        self.left = 2 * (8 * stream_bytes + 64) + 256.0
+
+    def spend(self, probs: npt.NDArray[np.float32], token: int, i: int) -> None:
+        row = probs[0]
+        p = float(row[token]) / float(row.sum())
+        # The coder gives every token at least 2**-24, so no token costs more than 24 bits.
+        self.left -= min(-math.log2(p), 24.0) if p > 0 else 24.0
+        if self.left < 0:
+            raise DataLoss(
+                f"the LOSSLESS coded stream is corrupt: token {i} decodes past the information "
+                "its bytes can hold; restore the envelope from a good copy"
+            )
+
+
 def _run_schedule(
     worker: Worker,
     threads: int,
@@ -292,6 +322,7 @@ class LosslessCodec:
             raise DataLoss(f"the LOSSLESS coded stream is unreadable ({exc})") from None
         family = constriction.stream.model.Categorical(perfect=False)
         out: list[int] = []
+        budget = _InformationBudget(len(stream))
 
         def step(i: int, probs: npt.NDArray[np.float32]) -> int:
             try:
@@ -300,6 +331,7 @@ class LosslessCodec:
                 raise DataLoss(
                     f"the LOSSLESS coded stream is corrupt at token {i} ({exc})"
                 ) from None
+            budget.spend(probs, token, i)
             out.append(token)
             return token
 
