@@ -1,9 +1,11 @@
-"""Typed configuration: one YAML file with the seed's sections, plus `LLMC_` overrides.
+"""Typed configuration: one YAML file with the seed's sections, plus environment overrides.
 
 Parsed once at the edge (`load_config`) into frozen objects; the rest of the
 service never reads YAML or the environment. An override names its key with
-double underscores: `LLMC_PERFORMANCE__MAX_CONCURRENT=16`. Unknown keys and
-bad values raise one `ConfigError` naming every offending key.
+double underscores: `LLMC_PERFORMANCE__MAX_CONCURRENT=16`; the seed's own
+names (`SEED_ENV`: BATCH_SIZE, MAX_CONCURRENT) are read too, and the `LLMC_`
+form wins when both are set. Unknown keys and bad values raise one
+`ConfigError` naming every offending key (and the variable that set it).
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .domain import Mode
 
 ENV_PREFIX = "LLMC_"
+# The seed's environment names and the keys they set (below any LLMC_ override).
+SEED_ENV: dict[str, tuple[str, ...]] = {
+    "BATCH_SIZE": ("performance", "batch_size"),
+    "MAX_CONCURRENT": ("performance", "max_concurrent"),
+}
 DEFAULT_MAX_TEXT_BYTES = 4 * 1024 * 1024  # same as gRPC's default receive limit
 
 
@@ -101,7 +108,9 @@ class OllamaConfig(_Section):
     endpoints: tuple[str, ...] = ()
     models: ModelTiers = ModelTiers()
     embed_model: str | None = "nomic-embed-text"
-    keep_alive: str | None = "5m"
+    # Sent with every call, where it overrides the Ollama server's OLLAMA_KEEP_ALIVE;
+    # None sends nothing, so the server's own setting (default 5m) applies.
+    keep_alive: str | None = None
     num_ctx: int | None = Field(None, ge=128)
     # Stream /api/chat answers (NDJSON, every line checked for an error). Off by
     # default: one JSON body costs far fewer wakeups per call than ~1 line per token.
@@ -173,6 +182,32 @@ class CompressionConfig(_Section):
     # SEMANTIC: how the summary is made, and how the stored summary and facts are coded.
     semantic_summary: SemanticSummary = SemanticSummary.AUTO
     semantic_coder: SemanticCoder = SemanticCoder.AUTO
+
+
+class ModelPrice(_Section):
+    """What a model costs, per million tokens (any currency, the same for every model)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class CostConfig(_Section):
+    """Token prices, for `llmc_cost_total` and GetStats; a model without a price costs 0."""
+
+    # Keyed by the model name the backend is called with ("qwen2.5:7b-instruct-q4_k_m",
+    # "gpt-4o-mini", "SmolLM2-135M-Instruct-Q4_1").
+    prices: dict[str, ModelPrice] = {}
+    # A model in `prices` (e.g. a cloud API's) whose prices the saving is measured against.
+    reference: str | None = None
+
+    @model_validator(mode="after")
+    def _reference_is_priced(self) -> CostConfig:
+        if self.reference is not None and self.reference not in self.prices:
+            raise ValueError(
+                f"cost.reference {self.reference!r} has no entry in cost.prices; add its "
+                "input and output price per million tokens"
+            )
+        return self
 
 
 class CacheConfig(_Section):
@@ -252,6 +287,20 @@ class Config(_Section):
     llm: LLMConfig = LLMConfig()
     security: SecurityConfig = SecurityConfig()
     server: ServerConfig = ServerConfig()
+    cost: CostConfig = CostConfig()
+
+
+def _seed_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The seed's variables as an override tree, and {dotted key: variable} for errors."""
+    tree: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, path in SEED_ENV.items():
+        raw = environ.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        tree.setdefault(path[0], {})[path[1]] = yaml.safe_load(raw)
+        origins[".".join(path)] = name
+    return tree, origins
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -278,14 +327,15 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, origins: Mapping[str, str]) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
+        source = f", from {origins[key]}" if key in origins else ""
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r}{source})")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -294,7 +344,8 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Read YAML (optional), apply `LLMC_` env overrides, then explicit overrides."""
+    """Read YAML (optional), apply the seed's env names, then `LLMC_` env overrides, then
+    explicit overrides (each wins over the ones before it)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -306,9 +357,17 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         data = loaded or {}
-    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    env = os.environ if environ is None else environ
+    seed, origins = _seed_env(env)
+    llmc = _env_overrides(env)
+    for key in list(origins):
+        section, name = key.split(".")
+        if name in llmc.get(section, {}):
+            del origins[key]  # the LLMC_ form wins, and names itself
+    data = _merge(data, seed)
+    data = _merge(data, llmc)
     data = _merge(data, overrides or {})
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, origins)) from None

@@ -21,12 +21,27 @@ TRACER_NAME = "llmcompress_server"
 @dataclass(frozen=True)
 class ModelCallEnded:
     """One model call as it ended: its GenAI span attributes (with `error.type` when it
-    failed), its duration and its token counts."""
+    failed), its duration, its token counts as the backend reported them, and the backend
+    (as `Stats.backend` names it: embedded, ollama, openai)."""
 
     attributes: Mapping[str, AttributeValue]
     seconds: float
     input_tokens: int = 0
     output_tokens: int = 0
+    backend: str = ""
+
+    @property
+    def model(self) -> str:
+        return str(self.attributes.get("gen_ai.request.model", ""))
+
+    @property
+    def operation(self) -> str:
+        """chat, embeddings, or coding (LOSSLESS range coding: model evaluations, no text out)."""
+        return str(self.attributes.get("gen_ai.operation.name", ""))
+
+    @property
+    def failed(self) -> bool:
+        return "error.type" in self.attributes
 
 
 class EventSink(Protocol):

@@ -214,7 +214,12 @@ class EmbeddedEngine:
 
         t0 = time.perf_counter()
         with llm_call(
-            self.events, "chat", self.config.model_name, "llama.cpp", "in-process"
+            self.events,
+            "chat",
+            self.config.model_name,
+            "llama.cpp",
+            "in-process",
+            backend=self.name,
         ) as call:
             out = await self.run(job)
             usage = out.get("usage", {})

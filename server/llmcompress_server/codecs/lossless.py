@@ -30,6 +30,7 @@ import importlib
 import importlib.metadata
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -37,12 +38,14 @@ import constriction
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
+from opentelemetry.util.types import AttributeValue
 
 from llmcompress.v1 import compression_pb2 as pb
 
 from ..backends.embedded import EmbeddedEngine, Worker
 from ..envelope import model_name
 from ..errors import BackendError, CannotEncode, DataLoss, LLMCompressError, PreconditionFailed
+from ..events import ModelCallEnded
 from ..stages import StageClock
 from . import CompressOptions, Decoded, Encoded
 
@@ -371,8 +374,24 @@ class LosslessCodec:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
+    def _report_coding(self, n_tokens: int, started: float) -> None:
+        """A finished coding pass is model work: `n_tokens` evaluations of the embedded model,
+        reported as its input tokens under operation "coding" (token and cost accounting)."""
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": "coding",
+            "gen_ai.request.model": self.engine.config.model_name,
+            "gen_ai.provider.name": "llama.cpp",
+            "server.address": "in-process",
+        }
+        seconds = time.perf_counter() - started
+        self.engine.events.model_called(
+            ModelCallEnded(attributes, seconds, n_tokens, 0, self.engine.name)
+        )
+
     async def encode_tokens(self, tokens: Sequence[int]) -> pb.LosslessBody:
+        started = time.perf_counter()
         streams = await self._map(self._encode_chunk, self.chunks(tokens))
+        self._report_coding(len(tokens), started)
         body = pb.LosslessBody(
             fingerprint=self._fingerprint, stream=b"".join(streams), n_tokens=len(tokens)
         )
@@ -383,7 +402,9 @@ class LosslessCodec:
     async def evaluate(self, tokens: Sequence[int]) -> None:
         """The schedule with no coding at all: the engine's raw token-by-token speed
         (what the benchmark compares LOSSLESS against)."""
+        started = time.perf_counter()
         await self._map(self._evaluate_chunk, self.chunks(tokens))
+        self._report_coding(len(tokens), started)
 
     async def decode_tokens(self, body: pb.LosslessBody, original_length: int) -> list[int]:
         """The token sequence in `body`; DataLoss when its layout cannot be right."""
@@ -408,7 +429,9 @@ class LosslessCodec:
         for w, size in zip(words, sizes, strict=True):
             parts.append((body.stream[offset : offset + 4 * w], size))
             offset += 4 * w
+        started = time.perf_counter()
         decoded = await self._map(lambda part, worker: self._decode_chunk(*part, worker), parts)
+        self._report_coding(n, started)
         return [t for chunk in decoded for t in chunk]
 
     # -- the Codec protocol ----------------------------------------------------

@@ -15,6 +15,9 @@ Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
                                                   server_address (host)
     llmc_cache_lookups_total           counter    tier, result=hit|miss
     llmc_cache_events_total            counter    tier, event (store, evict, error, ...)
+    llmc_model_tokens_total            counter    backend, model, type=input|output,
+                                                  operation=chat|embeddings|coding
+    llmc_cost_total                    counter    backend, model (tokens x cost.prices; 0 unpriced)
     gen_ai_client_operation_duration_seconds  histogram  GenAI semconv attributes
     gen_ai_client_token_usage          histogram  gen_ai_token_type=input|output, ...
 
@@ -32,6 +35,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from llmcompress.v1 import compression_pb2 as pb
 
+from ..cost import Pricing
 from ..domain import Mode
 from ..errors import InvalidInput
 from ..events import ModelCallEnded
@@ -59,8 +63,9 @@ class Metrics:
     """The service's OTel instruments. An `EventSink` (stages, model calls, cache, backend
     errors) of every server it is passed to, and the request interceptor's counter."""
 
-    def __init__(self, meter_provider: MeterProvider) -> None:
+    def __init__(self, meter_provider: MeterProvider, pricing: Pricing | None = None) -> None:
         meter = meter_provider.get_meter("llmcompress_server")
+        self.pricing = pricing if pricing is not None else Pricing({})
         self.compression_latency = meter.create_histogram(
             "compression_latency",
             unit="s",
@@ -100,6 +105,16 @@ class Metrics:
         )
         self.cache_events = meter.create_counter(
             "llmc_cache_events", description="Other cache events (store, evict, error, ...)"
+        )
+        self.model_tokens = meter.create_counter(
+            "llmc_model_tokens",
+            description="Tokens of successful model calls as the backend counted them, by type "
+            "(input, output) and operation (chat, embeddings, coding: LOSSLESS evaluations)",
+        )
+        self.cost = meter.create_counter(
+            "llmc_cost",
+            description="Cost of successful model calls: tokens x cost.prices per million "
+            "tokens (0 for a model without a price)",
         )
         self.llm_duration = meter.create_histogram(
             "gen_ai.client.operation.duration",
@@ -166,8 +181,14 @@ class Metrics:
             server = attributes.get("server.address", "")
             self.backend_errors.add(1, {"kind": error, "server.address": server})
             return
+        labels = {"backend": call.backend, "model": call.model}
         for kind, count in (("input", call.input_tokens), ("output", call.output_tokens)):
             self.llm_tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+            if count:
+                tokens = {**labels, "type": kind, "operation": call.operation}
+                self.model_tokens.add(count, tokens)
+        # Added even when 0, so every model used has a cost series.
+        self.cost.add(self.pricing.cost(call.model, call.input_tokens, call.output_tokens), labels)
 
     def cache_event(self, event: str, tier: str, seconds: float = 0.0) -> None:
         if event in ("hit", "miss"):
