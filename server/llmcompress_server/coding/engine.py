@@ -313,6 +313,11 @@ class CodingEngine:
             return sum(1 for j in self._jobs if j.pending)
 
     @property
+    def live_contexts(self) -> int:
+        with self._cond:
+            return sum(len(lane.contexts) for lane in self._lanes)
+
+    @property
     def occupancy(self) -> float:
         """Active slots over the width of every live context, now."""
         with self._cond:
