@@ -19,15 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.backends.embedded import default_model_path
-from llmcompress_server.codecs.semantic import keep_extract
-from llmcompress_server.codecs.summary_coding import parse_coded_text
+from llmcompress_server.codecs.semantic.body import keep_extract
+from llmcompress_server.codecs.semantic.summary_coding import parse_coded_text
 from llmcompress_server.coding.engine import CodingEngine, ContextKey, StreamWork
 from llmcompress_server.coding.layout import Layout, Schedule
 from llmcompress_server.coding.rows import IdentityRowModel, StreamEncoder
 from llmcompress_server.coding.text import decode_tokens, encode_tokens
 from llmcompress_server.errors import DataLoss
-from llmcompress_server.pb import compression_pb2 as pb
 
 pytestmark = pytest.mark.model
 
