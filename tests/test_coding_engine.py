@@ -9,20 +9,14 @@ context, so streams slide or split within a few dozen tokens. A step costs
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.backends.embedded import default_model_path
-from llmcompress_server.codecs.semantic.body import keep_extract
-from llmcompress_server.codecs.semantic.summary_coding import parse_coded_text
 from llmcompress_server.coding.engine import CodingEngine, ContextKey, StreamWork
 from llmcompress_server.coding.layout import Layout, Schedule
 from llmcompress_server.coding.rows import IdentityRowModel, StreamEncoder
@@ -34,7 +28,6 @@ pytestmark = pytest.mark.model
 KEY = ContextKey(width=4, threads=1, n_ctx=64)
 RESET = Layout(Schedule.RESET, KEY.n_ctx)
 SLIDE = Layout(Schedule.SLIDE, KEY.n_ctx)
-FIXTURES = Path(__file__).parent / "data" / "envelopes-t1.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -186,38 +179,3 @@ async def test_random_arrivals_and_cancels_every_finished_job_decodes_exactly(
             break
         await asyncio.sleep(0.05)
     assert _idle(engine)
-
-
-def _fixtures() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in FIXTURES.read_text(encoding="utf-8").splitlines()]
-
-
-async def test_envelopes_of_schedule_t1_decode_on_a_width_1_context(llama: Any) -> None:
-    """Today's format: width 1, one thread, chunks of n_ctx = 2048 from a fresh context."""
-    t1 = ContextKey(width=1, threads=1, n_ctx=2048)
-    engine = CodingEngine(llama.model, KEY)
-    engine.start()
-    try:
-        for case in _fixtures():
-            env = pb.Envelope.FromString(base64.b64decode(case["envelope"]))
-            body = env.lossless if case["mode"] == "MODE_LOSSLESS" else env.semantic.coded
-            assert body.fingerprint.schedule_id == 1 and body.fingerprint.threads == 1
-            words = list(body.chunk_words) or [len(body.stream) // 4]
-            streams, at = [], 0
-            for w in words:
-                streams.append(body.stream[at : at + 4 * w])
-                at += 4 * w
-            layout = Layout(Schedule.T1, 2048)
-            tokens, _ = await decode_tokens(
-                engine, t1, layout, body.n_tokens, streams, IdentityRowModel
-            )
-            text = llama.detokenize(tokens, special=False).decode()
-            if case["mode"] == "MODE_LOSSLESS":
-                assert text == case["text"], case["name"]
-            else:  # the coded summary and facts, as Reconstruct lays them out
-                assert keep_extract(parse_coded_text(text)) == case["reconstructed"]
-        # The engine's own, then a width-1 context per job, freed when it went idle.
-        assert engine.stats.contexts_built == 1 + len(_fixtures())
-        assert engine.live_contexts == 1
-    finally:
-        engine.close()
