@@ -26,6 +26,8 @@ from llmcompress_server.errors import DataLoss
 pytestmark = pytest.mark.model
 
 KEY = ContextKey(width=4, threads=1, n_ctx=64)
+LANES = 2  # two engine threads share the jobs, as the default config runs
+SLOTS = KEY.width * LANES
 RESET = Layout(Schedule.RESET, KEY.n_ctx)
 SLIDE = Layout(Schedule.SLIDE, KEY.n_ctx)
 
@@ -41,7 +43,7 @@ def llama() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def engine(llama: Any) -> Iterator[CodingEngine]:
-    eng = CodingEngine(llama.model, KEY, queue_size=64)
+    eng = CodingEngine(llama.model, KEY, lanes=LANES, queue_size=64)
     eng.start()
     yield eng
     eng.close()
@@ -60,7 +62,7 @@ def texts(llama: Any, corpus: list[dict[str, str]]) -> list[list[int]]:
 async def _round_trip(
     engine: CodingEngine, layout: Layout, tokens: Sequence[int], n_streams: int | None = None
 ) -> tuple[list[bytes], list[int]]:
-    count = n_streams or layout.stream_count(len(tokens), KEY.width, min_stream=16)
+    count = n_streams or layout.stream_count(len(tokens), SLOTS, min_stream=16)
     streams, _ = await encode_tokens(engine, KEY, layout, tokens, IdentityRowModel, count)
     back, _ = await decode_tokens(engine, KEY, layout, len(tokens), streams, IdentityRowModel)
     return streams, back
@@ -92,7 +94,7 @@ async def test_a_text_spanning_several_streams_and_slides(
 ) -> None:
     tokens = texts[0] + texts[4]  # 110 tokens
     streams, back = await _round_trip(engine, RESET, tokens, n_streams=8)
-    assert len(streams) == 8 and back == tokens  # two rounds of the width
+    assert len(streams) == 8 and back == tokens  # one round of both lanes' widths
     streams, back = await _round_trip(engine, SLIDE, tokens, n_streams=1)
     assert len(streams) == 1 and back == tokens  # slides at 64, 80 and 96 tokens
 
@@ -100,10 +102,10 @@ async def test_a_text_spanning_several_streams_and_slides(
 async def test_a_cancel_mid_job_frees_its_slots_and_the_others_finish_exactly(
     engine: CodingEngine, texts: list[list[int]]
 ) -> None:
-    long_tokens = texts[0] * 10  # 600 tokens in each of the four slots, sliding
+    long_tokens = texts[0] * 10  # 600 tokens in each of the slots, sliding
     big = asyncio.ensure_future(  # noqa: RUF006 - cancelled below
         engine.run(
-            [StreamWork(StreamEncoder(long_tokens), IdentityRowModel(), 600) for _ in range(4)],
+            [StreamWork(StreamEncoder(long_tokens), IdentityRowModel(), 600) for _ in range(SLOTS)],
             KEY,
             Schedule.SLIDE,
         )
@@ -118,7 +120,7 @@ async def test_a_cancel_mid_job_frees_its_slots_and_the_others_finish_exactly(
     assert back == texts[1]
     assert big.cancelled()
     assert len(streams) == 1
-    assert engine.stats.rows - rows_before < 4 * 600
+    assert engine.stats.rows - rows_before < SLOTS * 600
     assert _idle(engine)
 
 

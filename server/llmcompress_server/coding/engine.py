@@ -219,9 +219,9 @@ class CodingContext:
                 continue
             slot.coded += 1
             if slot.coded == slot.work.n_tokens:
+                # The job's counters change under the engine's lock (`_step`):
+                # another lane may be admitting this job's next stream.
                 self.slots[i] = None
-                job.active -= 1
-                job.done += 1
                 finished.append(job)
                 continue
             slot.token = token
@@ -487,6 +487,9 @@ class CodingEngine:
                         slot.job.error = exc
             return
         with self._cond:
+            for job in finished:
+                job.active -= 1
+                job.done += 1
             stats = self.stats
             stats.steps += 1
             stats.slot_steps += ctx.key.width
