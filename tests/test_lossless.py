@@ -69,7 +69,7 @@ async def _refused(address: str, envelope: bytes) -> grpc.aio.AioRpcError:
 @pytest.fixture(scope="module")
 async def short_envelope(corpus: list[dict[str, str]]) -> bytes:
     """One LOSSLESS envelope of a short passage, made once on a server that is then gone."""
-    app = await create_server(make_config())
+    app = await create_server(make_config(model={"embedded": NARROW}))
     await app.start()
     try:
         resp = await _compress(app.address, _text(corpus, SHORT_ID), verify=False)
@@ -92,10 +92,22 @@ def _edited(envelope: bytes, edit: str, value: object) -> bytes:
     return env.SerializeToString()
 
 
+async def test_the_default_engine_fingerprint(start_server: StartServer) -> None:
+    app = await start_server()
+    resp = await _compress(app.address, "Width sixteen, one thread, two engines.", verify=False)
+    env = pb.Envelope.FromString(resp.envelope)
+    assert resp.stats.mode == pb.MODE_LOSSLESS
+    fp = env.lossless.fingerprint
+    assert (fp.width, fp.threads, fp.n_ctx) == (16, 1, 2048)
+    assert (fp.schedule_id, fp.row_model, fp.gpu_layers) == (2, 0, 0)
+    assert fingerprint_fields(fp)["engine"] == engine_version()
+    assert env.version == FORMAT_VERSION and not env.model.name  # a packaged model: no name
+
+
 async def test_corpus_sample_round_trips_exactly_with_verify(
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     for n, item_id in enumerate(ROUND_TRIP_IDS):
         text = _text(corpus, item_id)
         # The first uses the server default (compression.verify: on); the rest
@@ -109,11 +121,7 @@ async def test_corpus_sample_round_trips_exactly_with_verify(
         assert resp.stats.compressed_bytes == len(resp.envelope)
         env = pb.Envelope.FromString(resp.envelope)
         assert env.model.sha256_prefix == app.engine.identity.sha256_prefix  # type: ignore[union-attr]
-        fp = env.lossless.fingerprint
-        assert (fp.width, fp.threads, fp.n_ctx) == (16, 1, 2048)
-        assert (fp.schedule_id, fp.row_model, fp.gpu_layers) == (2, 0, 0)
-        assert fingerprint_fields(env.lossless.fingerprint)["engine"] == engine_version()
-        assert env.version == FORMAT_VERSION and not env.model.name  # a packaged model: no name
+        assert env.lossless.fingerprint.width == 4
         back = await _reconstruct(app.address, resp.envelope)
         assert back.exact and back.mode == pb.MODE_LOSSLESS
         assert back.text == text, item_id
@@ -233,7 +241,7 @@ async def test_a_cancelled_compress_frees_the_engine(
 async def test_fingerprint_mismatch_is_refused_naming_the_field(
     start_server: StartServer, short_envelope: bytes
 ) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     for field, value, named in [
         ("lossless.fingerprint.schedule_id", 7, "schedule: envelope t7, this server knows t1,"),
         ("lossless.fingerprint.row_model", 99, "row model: envelope 99, this server knows [0]"),
@@ -263,7 +271,7 @@ async def test_a_format_v1_envelope_still_reconstructs(
     fp = env.lossless.fingerprint
     del fp.versions[:]
     fp.engine, fp.schedule_id, fp.schedule = engine_version(), 0, f"t{fp.schedule_id}"
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     back = await _reconstruct(app.address, env.SerializeToString())
     assert back.exact and back.mode == pb.MODE_LOSSLESS
     assert back.text == _text(corpus, SHORT_ID)
@@ -278,7 +286,7 @@ def test_versions_pack_only_when_they_round_trip() -> None:
 
 
 async def test_model_mismatch_is_refused(start_server: StartServer, short_envelope: bytes) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     err = await _refused(app.address, _edited(short_envelope, "model.sha256_prefix", 12345))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "model: envelope a model this server does not know by name (sha256 0000000000003039" in (
@@ -289,7 +297,7 @@ async def test_model_mismatch_is_refused(start_server: StartServer, short_envelo
 async def test_damaged_envelopes_give_data_loss_or_invalid_argument_never_text(
     start_server: StartServer, short_envelope: bytes
 ) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     stream = pb.Envelope.FromString(short_envelope).lossless.stream
     flipped = bytearray(stream)
     flipped[len(flipped) // 2] ^= 0x5A
@@ -324,7 +332,7 @@ class _WrongTokenLossless(LosslessCodec):
 async def test_failed_verify_falls_back_to_zstd_and_loses_nothing(
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     assert app.engine is not None
     app.pipeline.codecs[Mode.LOSSLESS] = _WrongTokenLossless(app.engine)
     text = _text(corpus, SHORT_ID)
@@ -338,7 +346,7 @@ async def test_failed_verify_falls_back_to_zstd_and_loses_nothing(
 
 
 async def test_a_repeated_lossless_compress_is_a_cache_hit(start_server: StartServer) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     assert app.engine is not None
     await app.engine.start()  # the key names the model's sha256, known once it is loaded
     text = "A cache hit costs no model time at all. " * 3
