@@ -39,8 +39,9 @@ LONG_ID = "lcet10-0013"  # 703 bytes, about 170 tokens: over an n_ctx of 128
 SHORT_ID = "alice29-0160"  # 325 bytes: the envelope the tamper tests damage
 # Envelopes written before the coding engine (schedule t1), with their texts.
 T1_FIXTURES = Path(__file__).parent / "data" / "envelopes-t1.jsonl"
-# A narrow engine keeps steps cheap where the default width is not the point.
-NARROW = {"coding_width": 4}
+# A narrow engine keeps steps cheap where the default width is not the point; lone
+# texts stay at its width (not width 1) so the wide path is what these tests run.
+NARROW = {"coding_width": 4, "coding_narrow_when_idle": False}
 
 
 def _text(corpus: list[dict[str, str]], item_id: str) -> str:
@@ -92,9 +93,10 @@ def _edited(envelope: bytes, edit: str, value: object) -> bytes:
     return env.SerializeToString()
 
 
-async def test_the_default_engine_fingerprint(start_server: StartServer) -> None:
-    app = await start_server()
-    resp = await _compress(app.address, "Width sixteen, one thread, two engines.", verify=False)
+async def test_the_default_engine_and_a_lone_text_at_width_1(start_server: StartServer) -> None:
+    text = "Width sixteen, one thread, two engines."
+    wide = await start_server(model={"embedded": {"coding_narrow_when_idle": False}})
+    resp = await _compress(wide.address, text, verify=False)
     env = pb.Envelope.FromString(resp.envelope)
     assert resp.stats.mode == pb.MODE_LOSSLESS
     fp = env.lossless.fingerprint
@@ -102,6 +104,15 @@ async def test_the_default_engine_fingerprint(start_server: StartServer) -> None
     assert (fp.schedule_id, fp.row_model, fp.gpu_layers) == (2, 0, 0)
     assert fingerprint_fields(fp)["engine"] == engine_version()
     assert env.version == FORMAT_VERSION and not env.model.name  # a packaged model: no name
+    await wide.stop(grace=0)
+    # The default: a text of one stream on an idle engine is coded at width 1, in the
+    # format of before the engine, and the wide server reads it like any other.
+    app = await start_server()
+    lone = await _compress(app.address, text)
+    fp = pb.Envelope.FromString(lone.envelope).lossless.fingerprint
+    assert (fp.width, fp.schedule_id, fp.threads) == (0, 1, 1)
+    back = await _reconstruct(app.address, resp.envelope)
+    assert back.exact and back.text == text
 
 
 async def test_corpus_sample_round_trips_exactly_with_verify(

@@ -110,6 +110,12 @@ class EmbeddedEngine:
         return ContextKey(cfg.coding_width, cfg.coding_threads, cfg.n_ctx)
 
     @property
+    def narrow_key(self) -> ContextKey:
+        """Width 1: lone jobs on an idle engine (`coding_narrow_when_idle`)."""
+        cfg = self.config
+        return ContextKey(1, cfg.coding_threads, cfg.n_ctx)
+
+    @property
     def coding(self) -> CodingEngine:
         """The LOSSLESS coding engine over the loaded model."""
         if self._coding is None:
@@ -162,6 +168,7 @@ class EmbeddedEngine:
                 self.coding_key,
                 lanes=self.config.coding_engines,
                 queue_size=self.config.queue_size,
+                also=[self.narrow_key] if self.config.coding_narrow_when_idle else [],
             )
             await asyncio.to_thread(coding.start)
             self._coding = coding

@@ -14,7 +14,9 @@ so one long text fills the width; short texts (under 2 x 512 tokens) stay one
 stream, since every stream starts without context (about 20 coded bytes per
 start, measured on a 4 KB passage). A width-1 RESET server writes exactly the
 format of before the engine (schedule t1: chunks of n_ctx tokens), which
-every older server reads.
+every older server reads; so does a wide one for a text of one stream that
+finds the engine idle (`coding_narrow_when_idle`), where padding the other
+rows would only add latency.
 """
 
 from __future__ import annotations
@@ -206,20 +208,28 @@ class LosslessCodec:
         self.threads = cfg.coding_threads
         # Width 1 with RESET is the format of before the engine (t1), which older
         # servers read too.
-        if cfg.coding_schedule is CodingSchedule.SLIDE:
-            self.schedule = Schedule.SLIDE
-        else:
-            self.schedule = Schedule.T1 if self.width == 1 else Schedule.RESET
+        self.slide = cfg.coding_schedule is CodingSchedule.SLIDE
+        self.schedule = self._schedule(self.width)
+        self.narrow_when_idle = cfg.coding_narrow_when_idle and self.width > 1
         self.row_model = IDENTITY
-        self._fingerprint = compact_fingerprint(
+        self._fingerprint = self._fingerprint_for(self.width)
+        self._narrow_fingerprint = self._fingerprint_for(1)
+
+    def _schedule(self, width: int) -> Schedule:
+        if self.slide:
+            return Schedule.SLIDE
+        return Schedule.T1 if width == 1 else Schedule.RESET
+
+    def _fingerprint_for(self, width: int) -> pb.EngineFingerprint:
+        return compact_fingerprint(
             engine_version(),
             self.threads,
             cpu_feature_bits(),
             self.n_ctx,
-            schedule=self.schedule,
-            width=self.width,
+            schedule=self._schedule(width),
+            width=width,
             row_model=self.row_model,
-            gpu_layers=cfg.n_gpu_layers,
+            gpu_layers=self.engine.config.n_gpu_layers,
         )
 
     def cache_params(self, opts: CompressOptions) -> dict[str, str | int | float | bool] | None:
@@ -289,21 +299,26 @@ class LosslessCodec:
         return result
 
     async def encode_tokens(self, tokens: Sequence[int]) -> pb.LosslessBody:
-        """`tokens` coded with this server's width, threads and schedule."""
+        """`tokens` coded with this server's width, threads and schedule (width 1 for a
+        lone text of one stream, see the module docstring)."""
         await self.engine.start()
         layout = Layout(self.schedule, self.n_ctx)
         # Enough streams to fill every lane's slots (lanes run the same contexts).
         count = layout.stream_count(len(tokens), self.width * self.engine.config.coding_engines)
+        key, fingerprint = self.key, self._fingerprint
+        if count == 1 and self.narrow_when_idle and self.engine.coding.idle:
+            key, fingerprint = self.engine.narrow_key, self._narrow_fingerprint
+            layout = Layout(self._schedule(1), self.n_ctx)
         factory = row_model_factory(self.row_model)
 
         async def work() -> tuple[list[bytes], JobTiming]:
             return await coded_text.encode_tokens(
-                self.engine.coding, self.key, layout, tokens, factory, count
+                self.engine.coding, key, layout, tokens, factory, count
             )
 
-        streams = await self._job("encode", len(tokens), count, self.key, work)
+        streams = await self._job("encode", len(tokens), count, key, work)
         body = pb.LosslessBody(
-            fingerprint=self._fingerprint, stream=b"".join(streams), n_tokens=len(tokens)
+            fingerprint=fingerprint, stream=b"".join(streams), n_tokens=len(tokens)
         )
         if len(streams) > 1:
             body.chunk_words.extend(len(s) // 4 for s in streams)

@@ -264,7 +264,8 @@ class CodingEngine:
     """Fixed-width coding over a loaded model, shared by every coding job.
 
     `model` is the `llama_model` pointer of the loaded model. `key` is the
-    engine's own context (width, threads, n_ctx per stream); jobs of other keys
+    engine's own context (width, threads, n_ctx per stream); `also` are more
+    contexts every lane keeps (a width-1 one for lone jobs); jobs of other keys
     get one extra context at a time. `queue_size` bounds the jobs waiting for
     their first slot.
     """
@@ -277,9 +278,11 @@ class CodingEngine:
         lanes: int = 1,
         queue_size: int = 64,
         max_extra_contexts: int = 1,
+        also: Sequence[ContextKey] = (),
     ) -> None:
         self.model = model
         self.key = key
+        self.kept = {key, *also}
         self.queue_size = queue_size
         self.max_extra = max_extra_contexts
         self.stats = EngineStats()
@@ -300,7 +303,8 @@ class CodingEngine:
                 return
             self._started = True
         for lane in self._lanes:
-            lane.contexts[self.key] = self._build(self.key)
+            for key in sorted(self.kept, key=lambda k: k != self.key):
+                lane.contexts[key] = self._build(key)
             lane.thread = threading.Thread(
                 target=self._run_lane, args=(lane,), name=f"coding-{lane.index}", daemon=True
             )
@@ -311,6 +315,12 @@ class CodingEngine:
         """Jobs with streams still waiting for a slot."""
         with self._cond:
             return sum(1 for j in self._jobs if j.pending)
+
+    @property
+    def idle(self) -> bool:
+        """No job queued or running."""
+        with self._cond:
+            return not self._jobs
 
     @property
     def live_contexts(self) -> int:
@@ -420,7 +430,7 @@ class CodingEngine:
 
     def _extra_keys(self) -> set[ContextKey]:
         """Extra contexts that exist or are being built, over all lanes."""
-        live = {k for lane in self._lanes for k in lane.contexts if k != self.key}
+        live = {k for lane in self._lanes for k in lane.contexts if k not in self.kept}
         return live | self._building
 
     def _admit(self, lane: _Lane) -> ContextKey | None:
@@ -436,7 +446,7 @@ class CodingEngine:
                     self._settle(job)
         for key, ctx in list(lane.contexts.items()):
             wanted = any(j.key == key and j.pending for j in self._jobs)
-            if key != self.key and not ctx.active and not wanted:
+            if key not in self.kept and not ctx.active and not wanted:
                 ctx.close()
                 del lane.contexts[key]
         build: ContextKey | None = None
