@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -370,3 +371,28 @@ async def test_a_repeated_lossless_compress_is_a_cache_hit(start_server: StartSe
     assert again.stats.cache_hit
     assert again.envelope == first.envelope
     assert "lossless.encode" not in [s.stage for s in again.stats.stages]
+
+
+async def test_batch_compress_items_share_the_engines_steps(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    app = await start_server(model={"embedded": NARROW})
+    assert app.engine is not None
+    await app.engine.start()
+    texts = [item["text"][:200] for item in corpus[1::30]]  # six ~50-token texts
+
+    async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+        for n, text in enumerate(texts):
+            yield pb.BatchCompressRequest(
+                id=str(n), request=pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS)
+            )
+
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        answers = [a async for a in Stub(channel).BatchCompress(requests())]
+    stats = app.engine.coding.stats
+    # Encode and verify passes of different items ran in the same steps.
+    assert stats.rows > 1.5 * stats.steps, stats
+    for answer in answers:
+        assert answer.result.stats.mode == pb.MODE_LOSSLESS, answer
+        back = await _reconstruct(app.address, answer.result.envelope)
+        assert back.exact and back.text == texts[int(answer.id)]
