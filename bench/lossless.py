@@ -305,6 +305,7 @@ async def _speed(batch_passages: list[dict[str, str]], text: str) -> dict[str, A
         out["batch"] = batch
         w, o = await _text(wide, text), await _text(one, text)
         out["text_32k"] = {
+            "bytes_asked": len(text.encode("utf-8")),
             "default_width": w,
             "width_1": o,
             "compress_ratio": _ratio(w, o, "compress_bytes_per_s"),
@@ -322,19 +323,20 @@ def measure(
     *,
     verify: bool = False,
     speed: bool = True,
-    batch_passages: list[dict[str, str]] | None = None,
+    batch_items: int = BATCH_ITEMS,
+    text_bytes: int = TEXT_BYTES,
 ) -> dict[str, Any]:
     """LOSSLESS on `passages` ({"id", "text"} dicts), and (speed) the engine at its default
-    width against width 1 on `batch_passages` (default: every 7th corpus passage, 24) and a
-    32 KB text."""
+    width against width 1 on `batch_items` passages (every 7th of the corpus) and one text
+    of `text_bytes` bytes."""
 
     async def run() -> dict[str, Any]:
         t0 = time.perf_counter()
         out: dict[str, Any] = {"loadavg_start": list(os.getloadavg())}
         out["corpus"] = await _corpus(passages, verify)
         if speed:
-            batch = batch_passages or load_passages(CORPUS, 7, BATCH_ITEMS)
-            out["speed"] = await _speed(batch, long_text())
+            batch = load_passages(CORPUS, 7, batch_items)
+            out["speed"] = await _speed(batch, long_text(text_bytes))
         out["loadavg_end"] = list(os.getloadavg())
         out["wall_seconds"] = time.perf_counter() - t0
         return out
@@ -387,7 +389,8 @@ def table(result: dict[str, Any]) -> str:
         t = s["text_32k"]
         tw, t1 = t["default_width"], t["width_1"]
         lines += [
-            f"  32 KB compress      {tw['compress_bytes_per_s']:.0f} against "
+            f"  {t['bytes_asked'] // 1024} KB compress  "
+            f"    {tw['compress_bytes_per_s']:.0f} against "
             f"{t1['compress_bytes_per_s']:.0f} B/s = {t['compress_ratio']:.2f}x "
             f"({tw['streams']} streams)",
             f"  32 KB reconstruct   {tw['reconstruct_bytes_per_s']:.0f} against "
@@ -418,13 +421,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip the width comparison: exactness and ratios only",
     )
+    parser.add_argument(
+        "--batch-items", type=int, default=BATCH_ITEMS, help="BatchCompress items per run"
+    )
+    parser.add_argument(
+        "--text-bytes", type=int, default=TEXT_BYTES, help="size of the long text (32 KB)"
+    )
     parser.add_argument("-o", "--output", type=Path, help="write JSON here (default stdout)")
     parser.add_argument(
         "--out", type=Path, help="write lossless.json and lossless.md into this directory"
     )
     args = parser.parse_args(argv)
     passages = load_passages(args.corpus, args.every, args.limit)
-    result = measure(passages, verify=args.verify, speed=args.speed)
+    result = measure(
+        passages,
+        verify=args.verify,
+        speed=args.speed,
+        batch_items=args.batch_items,
+        text_bytes=args.text_bytes,
+    )
     result["command"] = "python -m bench.lossless " + " ".join(argv or sys.argv[1:])
     result["subset"] = f"every {args.every}th passage" + (
         f", at most {args.limit}" if args.limit else ""

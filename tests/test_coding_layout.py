@@ -1,11 +1,16 @@
-"""Stream layouts: pure functions of what the envelope stores, valid for every size."""
+"""Stream layouts (pure functions of what the envelope stores, valid for every size) and the
+coding engine's queue bound; no model."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llmcompress_server.coding.engine import CodingEngine, ContextKey, StreamWork
 from llmcompress_server.coding.layout import Layout, Schedule
+from llmcompress_server.coding.rows import IdentityRowModel, StreamEvaluator
+from llmcompress_server.errors import BackendError, Overloaded
 
 
 def test_t1_is_consecutive_chunks_of_n_ctx() -> None:
@@ -44,3 +49,17 @@ def test_counts_a_decoder_must_refuse() -> None:
     assert reset.valid_count(1000, 8)
     assert not reset.valid_count(3, 4)  # an empty stream
     assert Layout(Schedule.SLIDE, 128).valid_count(1000, 1)
+
+
+def test_a_full_engine_queue_is_refused_with_a_retry_hint() -> None:
+    """Jobs waiting for a slot count against `queue_size` (no lane runs here, so both wait)."""
+    engine = CodingEngine(None, ContextKey(4, 1, 64), queue_size=1)
+    work = [StreamWork(StreamEvaluator([1, 2, 3]), IdentityRowModel(), 3)]
+    first = engine.submit(work, engine.key, Schedule.RESET)
+    with pytest.raises(Overloaded) as refused:
+        engine.submit(work, engine.key, Schedule.RESET)
+    assert refused.value.retry_after > 0
+    assert "queue_size=1" in str(refused.value)
+    assert engine.queue_depth == 1
+    engine.close()
+    assert isinstance(first.exception(), BackendError)
