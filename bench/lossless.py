@@ -3,7 +3,7 @@ at its default width against width 1, in one run on one machine.
 
 `measure(passages)` runs, on in-process servers (the real gRPC server and model):
 - corpus: every passage compressed and reconstructed at the default width,
-  all submitted at once (the engine batches them): exact/total, ratios, B/s;
+  32 calls in flight (the engine batches them): exact/total, ratios, B/s;
 - batch: BatchCompress items/s over a fixed set of passages, default width
   against width 1, quiet and again with a CPU-bound process beside it;
 - text_32k: one 32 KB text's compress and reconstruct B/s at both widths, the
@@ -144,7 +144,7 @@ async def _corpus(passages: list[dict[str, str]], verify: bool) -> dict[str, Any
         "stream_ratio": ratio("stream"),
         "mean_overhead_bytes": statistics.mean(r["envelope"] - r["stream"] for r in rows),
         "verify": verify,
-        # Every passage submitted at once: the engine's B/s on a full queue.
+        # 32 calls in flight: the engine's B/s on a full queue.
         "compress_bytes_per_s": total / (t1 - t0),
         "reconstruct_bytes_per_s": total / (t2 - t1),
         "engine": fp["engine"],
