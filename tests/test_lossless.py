@@ -143,13 +143,14 @@ async def test_a_text_over_the_context_splits_into_streams_a_fresh_server_recons
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
     text = _text(corpus, LONG_ID)
-    embedded = {"n_ctx": 128, **NARROW}  # ~170 tokens: streams of at most 128, a round of 4
+    # ~170 tokens: streams of at most 128, one round of two engines of width 4.
+    embedded = {"n_ctx": 128, **NARROW}
     first = await start_server(model={"embedded": embedded})
     resp = await _compress(first.address, text, verify=False)
     env = pb.Envelope.FromString(resp.envelope)
     assert resp.stats.mode == pb.MODE_LOSSLESS
     assert env.lossless.n_tokens > 128
-    assert len(env.lossless.chunk_words) == 4
+    assert len(env.lossless.chunk_words) == 8
     await first.stop(grace=0)
     second = await start_server(model={"embedded": embedded})
     back = await _reconstruct(second.address, resp.envelope)
