@@ -126,8 +126,8 @@ bench-full: install ## the whole corpus in every mode, however long it takes
 bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min)
 	$(PY) -m bench.run --profile quick --out $(BENCH_OUT) $(BENCH_ARGS)
 
-bench-lossless: install ## LOSSLESS ratio and speed on every 4th passage (BENCH_ARGS="--every 1 --no-speed": all, exactness and ratio only)
-	$(PY) -m bench.lossless $(BENCH_ARGS)
+bench-lossless: install ## LOSSLESS over the whole corpus (exact/total, ratio) and the engine at its width vs width 1; writes $(BENCH_OUT)/lossless.{md,json}
+	$(PY) -m bench.lossless --every 1 --out $(BENCH_OUT) $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and the committed stubs)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

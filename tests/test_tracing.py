@@ -227,7 +227,7 @@ async def test_items_counter_and_histograms(traced: Traced) -> None:
     stage_names = {a["stage"] for a, _ in _points(traced.metrics, "llmc_stage_duration")}
     assert {"validate", "zstd.encode", "pack"} <= stage_names
     queues = {a["queue"] for a, _ in _points(traced.metrics, "llmc_queue_depth")}
-    assert queues == {"admission", "embedded"}
+    assert queues == {"admission", "embedded", "coding"}
 
 
 async def test_slow_request_log_has_stage_breakdown_and_no_text() -> None:

@@ -55,6 +55,13 @@ class SemanticCoder(StrEnum):
     BROTLI = "brotli"
 
 
+class CodingSchedule(StrEnum):
+    """How LOSSLESS lays out a text's streams (coding/layout.py)."""
+
+    RESET = "reset"
+    SLIDE = "slide"
+
+
 class BackendKind(StrEnum):
     # Ollama when OLLAMA_HOST, model.ollama.endpoints or model.ollama_endpoint is
     # set explicitly; else the embedded engine (backends/router.py).
@@ -86,11 +93,33 @@ class EmbeddedConfig(_Section):
     # Jobs waiting for a worker beyond this are refused (RESOURCE_EXHAUSTED).
     queue_size: int = Field(64, ge=1)
     seed: int = 0
-    # LOSSLESS codes token by token with this many threads (set per job on the
-    # worker's context). Recorded in every envelope: a reconstructing server
-    # needs the same value. 1 is the fastest on a busy 2-core box (measured:
-    # 21 tok/s with 1 thread, 1 tok/s with 2 under load).
-    coding_threads: int = Field(1, ge=1, le=256)
+    # The LOSSLESS coding engine (coding/engine.py): steps of `coding_width`
+    # rows (one per stream; 1 = the schedule before the engine), each on
+    # `coding_threads` threads, in `coding_engines` engines of their own
+    # thread and context. Width and threads are recorded in every envelope and
+    # a reconstructing server runs them for it, so changing them strands
+    # nothing. Measured on this 2-core box (raw tok/s, every slot busy; the
+    # issue's quiet figures, then ours under load 12-15 from other jobs):
+    # quiet, one engine of width 16 does 72 tok/s on 1 thread and 132 on 2,
+    # width 1 does 48 / 77; under load, 2 threads per step collapse (0-5
+    # tok/s at every width: the threads wait on each other at each barrier)
+    # while 1 thread keeps 5-20, and two engines of 1 thread at width 16 gave
+    # 19-24 tok/s against 11 for one. So: one engine per core, 1 thread each,
+    # width 16 (32 was slower in both conditions). Each engine's context holds
+    # 16 x n_ctx KV cells, ~730 MB at n_ctx 2048.
+    coding_width: int = Field(16, ge=1, le=64)
+    coding_threads: int = Field(1, ge=1, le=64)
+    coding_engines: int = Field(2, ge=1, le=16)
+    coding_schedule: CodingSchedule = CodingSchedule.RESET
+    # A text of one stream that finds the engine idle is coded at width 1 (the
+    # format of before the engine) instead: a lone short Compress then costs
+    # one row per token, not coding_width rows (~10x less latency at width
+    # 16). Whatever arrives while it runs goes wide; decoding runs the width
+    # the envelope names, so both kinds reconstruct anywhere.
+    coding_narrow_when_idle: bool = True
+    # Model layers on a GPU with a CUDA/Metal build of llama-cpp-python; 0 on
+    # a CPU. Recorded in every envelope: GPU kernels give other logits.
+    n_gpu_layers: int = Field(0, ge=0, le=1000)
     # Load the model when the server starts, not on the first request.
     preload: bool = True
 

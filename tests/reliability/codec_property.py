@@ -31,7 +31,7 @@ from ..sim_ollama import SimOllama, SimOptions
 from .envelope_property import SEEDS as ZSTD_SEEDS
 
 # Claimed lengths above this are refused before decoding; a LOSSLESS stream's own size
-# bounds its model work below that (`_InformationBudget`).
+# bounds its model work below that (coding/rows.py `StreamDecoder`).
 MAX_TEXT = 16 * 1024
 # A hang detector for one input on a loaded 2-core machine, not a speed bound: the
 # largest seed decodes in a few seconds, a mutated one in at most about twice that.

@@ -26,7 +26,7 @@ ALLOWED = (InvalidInput, DataLoss, PreconditionFailed, BackendError)
 MAX_TEXT = 64 * 1024  # claimed lengths above this are refused before decoding
 # A hang detector, not a speed bound: a ZSTD envelope of MAX_TEXT decodes in
 # milliseconds; the model pipeline sets its own (its work is bounded by the
-# envelope's size, see codecs/lossless.py `_InformationBudget`).
+# envelope's size, see coding/rows.py `StreamDecoder`).
 ZSTD_WITHIN = 60.0
 
 PIPELINE = Pipeline(

@@ -6,7 +6,6 @@ The coder compresses the summary 3-5x on these passages where brotli gets
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from llmcompress.v1 import compression_pb2 as pb
@@ -52,7 +51,7 @@ class CodedSummary:
 async def code(coder: LosslessCodec, text: str) -> CodedSummary | None:
     """`text` coded by the model; None when the tokenizer does not round-trip it."""
     data = text.encode("utf-8")
-    tokens, round_trips = await coder.engine.run(functools.partial(coder.tokenize, data))
+    tokens, round_trips = await coder.tokenize(data)
     if not round_trips:
         return None
     return CodedSummary(await coder.encode_tokens(tokens), len(data))
@@ -69,9 +68,7 @@ async def decode_text(coder: LosslessCodec, env: pb.Envelope) -> str:
     # the original; the slack covers the layout's separators.
     bound = 2 * env.original_length + 1024
     tokens = await coder.decode_tokens(coded, bound)
-    data: bytes = await coder.engine.run(
-        lambda worker: worker.llama.detokenize(tokens, special=False)
-    )
+    data = await coder.detokenize(tokens)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -86,7 +83,4 @@ async def round_trips(coder: LosslessCodec, coded: CodedSummary, text: str) -> b
         tokens = await coder.decode_tokens(coded.body, 2 * coded.text_bytes + 1024)
     except DataLoss:
         return False
-    data: bytes = await coder.engine.run(
-        lambda worker: worker.llama.detokenize(tokens, special=False)
-    )
-    return data == text.encode("utf-8")
+    return await coder.detokenize(tokens) == text.encode("utf-8")
