@@ -189,11 +189,11 @@ async def fit_coded(
         found = await summary_coding.code_prefixes(coder, parts, int(room) + 8)
     if found is None:
         return None
-    tokens, prefixes = found
+    tokens, prefixes = found.tokens, found.prefixes
 
     def body_of(prefix: summary_coding.Prefix) -> pb.LosslessBody:
         return pb.LosslessBody(
-            fingerprint=coder.fingerprint, stream=prefix.stream, n_tokens=prefix.tokens
+            fingerprint=found.fingerprint, stream=prefix.stream, n_tokens=prefix.tokens
         )
 
     fitting = [p for p in prefixes if envelope_size(body_of(p)) <= target]

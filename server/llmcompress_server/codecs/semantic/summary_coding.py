@@ -10,8 +10,6 @@ coding pass then gives the exact coded stream of every prefix of whole pieces
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +20,10 @@ import numpy.typing as npt
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ...backends.embedded import Worker
+from ...coding.rows import StopCoding
 from ...entities import Entity
 from ...errors import DataLoss
-from ..lossless import LosslessCodec, _run_schedule
+from ..lossless import LosslessCodec
 
 # Starts the facts after the summary; a control byte, so no summary contains it.
 FACTS_MARK = "\n\x1e"
@@ -71,9 +69,7 @@ async def decode_text(coder: LosslessCodec, env: pb.Envelope) -> str:
     # the original; the slack covers the layout's separators.
     bound = 2 * env.original_length + 1024
     tokens = await coder.decode_tokens(coded, bound)
-    data: bytes = await coder.engine.run(
-        lambda worker: worker.llama.detokenize(tokens, special=False)
-    )
+    data = await coder.detokenize(tokens)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -91,15 +87,11 @@ class Prefix:
     stream: bytes
 
 
-class _Enough(Exception):
-    """The coded stream outgrew what any envelope could use: stop coding."""
-
-
 class PrefixEncoder:
     """Range-codes a known token sequence (the coder side of one stream), keeping the coded
     stream at each of `boundaries` (token counts): a prefix of one coding pass codes exactly
-    like that prefix alone, so each is a complete stream for its tokens. Stops once the
-    stream passes `limit` bytes."""
+    like that prefix alone, so each is a complete stream for its tokens. Stops the job once
+    the stream passes `limit` bytes."""
 
     _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
@@ -121,43 +113,38 @@ class PrefixEncoder:
             words: npt.NDArray[np.uint32] = self._encoder.get_compressed()
             self.streams[self._i] = words.astype("<u4", copy=False).tobytes()
             if 4 * len(words) > self.limit:
-                raise _Enough
+                raise StopCoding
         return token
 
 
-def _prefix_job(
-    coder: LosslessCodec, encoder: PrefixEncoder, n_tokens: int, worker: Worker
-) -> None:
-    with contextlib.suppress(_Enough):
-        _run_schedule(
-            worker,
-            coder.threads,
-            coder.engine.threads,
-            n_tokens,
-            lambda i, probs: encoder.code(probs[0]),
-        )
-
-
-def _tokenize_pieces(
-    coder: LosslessCodec, pieces: Sequence[str], worker: Worker
-) -> list[list[int]] | None:
+async def _tokenize_pieces(coder: LosslessCodec, pieces: Sequence[str]) -> list[list[int]] | None:
     out = []
     for piece in pieces:
-        tokens, exact = coder.tokenize(piece.encode("utf-8"), worker)
+        tokens, exact = await coder.tokenize(piece.encode("utf-8"))
         if not exact:
             return None
         out.append(tokens)
     return out
 
 
+@dataclass(frozen=True)
+class CodedPrefixes:
+    """One coding pass over a text's pieces: its tokens, the coded stream of every prefix
+    of whole pieces, and the fingerprint they decode with."""
+
+    tokens: list[int]
+    prefixes: list[Prefix]
+    fingerprint: pb.EngineFingerprint
+
+
 async def code_prefixes(
     coder: LosslessCodec, pieces: Sequence[str], limit: int
-) -> tuple[list[int], list[Prefix]] | None:
-    """One token-by-token coding pass over `pieces`, each tokenized on its own: (the tokens,
-    the coded stream of every prefix of whole pieces up to the first past `limit` bytes).
+) -> CodedPrefixes | None:
+    """One token-by-token coding pass over `pieces`, each tokenized on its own, keeping the
+    coded stream of every prefix of whole pieces up to the first past `limit` bytes.
     None when a piece does not round-trip through the tokenizer, or the text is longer than
     one context (n_ctx): the caller packs with brotli, or codes it whole."""
-    split = await coder.engine.run(functools.partial(_tokenize_pieces, coder, pieces))
+    split = await _tokenize_pieces(coder, pieces)
     if split is None:
         return None
     tokens = [t for part in split for t in part]
@@ -165,14 +152,14 @@ async def code_prefixes(
         return None
     ends = list(np.cumsum([len(part) for part in split]))
     encoder = PrefixEncoder(tokens, ends, limit)
-    await coder.engine.run(functools.partial(_prefix_job, coder, encoder, len(tokens)))
+    fingerprint = await coder.code_stream(encoder, len(tokens))
     prefixes = [Prefix(0, 0, b"")]
     prefixes += [
         Prefix(k + 1, int(end), encoder.streams[int(end)])
         for k, end in enumerate(ends)
         if int(end) in encoder.streams and end > 0
     ]
-    return tokens, prefixes
+    return CodedPrefixes(tokens, prefixes, fingerprint)
 
 
 async def decodes_to(coder: LosslessCodec, body: pb.LosslessBody, tokens: Sequence[int]) -> bool:
