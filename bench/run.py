@@ -84,7 +84,6 @@ class Profile:
     zstd: Subset  # the ZSTD mode and the zstd/brotli baselines
     model_modes: Subset  # LOSSLESS and SEMANTIC through the server, per bucket
     lossless_section: Subset  # bench.lossless (LOSSLESS vs raw engine speed)
-    semantic_section: Subset  # bench.semantic (similarity, entity recall, chrF)
     cache_section: Subset
     overhead_items: int  # BatchCompress items against the simulated Ollama
     overhead_sequential: int
@@ -97,7 +96,6 @@ PROFILES = {
         zstd=Subset(),
         model_modes=Subset(shortest=2),
         lossless_section=Subset(shortest=2),
-        semantic_section=Subset(shortest=2),
         cache_section=Subset(shortest=8),
         overhead_items=200,
         overhead_sequential=5,
@@ -111,7 +109,6 @@ PROFILES = {
         # passage per core in three token-by-token passes (compress, reconstruct,
         # raw engine), about 15 min on an idle 2-core machine.
         lossless_section=Subset(step=4),
-        semantic_section=Subset(step=32),
         cache_section=Subset(),
         overhead_items=2000,
         overhead_sequential=20,
@@ -122,7 +119,6 @@ PROFILES = {
         zstd=Subset(),
         model_modes=Subset(),
         lossless_section=Subset(),
-        semantic_section=Subset(),
         cache_section=Subset(),
         overhead_items=20000,
         overhead_sequential=50,
@@ -350,7 +346,8 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             "zstd and baselines": profile.zstd.describe(),
             "lossless/semantic through the server": profile.model_modes.describe(),
             "bench.lossless": profile.lossless_section.describe(),
-            "bench.semantic": profile.semantic_section.describe(),
+            "bench.semantic": f"the evaluation set bench/semantic_eval (PLANS[{profile.name!r}] "
+            "in bench/semantic.py)",
             "bench.cache": profile.cache_section.describe(),
         },
     }
@@ -372,7 +369,6 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
 
     subsets = {
         "lossless": profile.lossless_section,
-        "semantic": profile.semantic_section,
         "cache": profile.cache_section,
     }
     for name in SECTIONS:
@@ -382,6 +378,9 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             results[name] = {"available": False, "reason": "in-process only, not with --server"}
         elif name == "overhead":
             results[name] = await overhead_section(rows, profile)
+        elif name == "semantic":
+            # Its own fixed set (bench/semantic_eval), not the corpus subsets.
+            results[name] = await optional_section("bench.semantic", profile.name)
         else:
             results[name] = await optional_section(f"bench.{name}", subsets[name].pick(rows))
     results["machine"]["loadavg_end"] = list(os.getloadavg())

@@ -34,6 +34,7 @@ def test_defaults_without_a_file() -> None:
     assert config.server.host == "127.0.0.1"
     assert config.compression.max_text_bytes == 4 * 1024 * 1024
     assert config.compression.default_mode is Mode.ZSTD
+    assert config.llm.rate_limit == 0  # off: the seed file sets its own 60
 
 
 def test_env_overrides_parse_like_yaml() -> None:

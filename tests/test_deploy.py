@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from llmcompress_server.config import Config, load_config
+from llmcompress_server.events import CodingJobEnded
 
 from .conftest import ROOT, require_tool
 
@@ -69,9 +70,15 @@ def test_deploy_configs_keep_every_seed_setting(path: Path) -> None:
     seed = _flatten(_yaml(SEED))
     ours = _flatten(_yaml(path))
     changed = {k: (v, ours.get(k)) for k, v in seed.items() if ours.get(k) != v}
-    # Only where a container differs from a laptop: Ollama's host, and a metrics
-    # port that is not Prometheus's own 9090.
-    for key in ("model.ollama_endpoint", "monitoring.prometheus_port"):
+    # Only where a container differs from a laptop (Ollama's host, and a metrics port
+    # that is not Prometheus's own 9090), and the quality bars: the seed's 0.85 was a
+    # similarity bar, and on our overall score it would send good extracts to ZSTD.
+    for key in (
+        "model.ollama_endpoint",
+        "monitoring.prometheus_port",
+        "model.quality_threshold",
+        "monitoring.alert_quality_threshold",
+    ):
         changed.pop(key, None)
     assert not changed, f"{path.name} drops or changes seed settings: {changed}"
     config = load_config(path, environ={})
@@ -170,7 +177,9 @@ def test_grafana_panels_use_recorded_series() -> None:
 
 
 def test_quality_alert_uses_the_configured_threshold() -> None:
-    threshold = load_config(SEED, environ={}).monitoring.alert_quality_threshold
+    threshold = load_config(
+        DEPLOY / "config/llmcompress.yaml", environ={}
+    ).monitoring.alert_quality_threshold
     rules = _yaml(DEPLOY / "prometheus/alerts.yml")["groups"]
     alert = next(r for g in rules for r in g["rules"] if r.get("alert") == "LLMCompressQualityLow")
     assert alert["expr"].endswith(f"< {threshold}")
@@ -381,6 +390,8 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
         stats = pb.Stats(mode=pb.MODE_SEMANTIC, model="m", backend="ollama", ratio=9.0)
         stats.quality.overall = 0.9
         telemetry.metrics.compressed("Compress", stats)
+        # No model here either: a coding engine job's event, as the LOSSLESS codec sends it.
+        telemetry.metrics.coding_job(CodingJobEnded("encode", 0.01, 0.5, 100, 16))
         url = f"http://127.0.0.1:{telemetry.metrics_port}/metrics"
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
     finally:

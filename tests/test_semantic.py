@@ -24,7 +24,14 @@ from llmcompress_server.embedder import MiniLMEmbedder, cosine
 from llmcompress_server.entities import Entity, extract_entities, missing_entities
 from llmcompress_server.envelope import ModelIdentity
 from llmcompress_server.errors import DataLoss
-from llmcompress_server.quality import chrf, entity_recall, overall_score
+from llmcompress_server.quality import (
+    body_of,
+    chrf,
+    entity_recall,
+    overall_score,
+    score,
+    with_facts_line,
+)
 from llmcompress_server.summarize import InvalidSummary, expand, parse_summary, summary_schema
 from tests.conftest import StartServer
 
@@ -184,7 +191,21 @@ def test_quality_scores(corpus: list[dict[str, str]]) -> None:
     assert chrf(text, text) == pytest.approx(100.0)
     assert chrf("completely unrelated words", text) < 20
     assert overall_score(1.0, 1.0, 100.0) == pytest.approx(1.0)
-    assert overall_score(0.5, 1.0, 40.0) == pytest.approx(0.3 + 0.25 + 0.06)
+    assert overall_score(0.5, 1.0, 40.0) == pytest.approx(0.25 + 0.3 + 0.08)
+
+
+async def test_facts_line_earns_no_recall(corpus: list[dict[str, str]]) -> None:
+    """Entities listed on the final Facts line are stored, but out of context: the overall
+    score counts only those in the body, so a Facts line alone is not a summary."""
+    text = passage(corpus, "lcet10-0067")
+    ents = extract_entities(text)
+    shell = with_facts_line("", ents)
+    assert body_of(shell) == "" and entity_recall(shell, ents) == 1.0
+    sentence = "Yale spent $1 million."
+    assert body_of(with_facts_line(sentence, ents)) == sentence
+    q = await score(text, shell, ents, None, MiniLMEmbedder())
+    assert q.entity_recall == 1.0 and q.body_entity_recall == 0.0
+    assert q.overall == pytest.approx(overall_score(q.similarity, 0.0, q.chrf))
 
 
 # ---- faults a real model cannot be made to produce on demand ------------------------
@@ -247,7 +268,10 @@ async def test_invalid_summaries_fall_back_to_zstd(
     text = passage(corpus, "lcet10-0067")
     async with grpc.aio.insecure_channel(app.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
-        resp = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC))
+        # Target 3: room for a summary (at the default 10 this text is too short for one).
+        resp = await stub.Compress(
+            pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC, target_ratio=3)
+        )
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
     assert resp.stats.mode == pb.MODE_ZSTD and resp.stats.degraded
     assert "no valid summary after 2 model calls" in resp.stats.reason
@@ -267,7 +291,9 @@ async def test_invalid_summary_without_fallback_is_failed_precondition(
         stub = pb_grpc.CompressionServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await stub.Compress(
-                pb.CompressRequest(text=passage(corpus, "lcet10-0067"), mode=pb.MODE_SEMANTIC)
+                pb.CompressRequest(
+                    text=passage(corpus, "lcet10-0067"), mode=pb.MODE_SEMANTIC, target_ratio=3
+                )
             )
     assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = failure.value.details() or ""

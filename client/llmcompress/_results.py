@@ -206,6 +206,10 @@ class Progress:
     original_bytes: int
     compressed_bytes: int
     elapsed_seconds: float
+    # Items sent again because the stream carrying them broke (each answered once).
+    resent: int = 0
+    # Answers dropped because their item had already been answered.
+    duplicates: int = 0
 
     @property
     def ratio(self) -> float:

@@ -183,9 +183,14 @@ async def create_server(
         metrics = telemetry.metrics
         app._unregister.append(
             metrics.watch_queue(
-                lambda: [("admission", pipeline.admission.active), ("embedded", engine.queue_depth)]
+                lambda: [
+                    ("admission", pipeline.admission.active),
+                    ("embedded", engine.queue_depth),
+                    ("coding", engine.coding_queue_depth),
+                ]
             )
         )
+        app._unregister.append(metrics.watch_coding(engine.coding_counters))
         if isinstance(backend, BackendRouter):  # per-endpoint gauges of the Ollama/OpenAI pools
             for route in backend.routes:
                 app._unregister.append(

@@ -192,7 +192,7 @@ class MiniLMEmbedder:
         return [self.embed_one(t).tolist() for t in texts]
 
 
-def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+def cosine(a: Sequence[float] | F32, b: Sequence[float] | F32) -> float:
     va, vb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     denom = float(np.linalg.norm(va) * np.linalg.norm(vb))
     return float(va @ vb / denom) if denom else 0.0

@@ -44,6 +44,18 @@ class ModelCallEnded:
         return "error.type" in self.attributes
 
 
+@dataclass(frozen=True)
+class CodingJobEnded:
+    """One job on the LOSSLESS coding engine (encode, decode or a verify pass): seconds it
+    waited for its first slot and then coded, its tokens, and the width it ran at."""
+
+    kind: str
+    wait_seconds: float
+    coding_seconds: float
+    tokens: int
+    width: int
+
+
 class EventSink(Protocol):
     """Receives the service's events; `Metrics` and the stage window implement it."""
 
@@ -60,6 +72,9 @@ class EventSink(Protocol):
     def backend_error(self, kind: str, endpoint: str) -> None:
         """A backend failure no model call reported: a timed-out attempt, a failed probe."""
 
+    def coding_job(self, job: CodingJobEnded) -> None:
+        """A job on the LOSSLESS coding engine ended."""
+
 
 class NullSink:
     """Ignores every event; a base for sinks that want only some of them."""
@@ -74,6 +89,9 @@ class NullSink:
         return None
 
     def backend_error(self, kind: str, endpoint: str) -> None:
+        return None
+
+    def coding_job(self, job: CodingJobEnded) -> None:
         return None
 
 
@@ -103,3 +121,7 @@ class Events:
     def backend_error(self, kind: str, endpoint: str) -> None:
         for sink in self.sinks:
             sink.backend_error(kind, endpoint)
+
+    def coding_job(self, job: CodingJobEnded) -> None:
+        for sink in self.sinks:
+            sink.coding_job(job)

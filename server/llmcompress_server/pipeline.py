@@ -5,7 +5,9 @@ nothing a later Reconstruct needs lives only in this process. The pipeline is
 the one place that decides a fallback: a codec that cannot encode says so
 (`CannotEncode`), and `encode` walks the chain SEMANTIC -> LOSSLESS -> ZSTD as
 `compression.semantic_fallback` and `llm.allow_degraded` allow, noting every
-step in the result's reason and on the request's span.
+step in the result's reason and on the request's span. A text too short for
+its SEMANTIC target (`TooShort`) is not a failure: it is stored exactly
+(LOSSLESS, else ZSTD), not marked degraded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from opentelemetry import trace
 
 from .admission import Admission
 from .cache import CachedResult, ResultCache, key_for
-from .codecs import BelowQuality, Codec, CompressOptions, Encoded
+from .codecs import BelowQuality, Codec, CompressOptions, Encoded, TooShort
 from .config import Config, SemanticFallback
 from .domain import CompressCommand, CompressOutcome, Mode, ReconstructOutcome
 from .envelope import check_original, mode_name, model_name, open_envelope, seal
@@ -183,6 +185,8 @@ class Pipeline:
         for step in self.chain(mode):
             try:
                 encoded = await self._codec(step).encode(text, opts, clock)
+            except TooShort as exc:
+                return await self._store_exactly(text, opts, clock, exc)
             except CannotEncode as exc:
                 span.add_event(
                     "llmc.fallback", {"llmc.mode": step.value, "llmc.reason": exc.reason}
@@ -207,6 +211,18 @@ class Pipeline:
                 encoded.reason = "; ".join(dict.fromkeys(encoded.fallbacks))
             return encoded
         return self._chain_ended(mode, failed)
+
+    async def _store_exactly(
+        self, text: str, opts: CompressOptions, clock: StageClock, short: TooShort
+    ) -> Encoded:
+        """A text too short for its target ratio, stored exactly: a chosen mode, not a
+        fallback, so not degraded (unless LOSSLESS then fails and ZSTD stores it)."""
+        exact = [m for m in self.chain(Mode.LOSSLESS) if m in self.codecs]
+        encoded = await self.encode(exact[0], text, opts, clock)
+        stored = Mode.from_pb(encoded.envelope.mode)
+        note = f"{short.reason}: stored exactly as {stored.name}"
+        encoded.reason = f"{note}; {encoded.reason}" if encoded.reason else note
+        return encoded
 
     @staticmethod
     def _fallen_back(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .backends import ChatRequest, ChatResult, TextBackend
 from .entities import Entity, missing_entities
 from .errors import CannotEncode
+from .quality import with_facts_line
 
 # Average bytes per English word (with its space) and per model token; used
 # only to turn byte budgets into word counts and token limits.
@@ -223,6 +224,4 @@ async def expand(
         if addition:
             text = f"{text} {addition}"
         missing = missing_entities(text, required)
-    if missing:
-        text = f"{text}\nFacts: " + "; ".join(e.text for e in missing)
-    return Expansion(text=text, results=results, appended=list(missing))
+    return Expansion(text=with_facts_line(text, missing), results=results, appended=list(missing))

@@ -170,16 +170,24 @@ class QualityScores(_message.Message):
     CHRF_FIELD_NUMBER: _builtins.int
     OVERALL_FIELD_NUMBER: _builtins.int
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    BODY_ENTITY_RECALL_FIELD_NUMBER: _builtins.int
     similarity: _builtins.float
     """Cosine similarity of sentence embeddings, original vs reconstruction."""
     entity_recall: _builtins.float
-    """Fraction of stored entities found verbatim in the reconstruction."""
+    """Fraction of stored entities found verbatim in the reconstruction (1.0 by
+    construction for SEMANTIC: entities its body lacks go on a "Facts:" line).
+    """
     chrf: _builtins.float
     """chrF (sacrebleu), 0..100."""
     overall: _builtins.float
     """The documented overall score, 0..1."""
     embedding_model: _builtins.str
     """The embedding model used for `similarity`."""
+    body_entity_recall: _builtins.float
+    """Fraction of the original's entities found verbatim in the reconstruction's
+    body (everything but its final "Facts:" line); on Reconstruct, of the
+    stored entities. This, not entity_recall, is what `overall` counts.
+    """
     def __init__(
         self,
         *,
@@ -188,10 +196,11 @@ class QualityScores(_message.Message):
         chrf: _builtins.float = ...,
         overall: _builtins.float = ...,
         embedding_model: _builtins.str = ...,
+        body_entity_recall: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chrf", b"chrf", "embedding_model", b"embedding_model", "entity_recall", b"entity_recall", "overall", b"overall", "similarity", b"similarity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_entity_recall", b"body_entity_recall", "chrf", b"chrf", "embedding_model", b"embedding_model", "entity_recall", b"entity_recall", "overall", b"overall", "similarity", b"similarity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -853,13 +862,16 @@ class EngineFingerprint(_message.Message):
     N_CTX_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    ROW_MODEL_FIELD_NUMBER: _builtins.int
+    GPU_LAYERS_FIELD_NUMBER: _builtins.int
     engine: _builtins.str
     """The llama-cpp-python, constriction and numpy versions, such as
     "0.3.36,0.5.0,2.4.6". Format v2 writers store `versions` instead when
     every part is a plain number below 1000.
     """
     threads: _builtins.int
-    """Threads used to evaluate the coding context."""
+    """Threads each coding step ran on (a reconstructing server runs the same)."""
     schedule: _builtins.str
     """Evaluation schedule name, such as "t1". Format v2 writers store
     `schedule_id` instead.
@@ -867,11 +879,26 @@ class EngineFingerprint(_message.Message):
     cpu_features: _builtins.int
     """CPU feature bits the engine build uses (see lossless codec docs)."""
     n_ctx: _builtins.int
-    """Context window used by the coder; texts are coded in chunks of n_ctx
-    tokens, each starting from a fresh context.
-    """
+    """Context window of one coded stream, in tokens (see `schedule_id`)."""
     schedule_id: _builtins.int
-    """Compact `schedule`: N stands for "tN"."""
+    """Compact `schedule`: N stands for "tN". 1: width 1, streams are
+    consecutive chunks of n_ctx tokens (the format before the coding engine).
+    2 (reset): streams of near-equal length, none over n_ctx tokens. 3
+    (slide): streams of near-equal length; one that fills n_ctx drops its
+    oldest quarter after the start token and shifts the rest down.
+    """
+    width: _builtins.int
+    """Rows per coding step (the engine's width): a row's logits depend on it.
+    0 means 1. A reconstructing server runs this width for the envelope.
+    """
+    row_model: _builtins.int
+    """The probability stage between the model and the range coder, by id:
+    0 is the model's own distribution.
+    """
+    gpu_layers: _builtins.int
+    """Model layers offloaded to a GPU (llama.cpp n_gpu_layers); 0 on a CPU.
+    GPU kernels give other logits, so it must match.
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Compact `engine`: each version as major * 1000000 + minor * 1000 + patch,
@@ -888,10 +915,13 @@ class EngineFingerprint(_message.Message):
         n_ctx: _builtins.int = ...,
         versions: _abc.Iterable[_builtins.int] | None = ...,
         schedule_id: _builtins.int = ...,
+        width: _builtins.int = ...,
+        row_model: _builtins.int = ...,
+        gpu_layers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_features", b"cpu_features", "engine", b"engine", "n_ctx", b"n_ctx", "schedule", b"schedule", "schedule_id", b"schedule_id", "threads", b"threads", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_features", b"cpu_features", "engine", b"engine", "gpu_layers", b"gpu_layers", "n_ctx", b"n_ctx", "row_model", b"row_model", "schedule", b"schedule", "schedule_id", b"schedule_id", "threads", b"threads", "versions", b"versions", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -917,9 +947,9 @@ class LosslessBody(_message.Message):
 
     @_builtins.property
     def chunk_words(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Texts of more than n_ctx tokens: the number of stream words of each
-        chunk, in order (chunk i holds n_ctx tokens, the last one the rest).
-        Empty for a single chunk.
+        """Texts coded as more than one stream: the number of stream words of each,
+        in order. The stream lengths in tokens follow from n_tokens, this count
+        and the fingerprint's schedule. Empty for a single stream.
         """
 
     def __init__(

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from ..config import SchemaFormat
 from ..envelope import ModelIdentity
 from ..errors import BackendProtocolError
 from ..events import Events
@@ -31,8 +32,10 @@ class OpenAIEndpoint:
         max_connections: int,
         api_key: str | None = None,
         events: Events | None = None,
+        schema_format: SchemaFormat = SchemaFormat.JSON_SCHEMA,
     ) -> None:
         self.url = base_url.rstrip("/")
+        self.schema_format = schema_format
         self.events = events if events is not None else Events()
         self.address, self.port = split_address(self.url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
@@ -68,10 +71,17 @@ class OpenAIEndpoint:
         if request.seed is not None:
             payload["seed"] = request.seed
         if request.json_schema is not None:
-            payload["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "answer", "schema": request.json_schema, "strict": True},
-            }
+            if self.schema_format is SchemaFormat.JSON_OBJECT:
+                payload["response_format"] = {"type": "json_object", "schema": request.json_schema}
+            else:
+                payload["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "answer",
+                        "schema": request.json_schema,
+                        "strict": True,
+                    },
+                }
         with llm_call(self.events, "chat", model, self.provider, self.address, self.port) as call:
             with backend_errors(self.url):
                 status, body = await self._clients.post_json(

@@ -189,7 +189,11 @@ def _openai_route(config: Config, environ: Mapping[str, str], events: Events) ->
     key = environ.get(cfg.api_key_env) if cfg.api_key_env else None
     clients = [
         OpenAIEndpoint(
-            url, max_connections=config.performance.max_concurrent, api_key=key, events=events
+            url,
+            max_connections=config.performance.max_concurrent,
+            api_key=key,
+            events=events,
+            schema_format=cfg.schema_format,
         )
         for url in cfg.endpoints
     ]

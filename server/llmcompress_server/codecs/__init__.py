@@ -69,6 +69,12 @@ class BelowQuality(CannotEncode):
         self.best = best
 
 
+class TooShort(CannotEncode):
+    """The text is too short for the asked ratio: what is left after the envelope header
+    cannot hold one sentence of it. Nothing failed: the pipeline stores the text exactly
+    (LOSSLESS where the engine is, else ZSTD) and says why, not marked degraded."""
+
+
 class Codec(Protocol):
     """One mode: `encode` makes an envelope body (or raises `CannotEncode`), `decode` reads
     one back. Everything decode needs is in the envelope."""

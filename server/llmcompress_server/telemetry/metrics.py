@@ -8,7 +8,7 @@ Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
     quality_score                      histogram  mode, model, backend (QualityScores.overall)
     llmc_stage_duration_seconds        histogram  stage (whole stage, nested stages included)
     llmc_items_total                   counter    rpc, outcome=ok|degraded|error, code (errors)
-    llmc_queue_depth                   gauge      queue=admission|embedded
+    llmc_queue_depth                   gauge      queue=admission|embedded|coding
     llmc_backend_inflight              gauge      endpoint (from `watch_backends` probes)
     llmc_backend_up                    gauge      endpoint: 1 up, 0 down (`watch_backends`)
     llmc_backend_errors_total          counter    kind (exception class, or health_probe),
@@ -18,6 +18,12 @@ Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
     llmc_model_tokens_total            counter    backend, model, type=input|output,
                                                   operation=chat|embeddings|coding
     llmc_cost_total                    counter    backend, model (tokens x cost.prices; 0 unpriced)
+    llmc_coding_steps_total            counter    (LOSSLESS coding engine) llama_decode steps
+    llmc_coding_tokens_total           counter    rows coded: tokens/s = rate() of this
+    llmc_coding_slots_total            counter    width x steps; occupancy = rate(tokens/slots)
+    llmc_coding_occupancy              gauge      active slots / width, now
+    llmc_coding_wait_seconds           histogram  kind=encode|decode: a job's wait for a first slot
+    llmc_coding_job_seconds            histogram  kind: a job's coding time after that
     gen_ai_client_operation_duration_seconds  histogram  GenAI semconv attributes
     gen_ai_client_token_usage          histogram  gen_ai_token_type=input|output, ...
 
@@ -30,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 import grpc
-from opentelemetry.metrics import Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 
 from llmcompress.v1 import compression_pb2 as pb
@@ -38,7 +44,7 @@ from llmcompress.v1 import compression_pb2 as pb
 from ..cost import Pricing
 from ..domain import Mode
 from ..errors import InvalidInput
-from ..events import ModelCallEnded
+from ..events import CodingJobEnded, ModelCallEnded
 
 # Latencies span a 1 ms zstd call to a minutes-long CPU summary.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -57,6 +63,8 @@ GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048
 
 # A probe returns (label, value) pairs when the gauges are read.
 Probe = Callable[[], Iterable[tuple[str, int]]]
+# A coding engine's (steps, tokens, slot-steps) since it started, and its occupancy now.
+CodingProbe = Callable[[], tuple[int, int, int, float]]
 
 
 class Metrics:
@@ -128,6 +136,34 @@ class Metrics:
             description="Number of input and output tokens used",
             explicit_bucket_boundaries_advisory=GENAI_TOKEN_BUCKETS,
         )
+        self.coding_wait = meter.create_histogram(
+            "llmc_coding_wait",
+            unit="s",
+            description="Time a LOSSLESS coding job waited for its first engine slot",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.coding_job_duration = meter.create_histogram(
+            "llmc_coding_job",
+            unit="s",
+            description="Time a LOSSLESS coding job spent coding, after its wait",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self._coding_probes: list[CodingProbe] = []
+        for index, (name, description) in enumerate(
+            (
+                ("llmc_coding_steps", "llama_decode steps of the LOSSLESS coding engine"),
+                ("llmc_coding_tokens", "Tokens (rows) the LOSSLESS coding engine coded"),
+                ("llmc_coding_slots", "Slot-steps (width x steps): occupancy's denominator"),
+            )
+        ):
+            meter.create_observable_counter(
+                name, callbacks=[self._coding_callback(index)], description=description
+            )
+        meter.create_observable_gauge(
+            "llmc_coding_occupancy",
+            callbacks=[lambda options: self._observe_coding(3)],
+            description="Active slots / width of the LOSSLESS coding engine, now",
+        )
         self._queue_probes: list[Probe] = []
         self._inflight_probes: list[Probe] = []
         self._up_probes: list[Probe] = []
@@ -166,6 +202,20 @@ class Metrics:
 
         return stop
 
+    def watch_coding(self, probe: CodingProbe) -> Callable[[], None]:
+        """Report a coding engine's counters and occupancy; returns a function that stops it."""
+        self._coding_probes.append(probe)
+        probes = self._coding_probes
+        return lambda: probes.remove(probe) if probe in probes else None
+
+    def _coding_callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        return lambda options: self._observe_coding(index)
+
+    def _observe_coding(self, index: int) -> Iterator[Observation]:
+        values = [probe()[index] for probe in list(self._coding_probes)]
+        if values:
+            yield Observation(sum(values) / (len(values) if index == 3 else 1))
+
     # -- EventSink ------------------------------------------------------------------------
 
     def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
@@ -200,6 +250,11 @@ class Metrics:
         # `endpoint` may be a URL: the label is its host, as a model call's `server.address`.
         address = urlsplit(endpoint).hostname or endpoint
         self.backend_errors.add(1, {"kind": kind, "server.address": address})
+
+    def coding_job(self, job: CodingJobEnded) -> None:
+        attrs = {"kind": job.kind}
+        self.coding_wait.record(job.wait_seconds, attrs)
+        self.coding_job_duration.record(job.coding_seconds, attrs)
 
     # -- request outcomes (the request interceptor) ---------------------------------------
 

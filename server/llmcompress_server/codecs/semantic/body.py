@@ -1,7 +1,9 @@
 """A SEMANTIC body: the summary and the facts it misses, plain or brotli-packed, and read back.
 
-Decode requires `facts + extract_entities(summary)`, so every entity of the
-original is kept, in the summary or as a stored fact.
+Decode requires `facts + extract_entities(summary)`. A body stores the entities its summary
+misses only in the room the summary leaves, most wanted kinds first (`leftover_facts`): a
+fact on the Facts line, out of context, is the last resort (an abstractive expansion is asked
+to weave the stored ones in).
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from llmcompress.v1 import compression_pb2 as pb
 
 from ...entities import Entity, extract_entities, missing_entities
 from ...errors import DataLoss
+from ...quality import with_facts_line
+
+# Kinds a reader asks for by value come first on a Facts line short of room; names last
+# (a name out of context says least, and the extract's sentences hold most of them).
+_FACT_ORDER = {"date": 0, "time": 0, "money": 0, "percent": 0, "email": 0, "url": 0, "number": 1}
+_NAME_ORDER = 2
 
 
 def residual_facts(summary: str, entities: list[Entity]) -> list[Entity]:
@@ -25,6 +33,25 @@ def residual_facts(summary: str, entities: list[Entity]) -> list[Entity]:
     """
     recoverable = {e.text for e in extract_entities(summary)}
     return [e for e in entities if missing_entities(summary, [e]) or e.text not in recoverable]
+
+
+def fact_bytes(fact: Entity) -> int:
+    """Bytes a stored fact takes in a body (its coded layout line: kind, tab, text, newline)."""
+    return len(fact.kind.encode("utf-8")) + len(fact.text.encode("utf-8")) + 2
+
+
+def leftover_facts(extract: str, entities: list[Entity], room: int) -> list[Entity]:
+    """The entities `extract` misses that fit in `room` bytes, most wanted kinds first, each
+    kind in order of appearance; stored in that order."""
+    missing = sorted(
+        residual_facts(extract, entities), key=lambda e: _FACT_ORDER.get(e.kind, _NAME_ORDER)
+    )
+    kept: list[Entity] = []
+    for fact in missing:
+        if fact_bytes(fact) <= room:
+            kept.append(fact)
+            room -= fact_bytes(fact)
+    return kept
 
 
 def required_entities(body: pb.SemanticBody) -> list[Entity]:
@@ -67,8 +94,4 @@ def unpack_body(body: pb.SemanticBody) -> pb.SemanticBody:
 def keep_extract(body: pb.SemanticBody) -> str:
     """An extractive summary's reconstruction: the sentences, then a final "Facts:" line
     with every stored entity they do not contain."""
-    missing = missing_entities(body.summary, required_entities(body))
-    if not missing:
-        return body.summary
-    facts = "Facts: " + "; ".join(e.text for e in missing)
-    return f"{body.summary}\n{facts}" if body.summary else facts
+    return with_facts_line(body.summary, missing_entities(body.summary, required_entities(body)))

@@ -30,12 +30,12 @@ import hashlib
 from llmcompress.v1 import compression_pb2 as pb
 
 from ...backends import TextBackend
-from ...config import Config, SemanticCoder, SemanticSummary
+from ...config import Config, QualityGate, SemanticCoder, SemanticSummary
 from ...embedder import MiniLMEmbedder
 from ...entities import Entity, extract_entities, missing_entities
 from ...envelope import ModelIdentity, model_name
 from ...errors import CannotEncode, PreconditionFailed
-from ...extractive import rank_text
+from ...extractive import Ranked, Vector, rank_text, read_structure
 from ...quality import score
 from ...stages import StageClock
 from ...summarize import (
@@ -47,11 +47,44 @@ from ...summarize import (
     summarize,
     summary_messages,
 )
-from .. import BelowQuality, CompressOptions, Decoded, Encoded
+from .. import BelowQuality, CompressOptions, Decoded, Encoded, TooShort
 from ..lossless import LosslessCodec
 from . import summary_coding
 from .body import keep_extract, required_entities, unpack_body
-from .fit import fit_coded, fit_packed, fit_words, picked, summary_budget, trimmed
+from .fit import (
+    BEST_RATIO_CODED,
+    BEST_RATIO_PACKED,
+    body_room,
+    fit_coded,
+    fit_packed,
+    fit_words,
+    picked,
+    summary_budget,
+    trimmed,
+)
+
+
+def _too_short(text: str, opts: CompressOptions, room: float, smallest: int) -> str:
+    size = len(text.encode("utf-8"))
+    return (
+        f"text is {size} bytes: at target ratio {opts.target_ratio:g} the envelope may take "
+        f"{size / opts.target_ratio:.0f} bytes, which leaves {max(room, 0):.0f} for the body, "
+        f"too few for a whole sentence of the text (the shortest is {smallest} bytes)"
+    )
+
+
+# The minimum content rule for a model's summary: fewer words are no sentence.
+_MIN_SUMMARY_WORDS = 4
+
+
+def _with_content(encoded: Encoded, body: pb.SemanticBody) -> tuple[Encoded, pb.SemanticBody]:
+    """`CannotEncode` unless the abstractive body holds a sentence, not just facts."""
+    words = len(body.summary.split())
+    if words < _MIN_SUMMARY_WORDS:
+        raise CannotEncode(
+            f"the model's summary kept {words} word(s) within the target size: no sentence"
+        )
+    return encoded, body
 
 
 def prompt_version() -> str:
@@ -72,7 +105,7 @@ class SemanticCodec:
 
     mode = pb.MODE_SEMANTIC
     # Bump when the output for the same text, options and settings changes.
-    version = 2
+    version = 3
 
     def __init__(
         self,
@@ -113,6 +146,7 @@ class SemanticCodec:
             "target_ratio": opts.target_ratio,
             "quality": int(opts.quality),
             "evaluate_quality": opts.evaluate_quality,
+            "quality_gate": comp.quality_gate.value,
             "quality_threshold": self.config.model.quality_threshold,
             "embedder": self.embedder.name,
             "max_tokens": comp.max_tokens,
@@ -129,29 +163,37 @@ class SemanticCodec:
         return params
 
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded:
-        """The best summary that meets the quality bar (when evaluated); `CannotEncode` when
-        the model gives no valid summary, `BelowQuality` when none meets the bar."""
+        """The best summary that meets the quality bar; `TooShort` when the target leaves no
+        room for a sentence, `CannotEncode` when the model gives no valid summary,
+        `BelowQuality` when none meets the bar."""
         comp = self.config.compression
         with clock.stage("semantic.entities") as span:
             entities = extract_entities(text)
             span.set_attribute("llmc.entities", len(entities))
-        tiers: list[str | None] = [None, *comp.semantic_escalation]
+        gate = opts.evaluate_quality or comp.quality_gate is QualityGate.ALWAYS
+        # An extract takes no model call: another tier would make the same one.
+        tiers: list[str | None] = [None] if self.extractive else [None, *comp.semantic_escalation]
         threshold = self.config.model.quality_threshold
         best: Encoded | None = None
         for tier in tiers:
+            document = None
             try:
                 if self.extractive:
-                    encoded, body = await self._encode_extractive(text, entities, opts, clock)
+                    encoded, body, document = await self._encode_extractive(
+                        text, entities, opts, clock
+                    )
                 else:
                     encoded, body = await self._encode_with(text, entities, opts, clock, tier)
             except InvalidSummary as exc:
                 raise CannotEncode(f"SEMANTIC failed: {exc}") from exc
-            if not opts.evaluate_quality:
+            if not gate:
                 return encoded
-            with clock.stage("semantic.evaluate"):
+            with clock.stage("semantic.gate"):
                 rebuilt, fallbacks = await self._reconstruct(body, len(text.encode("utf-8")), tier)
                 encoded.fallbacks += fallbacks
-                encoded.quality = await score(text, rebuilt, entities, self.backend, self.embedder)
+                encoded.quality = await score(
+                    text, rebuilt, entities, self.backend, self.embedder, document
+                )
             if encoded.quality.overall >= threshold:
                 return encoded
             self.low_quality_events += 1
@@ -184,7 +226,10 @@ class SemanticCodec:
             name=tier or self.config.model.embedded.model_name, sha256="0" * 64
         )
         coder = self.coder
-        budget = await summary_budget(data, target, entities, guess, coded=coder is not None)
+        budget = await summary_budget(data, target, guess, coded=coder is not None)
+        smallest = Ranked(read_structure(text), []).smallest_whole()
+        if budget < smallest:
+            raise TooShort(_too_short(text, opts, budget, smallest))
         with clock.stage("semantic.summarize", **{"llmc.budget_bytes": int(budget)}):
             summary = await summarize(
                 self.backend,
@@ -209,7 +254,7 @@ class SemanticCodec:
             )
             if coded is not None:
                 coded[0].fallbacks += summary.result.fallbacks
-                return coded
+                return _with_content(*coded)
         with clock.stage("semantic.facts"):
             model = summary.result.model
             body = await fit_words(summary.text, entities, data, target, model, len(words))
@@ -219,22 +264,35 @@ class SemanticCodec:
             backend=summary.result.backend,
             fallbacks=list(summary.result.fallbacks),
         )
-        return encoded, unpack_body(body)
+        return _with_content(encoded, unpack_body(body))
 
     async def _encode_extractive(
         self, text: str, entities: list[Entity], opts: CompressOptions, clock: StageClock
-    ) -> tuple[Encoded, pb.SemanticBody]:
-        """The extract that fills the target size, coded or brotli-packed; no model call
-        except the coder's."""
+    ) -> tuple[Encoded, pb.SemanticBody, Vector | None]:
+        """The extract that fills the target size, coded or brotli-packed, and the text's
+        embedding; no model call except the coder's. `TooShort` when the room the target
+        leaves cannot hold a whole sentence of the text."""
         data = text.encode("utf-8")
         target = len(data) / opts.target_ratio
-        with clock.stage("semantic.rank") as span:
-            ranked = await asyncio.to_thread(rank_text, self.embedder, text)
-            span.set_attribute("llmc.sentences", len(ranked.sentences))
-        candidate = picked(ranked, entities)
         coder = self.coder
+        model = None
         if coder is not None:
-            coded = await fit_coded(
+            await coder.engine.start()
+            model = coder.engine.identity
+        # Before any embedding: no body the target leaves room for can hold a sentence.
+        structure = read_structure(text)
+        room = body_room(data, target, model, coder)
+        best_ratio = BEST_RATIO_CODED if coder is not None else BEST_RATIO_PACKED
+        smallest = Ranked(structure, []).smallest_whole()
+        if smallest == 0 or room * best_ratio < smallest:
+            raise TooShort(_too_short(text, opts, room, smallest))
+        with clock.stage("semantic.rank") as span:
+            ranked = await asyncio.to_thread(rank_text, self.embedder, text, entities, structure)
+            span.set_attribute("llmc.sentences", len(structure.units))
+        candidate = picked(ranked, entities)
+        found = None
+        if coder is not None:
+            found = await fit_coded(
                 coder,
                 data,
                 target,
@@ -245,14 +303,19 @@ class SemanticCodec:
                 extractive=True,
                 backend=coder.engine.name,
             )
-            if coded is not None:
-                return coded
-        with clock.stage("semantic.facts"):
-            body = fit_packed(candidate, len(data), data, target)
-        body.extractive = True
-        plain = unpack_body(body)
-        plain.extractive = True
-        return Encoded(envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body)), plain
+        if found is not None:
+            encoded, plain = found
+        else:
+            with clock.stage("semantic.facts"):
+                body = fit_packed(candidate, len(data), data, target)
+            body.extractive = True
+            plain = unpack_body(body)
+            plain.extractive = True
+            encoded = Encoded(envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body))
+        # The minimum content rule: a body of facts alone is an empty shell, not a summary.
+        if not ranked.holds_whole(plain.summary):
+            raise TooShort(_too_short(text, opts, room, smallest))
+        return encoded, plain, ranked.document
 
     async def _expand(
         self, body: pb.SemanticBody, original_bytes: int, tier: str | None

@@ -2,27 +2,33 @@
 
 `fit_words` trims an abstractive summary word by word (brotli-packed body);
 `fit_packed` picks how many ranked sentences an extractive body keeps;
-`fit_coded` does either for a body coded by the LOSSLESS coder, whose size is
-only known after a coding pass. Facts are never dropped: a text dense with
-entities can miss the target; it never loses them.
+`fit_coded` does either for a body coded by the LOSSLESS coder in one coding
+pass: a brotli estimate picks what to code, the pass gives the exact coded size
+of every prefix of whole pieces, and the longest that fits is kept (then one
+decode pass verifies it). Sentences (or summary words) come first and facts
+get the room they leave, most wanted kinds first; only a coded abstractive body
+(`trimmed`, a rarely chosen variant) still stores every fact its summary misses.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import brotli
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ...entities import Entity, missing_entities
+from ...entities import Entity
 from ...envelope import ModelIdentity, seal
-from ...extractive import Ranked
+from ...extractive import Ranked, pieces
 from ...stages import StageClock
 from ...summarize import trim_words
 from .. import CompressOptions, Encoded
 from ..lossless import LosslessCodec
 from . import summary_coding
-from .body import pack_body, pack_body_off_loop, residual_facts
+from .body import leftover_facts, pack_body, pack_body_off_loop, residual_facts
 
 log = logging.getLogger(__name__)
 
@@ -31,49 +37,85 @@ _PACKED_FRACTION = 0.8
 # Assumed raw/coded size of a summary plus facts under the LOSSLESS coder, for
 # the summary's budget; fit_coded measures the real one.
 _CODED_RATIO = 3.5
-# Assumed raw/coded size of a summary plus facts under the LOSSLESS coder: a
-# first guess only (measured 2.7-5.5x on the bench passages, rising with
-# length as the model gains context); the fit measures the real one after the
-# first coding pass.
-_CODED_RATIO_MAX = 5.0
-# Coding passes the fit may spend to meet the target size (each costs about
-# a token-by-token pass over the summary).
-_CODED_PASSES = 3
+# The coder's output against brotli -q5's on an extract: 2.4-3.4x smaller, mean 2.8, on
+# development texts (chats, a log, bench.semantic's default passages; not the evaluation
+# set), most on short chat extracts. Only the choice of what to code rests on it; the
+# coding pass then measures.
+_BROTLI5_OVER_CODED = 2.8
+# Aim a little under the room: when the estimate is short the coded text is cut at a piece
+# boundary and loses its last pieces (in the original's order), when long only its
+# lowest-ranked ones stay out.
+_AIM = 0.95
+# The most raw text shrinks in a body, coded (above the best measured on the bench
+# passages) or brotli-packed (a short sentence, with brotli's dictionary): a body room
+# smaller than a sentence over this cannot hold that sentence.
+BEST_RATIO_CODED = 6.0
+BEST_RATIO_PACKED = 1.5
 
-# The text size knob of a candidate body -> (summary, residual facts).
-Candidate = Callable[[int], tuple[str, list[Entity]]]
+
+@dataclass(frozen=True)
+class Cut:
+    """A candidate body: the summary cut at its piece boundaries, and the facts to store."""
+
+    pieces: list[str]
+    facts: list[Entity]
+
+    @property
+    def summary(self) -> str:
+        return "".join(self.pieces)
+
+
+# The text size knob of a candidate body -> the body.
+Candidate = Callable[[int], Cut]
 
 
 def trimmed(summary: str, entities: list[Entity]) -> Candidate:
-    """Candidates of an abstractive summary: its first n words."""
+    """Candidates of an abstractive summary: its first n words (pieces: a word each)."""
+    words = summary.split()
 
-    def candidate(n: int) -> tuple[str, list[Entity]]:
-        cut = trim_words(summary, n)
-        return cut, residual_facts(cut, entities)
+    def candidate(n: int) -> Cut:
+        pieces = [w if i == 0 else f" {w}" for i, w in enumerate(words[:n])]
+        return Cut(pieces, residual_facts(trim_words(summary, n), entities))
 
     return candidate
 
 
 def picked(ranked: Ranked, entities: list[Entity]) -> Candidate:
-    """Candidates of an extract: the best-ranked sentences that fit in n bytes, in order."""
+    """Candidates of an extract: the best-ranked sentences that fit in n bytes, in the
+    original's structure (pieces: a unit each), then the facts they miss that fit in what
+    is left."""
 
-    def candidate(n: int) -> tuple[str, list[Entity]]:
-        cut = ranked.pick(n)
-        return cut, residual_facts(cut, entities)
+    def candidate(n: int) -> Cut:
+        chosen = ranked.select(n)
+        parts = pieces(ranked.structure, chosen.units, chosen.stamped)
+        used = sum(len(p.encode("utf-8")) for p in parts)
+        room = n - used - len(summary_coding.FACTS_MARK)
+        return Cut(parts, leftover_facts("".join(parts), entities, room))
 
     return candidate
 
 
-async def summary_budget(
-    data: bytes, target: float, entities: list[Entity], model: ModelIdentity, coded: bool
+def body_room(
+    data: bytes, target: float, model: ModelIdentity | None, coder: LosslessCodec | None
 ) -> float:
-    """Raw summary bytes to ask the model for: the room the envelope leaves after its header
-    and the facts alone, over the size a summary packs (or codes) to. A little more than
-    fits raw; `fit_words` or `fit_coded` trims it to the real size afterwards."""
+    """Bytes the target size leaves for the body after the envelope's header (coded bodies
+    also carry the coder's fingerprint)."""
+    if coder is None:
+        empty = pb.SemanticBody(extractive=True)
+    else:
+        empty = pb.SemanticBody(
+            coded=pb.LosslessBody(fingerprint=coder.fingerprint, n_tokens=1), extractive=True
+        )
+    return target - len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=empty), model))
+
+
+async def summary_budget(data: bytes, target: float, model: ModelIdentity, coded: bool) -> float:
+    """Raw summary bytes to ask the model for: the room the envelope leaves after its header,
+    over the size a summary packs (or codes) to. A little more than fits raw; `fit_words` or
+    `fit_coded` trims it to the real size afterwards, and facts get what is left."""
     overhead = len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC), model))
-    facts_only = len((await pack_body_off_loop("", entities)).SerializeToString())
     fraction = 1 / _CODED_RATIO if coded else _PACKED_FRACTION
-    return (target - overhead - facts_only) / fraction
+    return (target - overhead) / fraction
 
 
 def fit_packed(candidate: Candidate, hi: int, data: bytes, target: float) -> pb.SemanticBody:
@@ -81,7 +123,8 @@ def fit_packed(candidate: Candidate, hi: int, data: bytes, target: float) -> pb.
     smallest when none does: facts are never dropped)."""
 
     def size(n: int, quality: int) -> tuple[pb.SemanticBody, int]:
-        body = pack_body(*candidate(n), quality)
+        cut = candidate(n)
+        body = pack_body(cut.summary, cut.facts, quality)
         body.extractive = True
         env = pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body)
         return body, len(seal(data, env))
@@ -112,71 +155,58 @@ async def fit_coded(
     extractive: bool,
     backend: str,
 ) -> tuple[Encoded, pb.SemanticBody] | None:
-    """The largest candidate (size knob 0..`hi`) whose coded envelope meets the target
-    size, as (the encoded envelope, its plain body); None when the coder cannot store
-    it exactly (the caller packs with brotli instead).
-
-    Coded sizes are only known after a coding pass, so the raw size is chosen from
-    an assumed coded ratio, which the first pass then measures; at most
-    `_CODED_PASSES` passes, keeping the largest that fits (or the smallest).
-    """
+    """The longest prefix (of whole pieces) of a candidate (size knob 0..`hi`) whose coded
+    envelope meets the target size, as (the encoded envelope, its plain body), in one
+    coding pass and one verifying decode; None when the coder cannot store it exactly (the
+    caller packs with brotli instead). No prefix fits: the empty body (the caller's
+    minimum content rule sends the text on)."""
     await coder.engine.start()
     model = coder.engine.identity
 
-    def envelope_size(body: pb.SemanticBody) -> int:
-        return len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body), model))
+    def envelope_size(body: pb.LosslessBody) -> int:
+        semantic = pb.SemanticBody(coded=body, extractive=extractive)
+        return len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=semantic), model))
 
-    empty = pb.SemanticBody(
-        coded=pb.LosslessBody(fingerprint=coder.fingerprint, n_tokens=1), extractive=extractive
-    )
-    room = max(target - envelope_size(empty) - 2, 1.0)
-    # Longer texts code better: ~2.7x at 300 raw bytes, ~5x at 2 KB.
-    ratio = min(_CODED_RATIO_MAX, 2.5 / max(1.0 - room / 800, 0.5))
-    tried: dict[int, tuple[int, str, summary_coding.CodedSummary]] = {}
+    room = target - envelope_size(pb.LosslessBody(fingerprint=coder.fingerprint, n_tokens=1))
 
-    def layout(n: int) -> str | None:
-        return summary_coding.coded_text(*candidate(n))
+    def estimate(cut: Cut) -> float:
+        text = cut.summary + "".join(summary_coding.fact_pieces(cut.facts))
+        return len(brotli.compress(text.encode("utf-8"), quality=5)) / _BROTLI5_OVER_CODED
 
-    for _ in range(_CODED_PASSES):
-        limit = room * ratio
-        lo, top, n = 0, hi, 0
-        while lo <= top:
-            mid = (lo + top) // 2
-            text = layout(mid)
-            if text is None:
-                return None
-            if len(text.encode("utf-8")) <= limit:
-                n, lo = mid, mid + 1
-            else:
-                top = mid - 1
-        if n in tried:
-            break
-        text = layout(n)
-        if text is None:
-            return None
-        with clock.stage("semantic.code", **{"llmc.bytes": len(text.encode("utf-8"))}):
-            coded = await summary_coding.code(coder, text)
-        if coded is None:
-            return None
-        body = pb.SemanticBody(coded=coded.body, extractive=extractive)
-        size = envelope_size(body)
-        tried[n] = (size, text, coded)
-        if size <= target and (size >= 0.92 * target or n >= hi):
-            break
-        # The measured ratio, a little under so the next pass lands inside.
-        ratio = coded.text_bytes / max(size - (target - room), 1) * 0.97
-    fitting = [n for n, (size, _, _) in tried.items() if size <= target]
-    best = max(fitting) if fitting else min(tried, key=lambda n: tried[n][0])
-    _, text, coded = tried[best]
+    lo, top, n = 0, hi, 0
+    while lo <= top:
+        mid = (lo + top) // 2
+        if estimate(candidate(mid)) <= room * _AIM:
+            n, lo = mid, mid + 1
+        else:
+            top = mid - 1
+    cut = candidate(n)
+    if summary_coding.coded_text(cut.summary, cut.facts) is None:
+        return None
+    parts = cut.pieces + summary_coding.fact_pieces(cut.facts)
+    raw = sum(len(p.encode("utf-8")) for p in parts)
+    with clock.stage("semantic.code", **{"llmc.bytes": raw}):
+        found = await summary_coding.code_prefixes(coder, parts, int(room) + 8)
+    if found is None:
+        return None
+    tokens, prefixes = found.tokens, found.prefixes
+
+    def body_of(prefix: summary_coding.Prefix) -> pb.LosslessBody:
+        return pb.LosslessBody(
+            fingerprint=found.fingerprint, stream=prefix.stream, n_tokens=prefix.tokens
+        )
+
+    fitting = [p for p in prefixes if envelope_size(body_of(p)) <= target]
+    best = max(fitting, key=lambda p: p.pieces) if fitting else prefixes[0]
     if opts.verify:
-        with clock.stage("semantic.verify"):
-            exact = await summary_coding.round_trips(coder, coded, text)
+        with clock.stage("semantic.verify", **{"llmc.tokens": best.tokens}):
+            exact = await summary_coding.decodes_to(coder, body_of(best), tokens[: best.tokens])
         if not exact:
             log.error("SEMANTIC coded summary did not round-trip; packing it with brotli")
             return None
-    plain = summary_coding.parse_coded_text(text)
+    plain = summary_coding.parse_coded_text("".join(parts[: best.pieces]))
     plain.extractive = extractive
-    body = pb.SemanticBody(coded=coded.body, extractive=extractive)
+    body = pb.SemanticBody(coded=body_of(best), extractive=extractive)
     encoded = Encoded(
         envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body), model=model, backend=backend
     )
@@ -191,41 +221,37 @@ async def fit_words(
     model: ModelIdentity,
     words: int,
 ) -> pb.SemanticBody:
-    """Drop trailing summary words until the envelope meets the target size.
+    """The most summary words whose envelope meets the target size, then the facts they
+    miss while they still fit (most wanted kinds first: `leftover_facts`'s order).
 
-    Facts are never dropped, and at least a few words always remain, so a
-    text dense with entities can miss the target ratio; it never loses them.
+    At least a few words always remain, so a text can miss the target ratio; it never
+    loses its summary to its facts.
     """
     split = summary.split()
     # Everything in the envelope but its body is the same for every cut: seal once.
     sealed = pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=pb.SemanticBody())
     seal(data, sealed, model)
 
-    def estimate(n: int) -> int:
-        # A fast brotli level and the facts a substring test finds (residual_facts
-        # without its extraction pass): close to the exact size at a fraction of the CPU.
-        cut = " ".join(split[:n])
-        sealed.semantic.CopyFrom(pack_body(cut, missing_entities(cut, entities), 5))
+    def size(cut: str, facts: list[Entity], quality: int) -> int:
+        sealed.semantic.CopyFrom(pack_body(cut, facts, quality))
         return len(sealed.SerializeToString(deterministic=True))
 
-    async def exact(n: int) -> tuple[pb.SemanticBody, int]:
-        cut = trim_words(summary, n)
-        body = await pack_body_off_loop(cut, residual_facts(cut, entities))
-        env = pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body)
-        return body, len(seal(data, env, model))
-
-    # Binary search on the estimates, then one exact pack (q11, exact facts) of
-    # the winner, stepping back a word at a time in the rare case it is larger.
+    # Binary search on a fast brotli level, then exact (q11) sizes, stepping back a word
+    # at a time in the rare case the winner is larger.
     floor = min(words, 8)
     lo, hi, fit = floor, words, floor
     while lo <= hi:
         mid = (lo + hi) // 2
-        if estimate(mid) <= target:
+        if size(" ".join(split[:mid]), [], 5) <= target:
             fit, lo = mid, mid + 1
         else:
             hi = mid - 1
-    body, size = await exact(fit)
-    while size > target and fit > floor:
+    cut = trim_words(summary, fit)
+    while size(cut, [], 11) > target and fit > floor:
         fit -= 1
-        body, size = await exact(fit)
-    return body
+        cut = trim_words(summary, fit)
+    facts: list[Entity] = []
+    for fact in leftover_facts(cut, entities, int(target)):
+        if size(cut, [*facts, fact], 11) <= target:
+            facts.append(fact)
+    return await pack_body_off_loop(cut, facts)

@@ -1,16 +1,26 @@
 """SEMANTIC bodies coded with the LOSSLESS coder: the summary and facts as one model-coded text.
 
 The coder compresses the summary 3-5x on these passages where brotli gets
-~2x, so at the same envelope size the summary keeps about twice the text.
+~2x, so at the same envelope size the summary keeps about twice the text. The
+text is coded in pieces (an extract's units, a summary's words, a fact line),
+each tokenized on its own, so every piece boundary is a token boundary: one
+coding pass then gives the exact coded stream of every prefix of whole pieces
+(`code_prefixes`), and the fit takes the longest that fits.
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import constriction
+import numpy as np
+import numpy.typing as npt
 
 from llmcompress.v1 import compression_pb2 as pb
 
+from ...coding.rows import StopCoding
 from ...entities import Entity
 from ...errors import DataLoss
 from ..lossless import LosslessCodec
@@ -31,6 +41,11 @@ def coded_text(summary: str, facts: list[Entity]) -> str | None:
     return summary + FACTS_MARK + "\n".join(f"{f.kind}\t{f.text}" for f in facts)
 
 
+def fact_pieces(facts: list[Entity]) -> list[str]:
+    """`coded_text`'s facts section cut at its lines (the first carries the mark)."""
+    return [(FACTS_MARK if i == 0 else "\n") + f"{f.kind}\t{f.text}" for i, f in enumerate(facts)]
+
+
 def parse_coded_text(text: str) -> pb.SemanticBody:
     summary, mark, rest = text.partition(FACTS_MARK)
     body = pb.SemanticBody(summary=summary)
@@ -41,21 +56,6 @@ def parse_coded_text(text: str) -> pb.SemanticBody:
                 raise DataLoss("the SEMANTIC envelope's coded facts are malformed: it is corrupted")
             body.facts.append(pb.Entity(kind=kind, text=value))
     return body
-
-
-@dataclass(frozen=True)
-class CodedSummary:
-    body: pb.LosslessBody
-    text_bytes: int
-
-
-async def code(coder: LosslessCodec, text: str) -> CodedSummary | None:
-    """`text` coded by the model; None when the tokenizer does not round-trip it."""
-    data = text.encode("utf-8")
-    tokens, round_trips = await coder.engine.run(functools.partial(coder.tokenize, data))
-    if not round_trips:
-        return None
-    return CodedSummary(await coder.encode_tokens(tokens), len(data))
 
 
 async def decode_text(coder: LosslessCodec, env: pb.Envelope) -> str:
@@ -69,9 +69,7 @@ async def decode_text(coder: LosslessCodec, env: pb.Envelope) -> str:
     # the original; the slack covers the layout's separators.
     bound = 2 * env.original_length + 1024
     tokens = await coder.decode_tokens(coded, bound)
-    data: bytes = await coder.engine.run(
-        lambda worker: worker.llama.detokenize(tokens, special=False)
-    )
+    data = await coder.detokenize(tokens)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -80,13 +78,96 @@ async def decode_text(coder: LosslessCodec, env: pb.Envelope) -> str:
         ) from None
 
 
-async def round_trips(coder: LosslessCodec, coded: CodedSummary, text: str) -> bool:
-    """Decode what was just coded: True only when it gives `text` back exactly."""
+@dataclass(frozen=True)
+class Prefix:
+    """The coded stream of the text's first `pieces` pieces (`tokens` tokens)."""
+
+    pieces: int
+    tokens: int
+    stream: bytes
+
+
+class PrefixEncoder:
+    """Range-codes a known token sequence (the coder side of one stream), keeping the coded
+    stream at each of `boundaries` (token counts): a prefix of one coding pass codes exactly
+    like that prefix alone, so each is a complete stream for its tokens. Stops the job once
+    the stream passes `limit` bytes."""
+
+    _FAMILY = constriction.stream.model.Categorical(perfect=False)
+
+    def __init__(self, tokens: Sequence[int], boundaries: Sequence[int], limit: int) -> None:
+        self.tokens = tokens
+        self.boundaries = set(boundaries)
+        self.limit = limit
+        self.streams: dict[int, bytes] = {0: b""}
+        self._i = 0
+        self._encoder = constriction.stream.queue.RangeEncoder()
+        self._symbol = np.empty(1, dtype=np.int32)
+
+    def code(self, weights: npt.NDArray[Any]) -> int:
+        token = self.tokens[self._i]
+        self._symbol[0] = token
+        self._encoder.encode(self._symbol, self._FAMILY, weights.reshape(1, -1))
+        self._i += 1
+        if self._i in self.boundaries:
+            words: npt.NDArray[np.uint32] = self._encoder.get_compressed()
+            self.streams[self._i] = words.astype("<u4", copy=False).tobytes()
+            if 4 * len(words) > self.limit:
+                raise StopCoding
+        return token
+
+
+async def _tokenize_pieces(coder: LosslessCodec, pieces: Sequence[str]) -> list[list[int]] | None:
+    out = []
+    for piece in pieces:
+        tokens, exact = await coder.tokenize(piece.encode("utf-8"))
+        if not exact:
+            return None
+        out.append(tokens)
+    return out
+
+
+@dataclass(frozen=True)
+class CodedPrefixes:
+    """One coding pass over a text's pieces: its tokens, the coded stream of every prefix
+    of whole pieces, and the fingerprint they decode with."""
+
+    tokens: list[int]
+    prefixes: list[Prefix]
+    fingerprint: pb.EngineFingerprint
+
+
+async def code_prefixes(
+    coder: LosslessCodec, pieces: Sequence[str], limit: int
+) -> CodedPrefixes | None:
+    """One token-by-token coding pass over `pieces`, each tokenized on its own, keeping the
+    coded stream of every prefix of whole pieces up to the first past `limit` bytes.
+    None when a piece does not round-trip through the tokenizer, or the text is longer than
+    one context (n_ctx): the caller packs with brotli, or codes it whole."""
+    split = await _tokenize_pieces(coder, pieces)
+    if split is None:
+        return None
+    tokens = [t for part in split for t in part]
+    if len(tokens) > coder.n_ctx:
+        return None
+    ends = list(np.cumsum([len(part) for part in split]))
+    encoder = PrefixEncoder(tokens, ends, limit)
+    fingerprint = await coder.code_stream(encoder, len(tokens))
+    prefixes = [Prefix(0, 0, b"")]
+    prefixes += [
+        Prefix(k + 1, int(end), encoder.streams[int(end)])
+        for k, end in enumerate(ends)
+        if int(end) in encoder.streams and end > 0
+    ]
+    return CodedPrefixes(tokens, prefixes, fingerprint)
+
+
+async def decodes_to(coder: LosslessCodec, body: pb.LosslessBody, tokens: Sequence[int]) -> bool:
+    """Decode a coded stream: True only when it gives exactly `tokens` back (verify)."""
+    if not tokens:
+        return not body.stream
     try:
-        tokens = await coder.decode_tokens(coded.body, 2 * coded.text_bytes + 1024)
+        back = await coder.decode_tokens(body, len(tokens))
     except DataLoss:
         return False
-    data: bytes = await coder.engine.run(
-        lambda worker: worker.llama.detokenize(tokens, special=False)
-    )
-    return data == text.encode("utf-8")
+    return back == list(tokens)

@@ -1,0 +1,152 @@
+"""SEMANTIC never hands back an empty shell (issue 19): the quality gate runs on every compress,
+a body holds at least one whole sentence of the original, and a text too short for its target
+ratio is stored exactly, not degraded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+from llmcompress_server.app import build_codecs
+from llmcompress_server.backends.embedded import EmbeddedEngine
+from llmcompress_server.codecs import CompressOptions, TooShort
+from llmcompress_server.codecs.semantic import SemanticCodec
+from llmcompress_server.domain import Mode
+from llmcompress_server.envelope import open_envelope, seal
+from llmcompress_server.extractive import read_structure
+from llmcompress_server.quality import body_of
+from llmcompress_server.stages import StageClock
+from tests.conftest import StartServer, make_config
+from tests.test_semantic import GarbageBackend, passage
+
+
+def whole_sentences(text: str) -> list[str]:
+    """The original's whole sentences and lines (what a body must hold at least one of)."""
+    s = read_structure(text)
+    return [u.text for u in s.units if u.whole and not s.blocks[u.block].header]
+
+
+def holds_a_sentence(reconstruction: str, original: str) -> bool:
+    flat = " ".join(body_of(reconstruction).split())
+    return any(" ".join(t.split()) in flat for t in whole_sentences(original))
+
+
+def rabbit_scene(corpus: list[dict[str, str]]) -> str:
+    """Issue 19's text: the first ~700 bytes of the rabbit scene in chapter 1, cut at a line."""
+    text = passage(corpus, "alice29-0137")
+    return text[: text.rindex("\n", 0, 700)]
+
+
+# ---- the gate's switch (no model: extractive with brotli bodies) ----------------------------
+
+
+@pytest.mark.parametrize("gate", ["always", "on_request"])
+async def test_quality_gate_switch(gate: str, corpus: list[dict[str, str]]) -> None:
+    """`always` (the default) scores every compress; `on_request` keeps the old behaviour:
+    scored only when the request sets evaluate_quality."""
+    config = make_config(
+        compression={
+            "semantic_summary": "extractive",
+            "semantic_coder": "brotli",
+            "quality_gate": gate,
+        }
+    )
+    codec = SemanticCodec(GarbageBackend("unused"), config)
+    text = passage(corpus, "lcet10-0034")
+    for asked in (False, True):
+        clock = StageClock()
+        opts = CompressOptions(target_ratio=4, evaluate_quality=asked)
+        encoded = await codec.encode(text, opts, clock)
+        gated = gate == "always" or asked
+        assert [n for n, _ in clock.timings].count("semantic.gate") == int(gated)
+        assert (encoded.quality is not None) == gated
+        if encoded.quality is not None:
+            assert encoded.quality.overall >= config.model.quality_threshold
+
+
+async def test_too_short_for_its_target(corpus: list[dict[str, str]]) -> None:
+    """A target that leaves the body no room for a sentence is refused with TooShort (the
+    pipeline then stores the text exactly): before any embedding when no body that small
+    could hold one, else after the fit finds none fits (the minimum content rule)."""
+    config = make_config(compression={"semantic_summary": "extractive", "semantic_coder": "brotli"})
+    codec = SemanticCodec(GarbageBackend("unused"), config)
+    text = passage(corpus, "alice29-0137")
+    for target, ranked in ((64, False), (32, True)):
+        clock = StageClock()
+        with pytest.raises(TooShort) as short:
+            await codec.encode(text, CompressOptions(target_ratio=target), clock)
+        assert "too few for a whole sentence" in short.value.reason
+        assert ("semantic.rank" in [n for n, _ in clock.timings]) == ranked
+
+
+# ---- the real model --------------------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_rabbit_scene_gets_a_sentence_or_an_exact_mode(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    """Issue 19's round trip: a plain Compress (no evaluate_quality) at the default target of
+    a 500-900 B passage never returns a body without a sentence."""
+    app = await start_server()
+    texts = [rabbit_scene(corpus), passage(corpus, "alice29-0149")]
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        for text in texts:
+            assert 500 <= len(text.encode("utf-8")) <= 900
+            resp = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC))
+            back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
+            stats = resp.stats
+            if stats.mode == pb.MODE_SEMANTIC:
+                assert holds_a_sentence(back.text, text), back.text
+                assert stats.quality.overall >= app.config.model.quality_threshold
+            else:
+                # Stored exactly: a chosen mode, not a failure, and the reason says why.
+                assert stats.mode in (pb.MODE_LOSSLESS, pb.MODE_ZSTD) and back.exact
+                assert back.text == text
+                assert not stats.degraded and "stored exactly" in stats.reason, stats.reason
+
+
+@pytest.mark.model
+@pytest.mark.timeout(3600)
+async def test_no_empty_body_over_short_passages(corpus: list[dict[str, str]]) -> None:
+    """Every corpus passage under 1.5 KB at targets 8 and 16 through the default SEMANTIC codec
+    (extractive, model-coded): a SEMANTIC result always holds a whole sentence; the rest are
+    too short for the target (stored exactly by the pipeline)."""
+    config = make_config(model={"embedded": {"workers": 2}})
+    engine = EmbeddedEngine(config.model.embedded)
+    await engine.start()
+    codec = build_codecs(config, engine, engine)[Mode.SEMANTIC]
+    assert isinstance(codec, SemanticCodec)
+    short = [row for row in corpus if len(row["text"].encode("utf-8")) < 1536]
+    gate = asyncio.Semaphore(2)
+    outcomes: dict[str, int] = {"semantic": 0, "too short": 0, "below quality": 0}
+
+    async def one(text: str, target: float) -> None:
+        async with gate:
+            try:
+                encoded = await codec.encode(
+                    text, CompressOptions(target_ratio=target), StageClock()
+                )
+            except TooShort:
+                outcomes["too short"] += 1
+                return
+            except Exception as exc:  # BelowQuality: the pipeline falls back; not a body
+                assert type(exc).__name__ == "BelowQuality", exc
+                outcomes["below quality"] += 1
+                return
+            blob = seal(text.encode("utf-8"), encoded.envelope, encoded.model)
+            back = await codec.decode(open_envelope(blob), StageClock())
+            assert holds_a_sentence(back.text, text), (target, back.text)
+            outcomes["semantic"] += 1
+
+    try:
+        await asyncio.gather(*(one(row["text"], t) for row in short for t in (8.0, 16.0)))
+    finally:
+        await engine.close()
+    assert sum(outcomes.values()) == 2 * len(short)
+    assert outcomes["semantic"] > 0, outcomes
