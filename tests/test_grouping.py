@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
+import grpc
+
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.backends import ChatResult
 from llmcompress_server.envelope import ModelIdentity
 from llmcompress_server.grouping import SharedSummary, StreamGroups, adapt, substitutions
-from tests.conftest import load_corpus
+from tests.conftest import SimFactory, StartServer, load_corpus, make_config
+from tests.sim_ollama import SimOllama
 
 LEADER = (
     "Ticket 48213: the printer on floor 3 jams every Monday since March 4, reported by "
@@ -87,3 +96,122 @@ async def test_members_get_the_published_summary_or_none() -> None:
     other = groups.join("3", "A different text entirely, about gardens and bees.", ())
     other.group.close()  # its leader finished without a summary
     assert await other.group.summary() is None
+
+
+# ---- BatchCompress over gRPC, against the simulated Ollama -----------------------------
+
+GROUPS, VARIANTS = 50, 4
+
+
+def near_duplicate_items(corpus: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(id, ticket, text): each of 50 passages 4 times, each copy with its own ticket."""
+    chosen = [p for p in corpus if len(p["text"].split()) >= 40][:GROUPS]
+    assert len(chosen) == GROUPS
+    items = []
+    for g, p in enumerate(chosen):
+        for v in range(VARIANTS):
+            ticket = str(20_000 + 7 * (g * VARIANTS + v))
+            items.append((f"{p['id']}#{v}", ticket, f"Ticket {ticket}: {p['text']}"))
+    return items
+
+
+@dataclass
+class BatchRun:
+    answers: list[pb.BatchCompressResponse]
+    calls: int  # the simulator's model calls (chat and embed) during the stream
+
+    @property
+    def per_item(self) -> float:
+        return self.calls / len(self.answers)
+
+
+async def batch_run(
+    start_server: StartServer, sim: SimOllama, items: list[tuple[str, str, str]], **comp: Any
+) -> tuple[BatchRun, pb_grpc.CompressionServiceStub, grpc.aio.Channel]:
+    config = make_config(
+        model={"backend": "ollama", "ollama": {"endpoints": [sim.url]}},
+        performance={"max_concurrent": 8, "max_queue": 256},
+        compression={"default_mode": "semantic", "target_ratio": 2.0, **comp},
+        cache={"enabled": False},
+        llm={"rate_limit": 0, "fallback_embedded": False, "health_interval": 0},
+    )
+    app = await start_server(config)
+    channel = grpc.aio.insecure_channel(app.address)
+    stub = pb_grpc.CompressionServiceStub(channel)
+
+    async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+        for item_id, _, text in items:
+            yield pb.BatchCompressRequest(id=item_id, request=pb.CompressRequest(text=text))
+
+    before = sim.stats.calls
+    answers = [a async for a in stub.BatchCompress(requests())]
+    return BatchRun(answers, sim.stats.calls - before), stub, channel
+
+
+async def own_tickets(
+    stub: pb_grpc.CompressionServiceStub,
+    items: list[tuple[str, str, str]],
+    answers: list[pb.BatchCompressResponse],
+) -> None:
+    """Every envelope reconstructs alone to a text with its own ticket and no other."""
+    tickets = {item_id: ticket for item_id, ticket, _ in items}
+    every = set(tickets.values())
+    for answer in answers:
+        assert answer.WhichOneof("outcome") == "result", answer.error.message
+        back = await stub.Reconstruct(pb.ReconstructRequest(envelope=answer.result.envelope))
+        assert set(re.findall(r"\d+", back.text)) & every == {tickets[answer.id]}, answer.id
+
+
+async def test_batch_groups_share_one_summary_call(
+    start_server: StartServer, sim_ollama: SimFactory, corpus: list[dict[str, str]]
+) -> None:
+    """As the issue was written (quality gate on request): at most 0.4 calls per item
+    grouped, about one ungrouped; every item keeps its own ticket."""
+    sim = await sim_ollama(slots=8)
+    items = near_duplicate_items(corpus)
+    grouped, stub, channel = await batch_run(start_server, sim, items, quality_gate="on_request")
+    async with channel:
+        assert len(grouped.answers) == len(items)
+        stats = {a.id: a.result.stats for a in grouped.answers}
+        assert all(s.mode == pb.MODE_SEMANTIC for s in stats.values())
+        # Each group is its first item's; its members hold the shared summary.
+        for item_id, _, _ in items:
+            passage, variant = item_id.split("#")
+            assert stats[item_id].group == f"{passage}#0"
+            assert stats[item_id].shared_summary == (variant != "0")
+        assert grouped.per_item <= 0.4, grouped.calls
+        await own_tickets(stub, items, grouped.answers)
+
+    ungrouped, stub, channel = await batch_run(
+        start_server, sim, items, quality_gate="on_request", group_similar_threshold=0
+    )
+    async with channel:
+        assert not any(a.result.stats.group for a in ungrouped.answers)
+        assert 0.95 <= ungrouped.per_item <= 1.1, ungrouped.calls
+        await own_tickets(stub, items, ungrouped.answers)
+
+
+async def test_batch_groups_share_the_gates_expansion(
+    start_server: StartServer, sim_ollama: SimFactory, corpus: list[dict[str, str]]
+) -> None:
+    """With the default gate (every item scored): a member's score costs its embedding
+    only, the leader's summary and expansion are shared."""
+    sim = await sim_ollama(slots=8)
+    items = near_duplicate_items(corpus)
+    grouped, stub, channel = await batch_run(start_server, sim, items)
+    async with channel:
+        scored = [a.result.stats for a in grouped.answers]
+        assert all(s.HasField("quality") for s in scored)
+        members = [s for s in scored if s.group and s.shared_summary]
+        await own_tickets(stub, items, grouped.answers)
+    ungrouped, stub, channel = await batch_run(start_server, sim, items, group_similar_threshold=0)
+    async with channel:
+        await own_tickets(stub, items, ungrouped.answers)
+    print(f"calls per item, gate always: grouped {grouped.per_item:.3f} "
+          f"ungrouped {ungrouped.per_item:.3f}; members sharing {len(members)}")  # fmt: skip
+    assert len(members) == GROUPS * (VARIANTS - 1)
+    # A leader costs what an ungrouped item does (summary, expansion, embedding), a member
+    # its embedding alone: with 4 to a group, about half the calls (a few retries aside).
+    leaders = ungrouped.calls / VARIANTS
+    assert grouped.calls <= 1.05 * (leaders + len(members)), (grouped.calls, ungrouped.calls)
+    assert grouped.per_item <= 0.55 * ungrouped.per_item

@@ -106,7 +106,8 @@ class BatchRunner:
                 if membership is not None:
                     stats = response.result.stats
                     stats.group = membership.group.leader_id
-                    stats.shared_summary = membership.shared
+                    # A fallback to another mode stores no summary at all.
+                    stats.shared_summary = membership.shared and stats.mode == pb.MODE_SEMANTIC
                 return response
             except asyncio.CancelledError:
                 raise

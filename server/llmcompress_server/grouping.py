@@ -35,26 +35,37 @@ class SharedSummary:
 
 
 class Group:
-    """One group of near-duplicates: its leader's id, and the summary its members await."""
+    """One group of near-duplicates: its leader's id, and what its members await from the
+    leader: the summary, then (quality gate on) the leader's reconstruction of it."""
 
     def __init__(self, leader_id: str) -> None:
         self.leader_id = leader_id
         self.members = 1
-        self._summary: asyncio.Future[SharedSummary | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        self._summary: asyncio.Future[SharedSummary | None] = loop.create_future()
+        self._rebuilt: asyncio.Future[str | None] = loop.create_future()
 
     def publish(self, shared: SharedSummary | None) -> None:
         """The leader's summary (None: it has none); only the first call counts."""
         if not self._summary.done():
             self._summary.set_result(shared)
 
+    def publish_rebuilt(self, rebuilt: str | None) -> None:
+        """The leader's reconstruction from the shared summary, as decode gives it back (None:
+        it has none); only the first call counts."""
+        if not self._rebuilt.done():
+            self._rebuilt.set_result(rebuilt)
+
     def close(self) -> None:
-        """The leader is done: members still waiting make their own summaries."""
+        """The leader is done: members still waiting make their own summaries and expansions."""
         self.publish(None)
+        self.publish_rebuilt(None)
 
     async def summary(self) -> SharedSummary | None:
         return await asyncio.shield(self._summary)
+
+    async def rebuilt(self) -> str | None:
+        return await asyncio.shield(self._rebuilt)
 
 
 @dataclass

@@ -25,6 +25,7 @@ body.py; fitting it to the target size, fit.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 
 from llmcompress.v1 import compression_pb2 as pb
@@ -36,13 +37,15 @@ from ...entities import Entity, extract_entities, missing_entities
 from ...envelope import ModelIdentity, model_name
 from ...errors import CannotEncode, PreconditionFailed
 from ...extractive import Ranked, Vector, rank_text, read_structure
-from ...quality import score
+from ...grouping import Membership, SharedSummary, adapt
+from ...quality import score, with_facts_line
 from ...stages import StageClock
 from ...summarize import (
     EXPAND_SYSTEM,
     SUMMARY_SYSTEM,
     Expansion,
     InvalidSummary,
+    Summary,
     expand,
     summarize,
     summary_messages,
@@ -173,9 +176,21 @@ class SemanticCodec:
         gate = opts.evaluate_quality or comp.quality_gate is QualityGate.ALWAYS
         # An extract takes no model call: another tier would make the same one.
         tiers: list[str | None] = [None] if self.extractive else [None, *comp.semantic_escalation]
+        # A near-duplicate's first try is its group leader's summary, adapted to its text;
+        # below the gate it makes its own, as any item does.
+        member = opts.group if opts.group is not None and not opts.group.leader else None
+        shared = None
+        if member is not None and not self.extractive:
+            with clock.stage("semantic.group", **{"llmc.group": member.group.leader_id}) as span:
+                shared = await self._shared(text, member)
+                span.set_attribute("llmc.group.shared_summary", shared is not None)
+        attempts: list[tuple[str | None, tuple[SharedSummary, str] | None]] = [
+            *([(None, shared)] if shared is not None else []),
+            *((tier, None) for tier in tiers),
+        ]
         threshold = self.config.model.quality_threshold
         best: Encoded | None = None
-        for tier in tiers:
+        for tier, adapted in attempts:
             document = None
             try:
                 if self.extractive:
@@ -183,14 +198,27 @@ class SemanticCodec:
                         text, entities, opts, clock
                     )
                 else:
-                    encoded, body = await self._encode_with(text, entities, opts, clock, tier)
+                    encoded, body = await self._encode_with(
+                        text, entities, opts, clock, tier, adapted
+                    )
             except InvalidSummary as exc:
                 raise CannotEncode(f"SEMANTIC failed: {exc}") from exc
+            if member is not None:
+                member.shared = adapted is not None
             if not gate:
                 return encoded
-            with clock.stage("semantic.gate"):
-                rebuilt, fallbacks = await self._reconstruct(body, len(text.encode("utf-8")), tier)
-                encoded.fallbacks += fallbacks
+            with clock.stage("semantic.gate") as span:
+                rebuilt = None
+                if adapted is not None:
+                    rebuilt = await self._shared_rebuilt(text, body, adapted[0], opts)
+                    span.set_attribute("llmc.group.shared_expansion", rebuilt is not None)
+                if rebuilt is None:
+                    rebuilt, fallbacks = await self._reconstruct(
+                        body, len(text.encode("utf-8")), tier
+                    )
+                    encoded.fallbacks += fallbacks
+                    if opts.group is not None and opts.group.leader and tier is None:
+                        opts.group.group.publish_rebuilt(rebuilt)
                 encoded.quality = await score(
                     text, rebuilt, entities, self.backend, self.embedder, document
                 )
@@ -199,6 +227,8 @@ class SemanticCodec:
             self.low_quality_events += 1
             if best is None or encoded.quality.overall > best.quality.overall:  # type: ignore[union-attr]
                 best = encoded
+        if member is not None:
+            member.shared = False
         assert best is not None and best.quality is not None
         tried = ", ".join(t or "default" for t in tiers)
         reason = (
@@ -214,7 +244,10 @@ class SemanticCodec:
         opts: CompressOptions,
         clock: StageClock,
         tier: str | None,
+        adapted: tuple[SharedSummary, str] | None = None,
     ) -> tuple[Encoded, pb.SemanticBody]:
+        """`adapted`: the group's shared summary and its form for this text, used instead of
+        a summary call of its own; a group leader's own summary is published to its group."""
         comp = self.config.compression
         data = text.encode("utf-8")
         # Byte budget of the whole envelope, then of the summary inside it.
@@ -230,15 +263,20 @@ class SemanticCodec:
         smallest = Ranked(read_structure(text), []).smallest_whole()
         if budget < smallest:
             raise TooShort(_too_short(text, opts, budget, smallest))
-        with clock.stage("semantic.summarize", **{"llmc.budget_bytes": int(budget)}):
-            summary = await summarize(
-                self.backend,
-                text,
-                budget,
-                retries=comp.semantic_retries,
-                temperature=comp.temperature,
-                model=tier,
-            )
+        if adapted is not None:
+            summary = Summary(adapted[1], adapted[0].result, attempts=0)
+        else:
+            with clock.stage("semantic.summarize", **{"llmc.budget_bytes": int(budget)}):
+                summary = await summarize(
+                    self.backend,
+                    text,
+                    budget,
+                    retries=comp.semantic_retries,
+                    temperature=comp.temperature,
+                    model=tier,
+                )
+            if opts.group is not None and opts.group.leader and tier is None:
+                opts.group.group.publish(SharedSummary(text, summary.text, summary.result))
         words = summary.text.split()
         if coder is not None:
             coded = await fit_coded(
@@ -316,6 +354,31 @@ class SemanticCodec:
         if not ranked.holds_whole(plain.summary):
             raise TooShort(_too_short(text, opts, room, smallest))
         return encoded, plain, ranked.document
+
+    @staticmethod
+    async def _shared(text: str, member: Membership) -> tuple[SharedSummary, str] | None:
+        """The group leader's summary and its form for `text`; None when the leader has none
+        or it states a fact of the leader's text that `text` lacks."""
+        shared = await member.group.summary()
+        if shared is None:
+            return None
+        adapted = adapt(shared, text)
+        return None if adapted is None else (shared, adapted)
+
+    async def _shared_rebuilt(
+        self, text: str, body: pb.SemanticBody, shared: SharedSummary, opts: CompressOptions
+    ) -> str | None:
+        """What this member's expansion is scored as: the leader's expansion of the shared
+        summary, adapted to `text` like the summary, with this body's entities it lacks on a
+        Facts line (as decode appends them). None: no such expansion; expand this body."""
+        assert opts.group is not None
+        rebuilt = await opts.group.group.rebuilt()
+        if rebuilt is None:
+            return None
+        adapted = adapt(dataclasses.replace(shared, summary=rebuilt), text)
+        if adapted is None:
+            return None
+        return with_facts_line(adapted, missing_entities(adapted, required_entities(body)))
 
     async def _expand(
         self, body: pb.SemanticBody, original_bytes: int, tier: str | None
