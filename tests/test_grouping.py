@@ -16,7 +16,7 @@ from llmcompress_server.backends import ChatResult
 from llmcompress_server.envelope import ModelIdentity
 from llmcompress_server.grouping import SharedSummary, StreamGroups, adapt, substitutions
 from tests.conftest import SimFactory, StartServer, load_corpus, make_config
-from tests.sim_ollama import SimOllama
+from tests.sim_ollama import SimOllama, SimOptions
 
 LEADER = (
     "Ticket 48213: the printer on floor 3 jams every Monday since March 4, reported by "
@@ -215,3 +215,62 @@ async def test_batch_groups_share_the_gates_expansion(
     leaders = ungrouped.calls / VARIANTS
     assert grouped.calls <= 1.05 * (leaders + len(members)), (grouped.calls, ungrouped.calls)
     assert grouped.per_item <= 0.55 * ungrouped.per_item
+
+
+class RecordingSim(SimOllama):
+    """The simulated Ollama, keeping the documents it was asked to summarize."""
+
+    def __init__(self) -> None:
+        super().__init__(SimOptions(slots=8))
+        self.summarized: list[str] = []
+
+    def _content(self, body: dict[str, Any]) -> str:
+        last = str((body.get("messages") or [{}])[-1].get("content", ""))
+        if "Summarize the document" in last:
+            self.summarized.append(last)
+        return super()._content(body)
+
+
+async def test_a_member_below_the_gate_makes_its_own_summary(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    """A quality bar nothing reaches: every member's shared summary scores below it, so
+    each member asks for a summary of its own text before the pipeline falls back."""
+    items = near_duplicate_items(corpus)[: 3 * VARIANTS]
+    sim = await RecordingSim().start()
+    try:
+        config = make_config(
+            model={
+                "backend": "ollama",
+                "ollama": {"endpoints": [sim.url]},
+                "quality_threshold": 0.999,
+            },
+            compression={"default_mode": "semantic", "target_ratio": 2.0},
+            cache={"enabled": False},
+            llm={"rate_limit": 0, "fallback_embedded": False, "health_interval": 0},
+        )
+        app = await start_server(config)
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            stub = pb_grpc.CompressionServiceStub(channel)
+
+            async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+                for item_id, _, text in items:
+                    yield pb.BatchCompressRequest(id=item_id, request=pb.CompressRequest(text=text))
+
+            answers = [a async for a in stub.BatchCompress(requests())]
+    finally:
+        await sim.close()
+    by_id = {a.id: a.result.stats for a in answers}
+    for item_id, ticket, _ in items:
+        stats = by_id[item_id]
+        assert stats.group == item_id.split("#")[0] + "#0"
+        assert not stats.shared_summary and stats.degraded
+        # One summary request per item, each of the item's own text.
+        assert sum(f"Ticket {ticket}:" in doc for doc in sim.summarized) == 1, item_id
+        stages = [s.stage for s in stats.stages]
+        if not item_id.endswith("#0"):
+            # Scored first under the shared summary (no summary call), then under its own.
+            assert stages.index("semantic.group") < stages.index("semantic.gate")
+            assert stages.index("semantic.gate") < stages.index("semantic.summarize")
+            assert stages.count("semantic.gate") == 2
+    assert len(sim.summarized) == len(items)
