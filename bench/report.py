@@ -348,6 +348,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
             _note(results, "overhead"),
         )
     )
+    grouping = results.get("grouping", {})
+    calls = grouping.get("calls_per_item_on_request") if grouping.get("available") else None
+    rows.append(
+        _target(
+            "BatchCompress near-duplicates: model calls per item, grouped",
+            "issue 17",
+            "<= 0.4 (gate on request)",
+            f"{calls['grouped']:.2f} (ungrouped {calls['ungrouped']:.2f})" if calls else "-",
+            None if calls is None else calls["grouped"] <= 0.4,
+            _note(results, "grouping"),
+        )
+    )
     return rows
 
 
@@ -615,11 +627,49 @@ def markdown(results: dict[str, Any]) -> str:
             "no SEMANTIC work; what it misses of the ideal is per-call client and simulator "
             "time on this machine.",
         ]
+    lines += _grouping_section(results)
     lines += ["", "## Subsets", ""]
     lines += [f"- {name}: {how}" for name, how in results["subsets"].items()]
     lines += ["", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in results.get("plots", [])]
     return "\n".join(lines) + "\n"
+
+
+def _grouping_section(results: dict[str, Any]) -> list[str]:
+    """Grouped vs ungrouped BatchCompress of near-duplicates, run side by side."""
+    data = results.get("grouping", {})
+    lines = ["", "## Near-duplicate grouping in BatchCompress (bench.grouping)", ""]
+    if not data.get("available"):
+        return [*lines, f"Not measured: {data.get('reason', 'not run')}."]
+    lines.append(
+        f"{data['items']} items: {data['groups']} passages x {data['variants']}, each with its "
+        f"own ticket number; simulated Ollama with {data['slots']} slots, "
+        f"{data['latency_s']} s/call; model calls are the simulator's count. "
+        "`own ticket` is the share of envelopes whose Reconstruct holds their own ticket "
+        "and no other."
+    )
+    lines.append("")
+    header = ["run", "items/s", "model calls/item", "groups", "shared summary",
+              "quality mean (min)", "stored", "own ticket"]  # fmt: skip
+    rows = []
+    for name, run in data["runs"].items():
+        quality = (
+            f"{run['quality_mean']:.3f} ({run['quality_min']:.3f})"
+            if run["quality_mean"] is not None
+            else "not scored"
+        )
+        stored = ", ".join(f"{k} {v}" for k, v in sorted(run["stored_modes"].items()))
+        rows.append([name, f"{run['items_per_s']:.1f}", f"{run['model_calls_per_item']:.2f}",
+                     str(run["groups"]), str(run["shared_summary"]), quality, stored,
+                     f"{run['own_ticket_kept']:.0%}"])  # fmt: skip
+    lines += _table(header, rows)
+    lines.append("")
+    lines.append(
+        "items/s grouped / ungrouped: "
+        f"{data['items_per_s_ratio_on_request']:.2f} (gate on request), "
+        f"{data['items_per_s_ratio_always']:.2f} (gate always)."
+    )
+    return lines
 
 
 def _load(values: list[float]) -> str:

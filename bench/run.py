@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "passages.jsonl"
 DEFAULT_EDGES = [1024, 2048, 4096]
 # Sections beside the per-mode tables; all but "overhead" are bench.<name> modules.
-SECTIONS = ("lossless", "semantic", "cache", "overhead")
+SECTIONS = ("lossless", "semantic", "cache", "overhead", "grouping")
 Rows = list[dict[str, str]]
 
 
@@ -349,6 +349,8 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             "bench.semantic": f"the evaluation set bench/semantic_eval (PLANS[{profile.name!r}] "
             "in bench/semantic.py)",
             "bench.cache": profile.cache_section.describe(),
+            "bench.grouping": "the first 25 passages of at least 40 words, 4 times each with "
+            "its own ticket number (100 items), against the simulated Ollama",
         },
     }
 
@@ -378,6 +380,9 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             results[name] = {"available": False, "reason": "in-process only, not with --server"}
         elif name == "overhead":
             results[name] = await overhead_section(rows, profile)
+        elif name == "grouping":
+            # Its own near-duplicate corpus, built from the passages (bench/grouping.py).
+            results[name] = await optional_section("bench.grouping", rows)
         elif name == "semantic":
             # Its own fixed set (bench/semantic_eval), not the corpus subsets.
             results[name] = await optional_section("bench.semantic", profile.name)
