@@ -642,33 +642,34 @@ def _grouping_section(results: dict[str, Any]) -> list[str]:
     if not data.get("available"):
         return [*lines, f"Not measured: {data.get('reason', 'not run')}."]
     lines.append(
-        f"{data['items']} items: {data['groups']} passages x {data['variants']}, each with its "
-        f"own ticket number; simulated Ollama with {data['slots']} slots, "
-        f"{data['latency_s']} s/call; model calls are the simulator's count. "
-        "`own ticket` is the share of envelopes whose Reconstruct holds their own ticket "
-        "and no other."
+        "Passages of at least 40 words, each sent 4 times with its own ticket number, one "
+        "group after the other; model calls are the simulator's count; `own ticket` is the "
+        "share of envelopes whose Reconstruct holds their own ticket and no other. The four "
+        "runs of a simulator are run one after the other in one process."
     )
-    lines.append("")
     header = ["run", "items/s", "model calls/item", "groups", "shared summary",
               "quality mean (min)", "stored", "own ticket"]  # fmt: skip
-    rows = []
-    for name, run in data["runs"].items():
-        quality = (
-            f"{run['quality_mean']:.3f} ({run['quality_min']:.3f})"
-            if run["quality_mean"] is not None
-            else "not scored"
-        )
-        stored = ", ".join(f"{k} {v}" for k, v in sorted(run["stored_modes"].items()))
-        rows.append([name, f"{run['items_per_s']:.1f}", f"{run['model_calls_per_item']:.2f}",
-                     str(run["groups"]), str(run["shared_summary"]), quality, stored,
-                     f"{run['own_ticket_kept']:.0%}"])  # fmt: skip
-    lines += _table(header, rows)
-    lines.append("")
-    lines.append(
-        "items/s grouped / ungrouped: "
-        f"{data['items_per_s_ratio_on_request']:.2f} (gate on request), "
-        f"{data['items_per_s_ratio_always']:.2f} (gate always)."
-    )
+    for name, setting in data["settings"].items():
+        lines += ["", f"### Simulated Ollama, {name}: {setting['items']} items", ""]
+        rows = []
+        for run_name, run in setting["runs"].items():
+            quality = (
+                f"{run['quality_mean']:.3f} ({run['quality_min']:.3f})"
+                if run["quality_mean"] is not None
+                else "not scored"
+            )
+            stored = ", ".join(f"{k} {v}" for k, v in sorted(run["stored_modes"].items()))
+            rows.append([run_name, f"{run['items_per_s']:.1f}",
+                         f"{run['model_calls_per_item']:.2f}", str(run["groups"]),
+                         str(run["shared_summary"]), quality, stored,
+                         f"{run['own_ticket_kept']:.0%}"])  # fmt: skip
+        lines += _table(header, rows)
+        lines += [
+            "",
+            "items/s grouped / ungrouped: "
+            f"{setting['items_per_s_ratio_on_request']:.2f} (gate on request), "
+            f"{setting['items_per_s_ratio_always']:.2f} (gate always).",
+        ]
     return lines
 
 

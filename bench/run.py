@@ -349,8 +349,8 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             "bench.semantic": f"the evaluation set bench/semantic_eval (PLANS[{profile.name!r}] "
             "in bench/semantic.py)",
             "bench.cache": profile.cache_section.describe(),
-            "bench.grouping": "the first 25 passages of at least 40 words, 4 times each with "
-            "its own ticket number (100 items), against the simulated Ollama",
+            "bench.grouping": "the first 25 (8 on the 2-slot simulator) passages of at least "
+            "40 words, 4 times each with its own ticket number",
         },
     }
 

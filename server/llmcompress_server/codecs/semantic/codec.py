@@ -19,7 +19,9 @@ way stored-entity recall is 1.0 by construction. With
 raises `BelowQuality` (a summary that stays invalid raises `CannotEncode`): the
 pipeline falls back as `compression.semantic_fallback` says. Everything decode
 needs is in the envelope; the codec holds no per-text state. The body itself is
-body.py; fitting it to the target size, fit.py.
+body.py; fitting it to the target size, fit.py. In a BatchCompress group of
+near-duplicates (`grouping.py`), a member first tries its leader's summary and
+is gated on the leader's expansion, both adapted to its own text.
 """
 
 from __future__ import annotations
