@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.backends import ChatResult
+from llmcompress_server.config import ConfigError
 from llmcompress_server.envelope import ModelIdentity
 from llmcompress_server.grouping import SharedSummary, StreamGroups, adapt, substitutions
 from tests.conftest import SimFactory, StartServer, load_corpus, make_config
@@ -274,3 +276,11 @@ async def test_a_member_below_the_gate_makes_its_own_summary(
             assert stages.index("semantic.gate") < stages.index("semantic.summarize")
             assert stages.count("semantic.gate") == 2
     assert len(sim.summarized) == len(items)
+
+
+def test_group_similar_threshold_config() -> None:
+    assert make_config().compression.group_similar_threshold == 0.8  # the seed's default
+    off = make_config(compression={"group_similar_threshold": 0})
+    assert off.compression.group_similar_threshold == 0
+    with pytest.raises(ConfigError, match="group_similar_threshold"):
+        make_config(compression={"group_similar_threshold": 1.5})
