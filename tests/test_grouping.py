@@ -10,13 +10,18 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+from llmcompress_server.app import create_server
 from llmcompress_server.backends import ChatResult
 from llmcompress_server.config import ConfigError
 from llmcompress_server.envelope import ModelIdentity
 from llmcompress_server.grouping import SharedSummary, StreamGroups, adapt, substitutions
+from llmcompress_server.telemetry import setup_telemetry
 from tests.conftest import SimFactory, StartServer, load_corpus, make_config
 from tests.sim_ollama import SimOllama, SimOptions
 
@@ -284,3 +289,48 @@ def test_group_similar_threshold_config() -> None:
     assert off.compression.group_similar_threshold == 0
     with pytest.raises(ConfigError, match="group_similar_threshold"):
         make_config(compression={"group_similar_threshold": 1.5})
+
+
+async def test_spans_name_the_group(sim_ollama: SimFactory, corpus: list[dict[str, str]]) -> None:
+    """Each item's span names its group; a member's summary stage says it shared one."""
+    sim = await sim_ollama(slots=8)
+    items = near_duplicate_items(corpus)[: 2 * VARIANTS]
+    config = make_config(
+        model={"backend": "ollama", "ollama": {"endpoints": [sim.url]}},
+        compression={"default_mode": "semantic", "target_ratio": 2.0},
+        cache={"enabled": False},
+        llm={"rate_limit": 0, "fallback_embedded": False, "health_interval": 0},
+    )
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = setup_telemetry(config, tracer_provider=provider, environ={})
+    app = await create_server(config, telemetry)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            stub = pb_grpc.CompressionServiceStub(channel)
+
+            async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+                for item_id, _, text in items:
+                    yield pb.BatchCompressRequest(id=item_id, request=pb.CompressRequest(text=text))
+
+            assert len([a async for a in stub.BatchCompress(requests())]) == len(items)
+    finally:
+        await app.stop(grace=0)
+        telemetry.shutdown()
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    by_item = {
+        str((s.attributes or {}).get("llmc.item.id")): s for s in spans if s.name == "batch.item"
+    }
+    for item_id, _, _ in items:
+        attrs = by_item[item_id].attributes or {}
+        assert attrs["llmc.group"] == item_id.split("#")[0] + "#0"
+        assert attrs["llmc.group.leader"] == item_id.endswith("#0")
+        assert attrs["llmc.group.shared_summary"] == (not item_id.endswith("#0"))
+    shared = [s for s in spans if s.name == "semantic.group"]
+    assert len(shared) == 2 * (VARIANTS - 1)
+    assert all((s.attributes or {}).get("llmc.group.shared_summary") for s in shared)
+    gates = [(s.attributes or {}).get("llmc.group.shared_expansion") for s in spans]
+    assert gates.count(True) == 2 * (VARIANTS - 1)
