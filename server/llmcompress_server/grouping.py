@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ def adapt(shared: SharedSummary, text: str) -> str | None:
     differ; None when it would still state a fact (a number, date, name, ...) of the
     leader's text that `text` does not have."""
     swaps: dict[str, str] = {}
-    for old, new in substitutions(shared.text, text):
+    for old, new in _substitutions(shared.text, text):
         swaps.setdefault(old, new)  # a leader's word replaced two ways: the first one
     summary = shared.summary
     if swaps:
@@ -142,8 +143,20 @@ def adapt(shared: SharedSummary, text: str) -> str | None:
         olds = sorted(swaps, key=len, reverse=True)
         pattern = r"(?<!\w)(?:" + "|".join(map(re.escape, olds)) + r")(?!\w)"
         summary = re.sub(pattern, lambda m: swaps[m.group()], summary)
-    leader_only = [e for e in extract_entities(shared.text) if not _mentions(text, e.text)]
-    return None if any(_mentions(summary, e.text) for e in leader_only) else summary
+    return None if any(_mentions(summary, e) for e in _leader_only(shared.text, text)) else summary
+
+
+# A member's summary and then its gate's expansion are adapted with the same two texts:
+# the diff and the entity scan (tens of ms on the event loop) are made once.
+@functools.lru_cache(maxsize=64)
+def _substitutions(leader_text: str, text: str) -> tuple[tuple[str, str], ...]:
+    return tuple(substitutions(leader_text, text))
+
+
+@functools.lru_cache(maxsize=64)
+def _leader_only(leader_text: str, text: str) -> tuple[str, ...]:
+    """The entities of the leader's text that `text` does not mention."""
+    return tuple(e.text for e in extract_entities(leader_text) if not _mentions(text, e.text))
 
 
 def _mentions(text: str, words: str) -> bool:
