@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -11,14 +12,14 @@ from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
-from llmcompress_server.codecs import CompressOptions, lossless
+from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.semantic import (
     SemanticCodec,
     keep_extract,
-    summary_coding,
     unpack_body,
 )
 from llmcompress_server.codecs.semantic.summary_coding import coded_text, parse_coded_text
+from llmcompress_server.coding.engine import JobTiming, StreamWork
 from llmcompress_server.domain import Mode
 from llmcompress_server.embedder import MiniLMEmbedder
 from llmcompress_server.entities import Entity, extract_entities, missing_entities
@@ -199,14 +200,13 @@ async def test_compress_takes_two_coding_passes(
     codec = build_codecs(config, engine, engine)[Mode.SEMANTIC]
     assert isinstance(codec, SemanticCodec)
     passes: list[int] = []
-    real = lossless._run_schedule
+    real = engine.coding.run
 
-    def counted(*args: Any) -> None:
-        passes.append(args[3])  # tokens in this pass
-        real(*args)
+    async def counted(streams: Sequence[StreamWork], *args: Any) -> JobTiming:
+        passes.append(sum(w.n_tokens for w in streams))  # tokens in this pass
+        return await real(streams, *args)
 
-    monkeypatch.setattr(lossless, "_run_schedule", counted)
-    monkeypatch.setattr(summary_coding, "_run_schedule", counted)
+    monkeypatch.setattr(engine.coding, "run", counted)
     clock = StageClock()
     try:
         encoded = await codec.encode(

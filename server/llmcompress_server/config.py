@@ -128,11 +128,12 @@ class EmbeddedConfig(_Section):
     coding_threads: int = Field(1, ge=1, le=64)
     coding_engines: int = Field(2, ge=1, le=16)
     coding_schedule: CodingSchedule = CodingSchedule.RESET
-    # A text of one stream that finds the engine idle is coded at width 1 (the
-    # format of before the engine) instead: a lone short Compress then costs
-    # one row per token, not coding_width rows (~10x less latency at width
-    # 16). Whatever arrives while it runs goes wide; decoding runs the width
-    # the envelope names, so both kinds reconstruct anywhere.
+    # A text of one stream that finds fewer coding jobs than lanes is coded at
+    # width 1 (the format of before the engine) on a lane's own width-1
+    # context: a lone short Compress then costs one row per token, not
+    # coding_width rows (~10x less latency at width 16), and so do two at once
+    # on two lanes. Whatever arrives beyond that goes wide; decoding runs the
+    # width the envelope names, so both kinds reconstruct anywhere.
     coding_narrow_when_idle: bool = True
     # Model layers on a GPU with a CUDA/Metal build of llama-cpp-python; 0 on
     # a CPU. Recorded in every envelope: GPU kernels give other logits.

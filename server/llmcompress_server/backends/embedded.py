@@ -111,7 +111,7 @@ class EmbeddedEngine:
 
     @property
     def narrow_key(self) -> ContextKey:
-        """Width 1: lone jobs on an idle engine (`coding_narrow_when_idle`)."""
+        """Width 1: lone jobs while a lane is free (`coding_narrow_when_idle`)."""
         cfg = self.config
         return ContextKey(1, cfg.coding_threads, cfg.n_ctx)
 

@@ -15,8 +15,8 @@ stream, since every stream starts without context (about 20 coded bytes per
 start, measured on a 4 KB passage). A width-1 RESET server writes exactly the
 format of before the engine (schedule t1: chunks of n_ctx tokens), which
 every older server reads; so does a wide one for a text of one stream that
-finds the engine idle (`coding_narrow_when_idle`), where padding the other
-rows would only add latency.
+finds fewer jobs than lanes (`coding_narrow_when_idle`): it gets a lane's
+width-1 context, where padding the other rows would only add latency.
 """
 
 from __future__ import annotations
@@ -316,7 +316,7 @@ class LosslessCodec:
     def _placement(self, count: int) -> tuple[ContextKey, pb.EngineFingerprint, Layout]:
         """Where `count` streams of one text are coded: a lone stream on an idle engine at
         width 1, everything else at this server's width."""
-        if count == 1 and self.narrow_when_idle and self.engine.coding.idle:
+        if count == 1 and self.narrow_when_idle and self.engine.coding.lane_free:
             return (
                 self.engine.narrow_key,
                 self._narrow_fingerprint,

@@ -323,6 +323,12 @@ class CodingEngine:
             return not self._jobs
 
     @property
+    def lane_free(self) -> bool:
+        """Fewer jobs than lanes: a new lone job gets a lane's width-1 context to itself."""
+        with self._cond:
+            return len(self._jobs) < len(self._lanes)
+
+    @property
     def live_contexts(self) -> int:
         with self._cond:
             return sum(len(lane.contexts) for lane in self._lanes)
