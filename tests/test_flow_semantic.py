@@ -244,6 +244,13 @@ async def test_load_20k_items_one_endpoint(
 ) -> None:
     n = int(os.environ.get("LLMC_LOAD_ITEMS", "20000"))  # fewer only for a quick local look
     app = await semantic_server(start_server, sim_process.url)
+    # Warm-up: one pass over the corpus. A passage too short for its target is stored
+    # exactly by LOSSLESS, which loads the embedded model once (~1.7 GB); the growth
+    # measured after that is what 20k items cost.
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        warm = [a async for a in stub.BatchCompress(requests(len(load_corpus()), skip_cache=True))]
+        assert not any(a.HasField("error") for a in warm)
     rss_before = rss_bytes()
     seen: Counter[str] = Counter()
     errors = degraded = 0
@@ -263,7 +270,7 @@ async def test_load_20k_items_one_endpoint(
     cpu_per_item = (time.process_time() - cpu_start) / n
     rss_growth = rss_bytes() - rss_before
     stats = sim_process.stats()
-    calls_per_item = stats["calls"] / n
+    calls_per_item = stats["calls"] / (n + len(load_corpus()))
     ideal = 8 / 0.05 / calls_per_item
     achieved = n / elapsed
     print(
