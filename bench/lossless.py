@@ -4,7 +4,8 @@
 evaluation, compress, reconstruct side by side), so the speed fraction holds
 even on a busy machine where absolute B/s do not. Passages run one per core
 (`--workers`), each on its own engine worker with the codec's thread count.
-`python -m bench.lossless [--every 4] [--limit N] [--workers N] [-o out.json]`.
+`python -m bench.lossless [--every 4] [--limit N] [--workers N] [-o out.json]`, or
+`--text PATH` for one whole file as one text (such as the Canterbury alice29.txt).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ async def _measure(
         text = item["text"]
         data = text.encode("utf-8")
         async with gate:
-            tokens, _ = await engine.run(lambda w, d=data: codec.tokenize(d, w))
+            tokens = (await engine.run(lambda w, d=data: codec.tokenize(d, w))).tokens
             # The raw pass runs before the coding passes for even passages and after
             # them for odd ones: over the subset, load drift on a shared machine
             # cancels out, and every passage costs three passes instead of four.
@@ -94,6 +95,8 @@ async def _measure(
             "stream": len(pb.Envelope.FromString(out.envelope).lossless.stream),
             "mode": out.mode.value,
             "reason": out.reason,
+            # Bytes coded through split spans or byte tokens (tokens.ExactTokenizer).
+            "piecewise": out.piecewise_bytes,
             "exact": back.exact and back.text == text,
             "zstd19": len(zstd.compress(data)),
             "brotli11": len(brotli.compress(data, quality=11)),
@@ -155,6 +158,10 @@ def _summary(
         "brotli11_ratio_median": brotli11_median,
         "ratio_vs_brotli11": lossless / brotli11,
         "stream_ratio": total / sum(r["stream"] for r in rows),
+        "stream_bits_per_byte": 8 * sum(r["stream"] for r in rows) / total,
+        "bits_per_byte": 8 * sum(r["envelope"] for r in rows) / total,
+        "piecewise_bytes": sum(r["piecewise"] for r in rows),
+        "piecewise_share": sum(r["piecewise"] for r in rows) / total,
         "mean_overhead_bytes": statistics.mean(r["envelope"] - r["stream"] for r in rows),
         "verify": verify,
         # Passages coded at the same time, each on its own engine worker; B/s are per worker.
@@ -229,6 +236,9 @@ def table(result: dict[str, Any]) -> str:
         f"  zstd-19 {r['zstd19_ratio']:.2f}x/{r['zstd19_ratio_median']:.2f}x"
         f"  brotli-11 {r['brotli11_ratio']:.2f}x/{r['brotli11_ratio_median']:.2f}x",
         f"  vs brotli -11       {r['ratio_vs_brotli11']:.2f}x  (target >= 2.3x)",
+        f"  bits per byte       {r['bits_per_byte']:.4f} (coded stream alone "
+        f"{r['stream_bits_per_byte']:.4f})",
+        f"  coded piecewise     {r['piecewise_bytes']} B ({r['piecewise_share']:.3%} of the bytes)",
         f"  coded stream only   {r['stream_ratio']:.2f}x"
         f"  ({r['stream_ratio'] / r['brotli11_ratio']:.2f}x brotli;"
         f" envelope overhead {r['mean_overhead_bytes']:.0f} B per text)",
@@ -266,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=4, help="take every Nth passage (1: all)")
     parser.add_argument("--limit", type=int, default=None, help="at most N passages")
     parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument(
+        "--text", type=Path, help="code this one file as one text instead of corpus passages"
+    )
     parser.add_argument("--verify", action="store_true", help="compress with verify on")
     parser.add_argument(
         "--workers",
@@ -281,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-o", "--output", type=Path, help="write JSON here (default stdout)")
     args = parser.parse_args(argv)
-    passages = load_passages(args.corpus, args.every, args.limit)
+    if args.text:
+        passages = [{"id": args.text.name, "text": args.text.read_text(encoding="utf-8")}]
+    else:
+        passages = load_passages(args.corpus, args.every, args.limit)
     result = measure(passages, verify=args.verify, workers=args.workers, speed=args.speed)
     text = json.dumps(result, indent=2)
     if args.output:

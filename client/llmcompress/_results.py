@@ -85,6 +85,8 @@ class CompressStats:
     quality: Quality | None
     stages: tuple[StageTiming, ...]
     total_seconds: float
+    # Bytes of the model-coded text carried by non-canonical tokens (split spans).
+    piecewise_bytes: int = 0
 
     @classmethod
     def from_pb(cls, s: pb.Stats) -> CompressStats:
@@ -102,6 +104,7 @@ class CompressStats:
             quality=Quality.from_pb(s.quality) if s.HasField("quality") else None,
             stages=_timings(s.stages),
             total_seconds=s.total_seconds,
+            piecewise_bytes=s.piecewise_bytes,
         )
 
 

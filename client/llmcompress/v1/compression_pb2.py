@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n llmcompress/v1/compression.proto\x12\x0ellmcompress.v1\x1a\x17google/rpc/status.proto\"\xd1\x01\n\x0f\x43ompressRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\"\n\x04mode\x18\x02 \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12\x13\n\x06verify\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x0ctarget_ratio\x18\x04 \x01(\x01\x12\x18\n\x10\x65valuate_quality\x18\x05 \x01(\x08\x12(\n\x07quality\x18\x06 \x01(\x0e\x32\x17.llmcompress.v1.Quality\x12\x12\n\nskip_cache\x18\x07 \x01(\x08\x42\t\n\x07_verify\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"r\n\rQualityScores\x12\x12\n\nsimilarity\x18\x01 \x01(\x01\x12\x15\n\rentity_recall\x18\x02 \x01(\x01\x12\x0c\n\x04\x63hrf\x18\x03 \x01(\x01\x12\x0f\n\x07overall\x18\x04 \x01(\x01\x12\x17\n\x0f\x65mbedding_model\x18\x05 \x01(\t\"\xe3\x02\n\x05Stats\x12\x16\n\x0eoriginal_bytes\x18\x01 \x01(\x04\x12\x18\n\x10\x63ompressed_bytes\x18\x02 \x01(\x04\x12\r\n\x05ratio\x18\x03 \x01(\x01\x12\r\n\x05model\x18\x04 \x01(\t\x12+\n\x06stages\x18\x05 \x03(\x0b\x32\x1b.llmcompress.v1.StageTiming\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12,\n\x0erequested_mode\x18\t \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12\"\n\x04mode\x18\n \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12.\n\x07quality\x18\x0b \x01(\x0b\x32\x1d.llmcompress.v1.QualityScores\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12\x15\n\rtotal_seconds\x18\r \x01(\x01\"J\n\x10\x43ompressResponse\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12$\n\x05stats\x18\x02 \x01(\x0b\x32\x15.llmcompress.v1.Stats\"@\n\x12ReconstructRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x18\n\x10\x65valuate_quality\x18\x02 \x01(\x08\"\xc2\x01\n\x13ReconstructResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05\x65xact\x18\x02 \x01(\x08\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12+\n\x06stages\x18\x04 \x03(\x0b\x32\x1b.llmcompress.v1.StageTiming\x12\r\n\x05model\x18\x05 \x01(\t\x12.\n\x07quality\x18\x06 \x01(\x0b\x32\x1d.llmcompress.v1.QualityScores\"f\n\x14\x42\x61tchCompressRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x07request\x18\x02 \x01(\x0b\x32\x1f.llmcompress.v1.CompressRequest\x12\x10\n\x08in_order\x18\x03 \x01(\x08\"\x87\x01\n\x15\x42\x61tchCompressResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x06result\x18\x02 \x01(\x0b\x32 .llmcompress.v1.CompressResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\")\n\x0fGetStatsRequest\x12\x16\n\x0ewindow_seconds\x18\x01 \x01(\x01\"z\n\nStageStats\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0b\n\x03p50\x18\x03 \x01(\x01\x12\x0b\n\x03p95\x18\x04 \x01(\x01\x12\x0b\n\x03p99\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\x12\x10\n\x08self_p95\x18\x07 \x01(\x01\"\xd0\x01\n\x0e\x43\x61\x63heTierStats\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x0c\n\x04hits\x18\x02 \x01(\x04\x12\x0e\n\x06misses\x18\x03 \x01(\x04\x12\x11\n\thit_ratio\x18\x04 \x01(\x01\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x10\n\x08max_size\x18\x06 \x01(\x04\x12\x1a\n\x12\x61vg_lookup_seconds\x18\x07 \x01(\x01\x12\x11\n\tavailable\x18\x08 \x01(\x08\x12\x0e\n\x06\x65rrors\x18\t \x01(\x04\x12\r\n\x05\x62ytes\x18\n \x01(\x04\x12\x11\n\tmax_bytes\x18\x0b \x01(\x04\"\x9c\x01\n\x10GetStatsResponse\x12*\n\x06stages\x18\x01 \x03(\x0b\x32\x1a.llmcompress.v1.StageStats\x12\x15\n\rslowest_stage\x18\x02 \x01(\t\x12-\n\x05\x63\x61\x63he\x18\x03 \x03(\x0b\x32\x1e.llmcompress.v1.CacheTierStats\x12\x16\n\x0ewindow_seconds\x18\x04 \x01(\x01\"\xbd\x02\n\x08\x45nvelope\x12\r\n\x05magic\x18\x01 \x01(\x07\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12\x17\n\x0foriginal_length\x18\x04 \x01(\x04\x12\x15\n\roriginal_hash\x18\x05 \x01(\x06\x12\'\n\x05model\x18\x06 \x01(\x0b\x32\x18.llmcompress.v1.ModelRef\x12(\n\x04zstd\x18\n \x01(\x0b\x32\x18.llmcompress.v1.ZstdBodyH\x00\x12\x30\n\x08lossless\x18\x0b \x01(\x0b\x32\x1c.llmcompress.v1.LosslessBodyH\x00\x12\x30\n\x08semantic\x18\x0c \x01(\x0b\x32\x1c.llmcompress.v1.SemanticBodyH\x00\x42\x06\n\x04\x62ody\"/\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rsha256_prefix\x18\x02 \x01(\x06\"\x19\n\x08ZstdBody\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\"\x92\x01\n\x11\x45ngineFingerprint\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x0f\n\x07threads\x18\x02 \x01(\r\x12\x10\n\x08schedule\x18\x03 \x01(\t\x12\x14\n\x0c\x63pu_features\x18\x04 \x01(\x04\x12\r\n\x05n_ctx\x18\x05 \x01(\r\x12\x10\n\x08versions\x18\x06 \x03(\r\x12\x13\n\x0bschedule_id\x18\x07 \x01(\r\"}\n\x0cLosslessBody\x12\x36\n\x0b\x66ingerprint\x18\x01 \x01(\x0b\x32!.llmcompress.v1.EngineFingerprint\x12\x0e\n\x06stream\x18\x02 \x01(\x0c\x12\x10\n\x08n_tokens\x18\x03 \x01(\r\x12\x13\n\x0b\x63hunk_words\x18\x04 \x03(\r\"$\n\x06\x45ntity\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x97\x01\n\x0cSemanticBody\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12%\n\x05\x66\x61\x63ts\x18\x02 \x03(\x0b\x32\x16.llmcompress.v1.Entity\x12\x0e\n\x06packed\x18\x03 \x01(\x0c\x12+\n\x05\x63oded\x18\x04 \x01(\x0b\x32\x1c.llmcompress.v1.LosslessBody\x12\x12\n\nextractive\x18\x05 \x01(\x08*Q\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x11\n\rMODE_SEMANTIC\x10\x01\x12\x11\n\rMODE_LOSSLESS\x10\x02\x12\r\n\tMODE_ZSTD\x10\x03*[\n\x07Quality\x12\x17\n\x13QUALITY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bQUALITY_LOW\x10\x01\x12\x14\n\x10QUALITY_STANDARD\x10\x02\x12\x10\n\x0cQUALITY_HIGH\x10\x03\x32\xec\x02\n\x12\x43ompressionService\x12M\n\x08\x43ompress\x12\x1f.llmcompress.v1.CompressRequest\x1a .llmcompress.v1.CompressResponse\x12V\n\x0bReconstruct\x12\".llmcompress.v1.ReconstructRequest\x1a#.llmcompress.v1.ReconstructResponse\x12`\n\rBatchCompress\x12$.llmcompress.v1.BatchCompressRequest\x1a%.llmcompress.v1.BatchCompressResponse(\x01\x30\x01\x12M\n\x08GetStats\x12\x1f.llmcompress.v1.GetStatsRequest\x1a .llmcompress.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n llmcompress/v1/compression.proto\x12\x0ellmcompress.v1\x1a\x17google/rpc/status.proto\"\xd1\x01\n\x0f\x43ompressRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\"\n\x04mode\x18\x02 \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12\x13\n\x06verify\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x0ctarget_ratio\x18\x04 \x01(\x01\x12\x18\n\x10\x65valuate_quality\x18\x05 \x01(\x08\x12(\n\x07quality\x18\x06 \x01(\x0e\x32\x17.llmcompress.v1.Quality\x12\x12\n\nskip_cache\x18\x07 \x01(\x08\x42\t\n\x07_verify\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"r\n\rQualityScores\x12\x12\n\nsimilarity\x18\x01 \x01(\x01\x12\x15\n\rentity_recall\x18\x02 \x01(\x01\x12\x0c\n\x04\x63hrf\x18\x03 \x01(\x01\x12\x0f\n\x07overall\x18\x04 \x01(\x01\x12\x17\n\x0f\x65mbedding_model\x18\x05 \x01(\t\"\xfc\x02\n\x05Stats\x12\x16\n\x0eoriginal_bytes\x18\x01 \x01(\x04\x12\x18\n\x10\x63ompressed_bytes\x18\x02 \x01(\x04\x12\r\n\x05ratio\x18\x03 \x01(\x01\x12\r\n\x05model\x18\x04 \x01(\t\x12+\n\x06stages\x18\x05 \x03(\x0b\x32\x1b.llmcompress.v1.StageTiming\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12,\n\x0erequested_mode\x18\t \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12\"\n\x04mode\x18\n \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12.\n\x07quality\x18\x0b \x01(\x0b\x32\x1d.llmcompress.v1.QualityScores\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12\x15\n\rtotal_seconds\x18\r \x01(\x01\x12\x17\n\x0fpiecewise_bytes\x18\x0e \x01(\x04\"J\n\x10\x43ompressResponse\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12$\n\x05stats\x18\x02 \x01(\x0b\x32\x15.llmcompress.v1.Stats\"@\n\x12ReconstructRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x18\n\x10\x65valuate_quality\x18\x02 \x01(\x08\"\xc2\x01\n\x13ReconstructResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05\x65xact\x18\x02 \x01(\x08\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12+\n\x06stages\x18\x04 \x03(\x0b\x32\x1b.llmcompress.v1.StageTiming\x12\r\n\x05model\x18\x05 \x01(\t\x12.\n\x07quality\x18\x06 \x01(\x0b\x32\x1d.llmcompress.v1.QualityScores\"f\n\x14\x42\x61tchCompressRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x07request\x18\x02 \x01(\x0b\x32\x1f.llmcompress.v1.CompressRequest\x12\x10\n\x08in_order\x18\x03 \x01(\x08\"\x87\x01\n\x15\x42\x61tchCompressResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x06result\x18\x02 \x01(\x0b\x32 .llmcompress.v1.CompressResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\")\n\x0fGetStatsRequest\x12\x16\n\x0ewindow_seconds\x18\x01 \x01(\x01\"z\n\nStageStats\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0b\n\x03p50\x18\x03 \x01(\x01\x12\x0b\n\x03p95\x18\x04 \x01(\x01\x12\x0b\n\x03p99\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\x12\x10\n\x08self_p95\x18\x07 \x01(\x01\"\xd0\x01\n\x0e\x43\x61\x63heTierStats\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x0c\n\x04hits\x18\x02 \x01(\x04\x12\x0e\n\x06misses\x18\x03 \x01(\x04\x12\x11\n\thit_ratio\x18\x04 \x01(\x01\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x10\n\x08max_size\x18\x06 \x01(\x04\x12\x1a\n\x12\x61vg_lookup_seconds\x18\x07 \x01(\x01\x12\x11\n\tavailable\x18\x08 \x01(\x08\x12\x0e\n\x06\x65rrors\x18\t \x01(\x04\x12\r\n\x05\x62ytes\x18\n \x01(\x04\x12\x11\n\tmax_bytes\x18\x0b \x01(\x04\"\x9c\x01\n\x10GetStatsResponse\x12*\n\x06stages\x18\x01 \x03(\x0b\x32\x1a.llmcompress.v1.StageStats\x12\x15\n\rslowest_stage\x18\x02 \x01(\t\x12-\n\x05\x63\x61\x63he\x18\x03 \x03(\x0b\x32\x1e.llmcompress.v1.CacheTierStats\x12\x16\n\x0ewindow_seconds\x18\x04 \x01(\x01\"\xbd\x02\n\x08\x45nvelope\x12\r\n\x05magic\x18\x01 \x01(\x07\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.llmcompress.v1.Mode\x12\x17\n\x0foriginal_length\x18\x04 \x01(\x04\x12\x15\n\roriginal_hash\x18\x05 \x01(\x06\x12\'\n\x05model\x18\x06 \x01(\x0b\x32\x18.llmcompress.v1.ModelRef\x12(\n\x04zstd\x18\n \x01(\x0b\x32\x18.llmcompress.v1.ZstdBodyH\x00\x12\x30\n\x08lossless\x18\x0b \x01(\x0b\x32\x1c.llmcompress.v1.LosslessBodyH\x00\x12\x30\n\x08semantic\x18\x0c \x01(\x0b\x32\x1c.llmcompress.v1.SemanticBodyH\x00\x42\x06\n\x04\x62ody\"/\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rsha256_prefix\x18\x02 \x01(\x06\"\x19\n\x08ZstdBody\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\"\x92\x01\n\x11\x45ngineFingerprint\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x0f\n\x07threads\x18\x02 \x01(\r\x12\x10\n\x08schedule\x18\x03 \x01(\t\x12\x14\n\x0c\x63pu_features\x18\x04 \x01(\x04\x12\r\n\x05n_ctx\x18\x05 \x01(\r\x12\x10\n\x08versions\x18\x06 \x03(\r\x12\x13\n\x0bschedule_id\x18\x07 \x01(\r\"}\n\x0cLosslessBody\x12\x36\n\x0b\x66ingerprint\x18\x01 \x01(\x0b\x32!.llmcompress.v1.EngineFingerprint\x12\x0e\n\x06stream\x18\x02 \x01(\x0c\x12\x10\n\x08n_tokens\x18\x03 \x01(\r\x12\x13\n\x0b\x63hunk_words\x18\x04 \x03(\r\"$\n\x06\x45ntity\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x97\x01\n\x0cSemanticBody\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12%\n\x05\x66\x61\x63ts\x18\x02 \x03(\x0b\x32\x16.llmcompress.v1.Entity\x12\x0e\n\x06packed\x18\x03 \x01(\x0c\x12+\n\x05\x63oded\x18\x04 \x01(\x0b\x32\x1c.llmcompress.v1.LosslessBody\x12\x12\n\nextractive\x18\x05 \x01(\x08*Q\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x11\n\rMODE_SEMANTIC\x10\x01\x12\x11\n\rMODE_LOSSLESS\x10\x02\x12\r\n\tMODE_ZSTD\x10\x03*[\n\x07Quality\x12\x17\n\x13QUALITY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bQUALITY_LOW\x10\x01\x12\x14\n\x10QUALITY_STANDARD\x10\x02\x12\x10\n\x0cQUALITY_HIGH\x10\x03\x32\xec\x02\n\x12\x43ompressionService\x12M\n\x08\x43ompress\x12\x1f.llmcompress.v1.CompressRequest\x1a .llmcompress.v1.CompressResponse\x12V\n\x0bReconstruct\x12\".llmcompress.v1.ReconstructRequest\x1a#.llmcompress.v1.ReconstructResponse\x12`\n\rBatchCompress\x12$.llmcompress.v1.BatchCompressRequest\x1a%.llmcompress.v1.BatchCompressResponse(\x01\x30\x01\x12M\n\x08GetStats\x12\x1f.llmcompress.v1.GetStatsRequest\x1a .llmcompress.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmcompress.v1.compression_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=2792
-  _globals['_MODE']._serialized_end=2873
-  _globals['_QUALITY']._serialized_start=2875
-  _globals['_QUALITY']._serialized_end=2966
+  _globals['_MODE']._serialized_start=2817
+  _globals['_MODE']._serialized_end=2898
+  _globals['_QUALITY']._serialized_start=2900
+  _globals['_QUALITY']._serialized_end=2991
   _globals['_COMPRESSREQUEST']._serialized_start=78
   _globals['_COMPRESSREQUEST']._serialized_end=287
   _globals['_STAGETIMING']._serialized_start=289
@@ -43,39 +43,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUALITYSCORES']._serialized_start=336
   _globals['_QUALITYSCORES']._serialized_end=450
   _globals['_STATS']._serialized_start=453
-  _globals['_STATS']._serialized_end=808
-  _globals['_COMPRESSRESPONSE']._serialized_start=810
-  _globals['_COMPRESSRESPONSE']._serialized_end=884
-  _globals['_RECONSTRUCTREQUEST']._serialized_start=886
-  _globals['_RECONSTRUCTREQUEST']._serialized_end=950
-  _globals['_RECONSTRUCTRESPONSE']._serialized_start=953
-  _globals['_RECONSTRUCTRESPONSE']._serialized_end=1147
-  _globals['_BATCHCOMPRESSREQUEST']._serialized_start=1149
-  _globals['_BATCHCOMPRESSREQUEST']._serialized_end=1251
-  _globals['_BATCHCOMPRESSRESPONSE']._serialized_start=1254
-  _globals['_BATCHCOMPRESSRESPONSE']._serialized_end=1389
-  _globals['_GETSTATSREQUEST']._serialized_start=1391
-  _globals['_GETSTATSREQUEST']._serialized_end=1432
-  _globals['_STAGESTATS']._serialized_start=1434
-  _globals['_STAGESTATS']._serialized_end=1556
-  _globals['_CACHETIERSTATS']._serialized_start=1559
-  _globals['_CACHETIERSTATS']._serialized_end=1767
-  _globals['_GETSTATSRESPONSE']._serialized_start=1770
-  _globals['_GETSTATSRESPONSE']._serialized_end=1926
-  _globals['_ENVELOPE']._serialized_start=1929
-  _globals['_ENVELOPE']._serialized_end=2246
-  _globals['_MODELREF']._serialized_start=2248
-  _globals['_MODELREF']._serialized_end=2295
-  _globals['_ZSTDBODY']._serialized_start=2297
-  _globals['_ZSTDBODY']._serialized_end=2322
-  _globals['_ENGINEFINGERPRINT']._serialized_start=2325
-  _globals['_ENGINEFINGERPRINT']._serialized_end=2471
-  _globals['_LOSSLESSBODY']._serialized_start=2473
-  _globals['_LOSSLESSBODY']._serialized_end=2598
-  _globals['_ENTITY']._serialized_start=2600
-  _globals['_ENTITY']._serialized_end=2636
-  _globals['_SEMANTICBODY']._serialized_start=2639
-  _globals['_SEMANTICBODY']._serialized_end=2790
-  _globals['_COMPRESSIONSERVICE']._serialized_start=2969
-  _globals['_COMPRESSIONSERVICE']._serialized_end=3333
+  _globals['_STATS']._serialized_end=833
+  _globals['_COMPRESSRESPONSE']._serialized_start=835
+  _globals['_COMPRESSRESPONSE']._serialized_end=909
+  _globals['_RECONSTRUCTREQUEST']._serialized_start=911
+  _globals['_RECONSTRUCTREQUEST']._serialized_end=975
+  _globals['_RECONSTRUCTRESPONSE']._serialized_start=978
+  _globals['_RECONSTRUCTRESPONSE']._serialized_end=1172
+  _globals['_BATCHCOMPRESSREQUEST']._serialized_start=1174
+  _globals['_BATCHCOMPRESSREQUEST']._serialized_end=1276
+  _globals['_BATCHCOMPRESSRESPONSE']._serialized_start=1279
+  _globals['_BATCHCOMPRESSRESPONSE']._serialized_end=1414
+  _globals['_GETSTATSREQUEST']._serialized_start=1416
+  _globals['_GETSTATSREQUEST']._serialized_end=1457
+  _globals['_STAGESTATS']._serialized_start=1459
+  _globals['_STAGESTATS']._serialized_end=1581
+  _globals['_CACHETIERSTATS']._serialized_start=1584
+  _globals['_CACHETIERSTATS']._serialized_end=1792
+  _globals['_GETSTATSRESPONSE']._serialized_start=1795
+  _globals['_GETSTATSRESPONSE']._serialized_end=1951
+  _globals['_ENVELOPE']._serialized_start=1954
+  _globals['_ENVELOPE']._serialized_end=2271
+  _globals['_MODELREF']._serialized_start=2273
+  _globals['_MODELREF']._serialized_end=2320
+  _globals['_ZSTDBODY']._serialized_start=2322
+  _globals['_ZSTDBODY']._serialized_end=2347
+  _globals['_ENGINEFINGERPRINT']._serialized_start=2350
+  _globals['_ENGINEFINGERPRINT']._serialized_end=2496
+  _globals['_LOSSLESSBODY']._serialized_start=2498
+  _globals['_LOSSLESSBODY']._serialized_end=2623
+  _globals['_ENTITY']._serialized_start=2625
+  _globals['_ENTITY']._serialized_end=2661
+  _globals['_SEMANTICBODY']._serialized_start=2664
+  _globals['_SEMANTICBODY']._serialized_end=2815
+  _globals['_COMPRESSIONSERVICE']._serialized_start=2994
+  _globals['_COMPRESSIONSERVICE']._serialized_end=3358
 # @@protoc_insertion_point(module_scope)

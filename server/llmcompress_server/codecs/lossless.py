@@ -29,6 +29,7 @@ import functools
 import importlib
 import importlib.metadata
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -43,6 +44,7 @@ from ..backends.embedded import EmbeddedEngine, Worker
 from ..envelope import model_name
 from ..errors import BackendError, CannotEncode, DataLoss, LLMCompressError, PreconditionFailed
 from ..stages import StageClock
+from ..tokens import ExactTokenizer, Tokenized
 from . import CompressOptions, Decoded, Encoded
 
 log = logging.getLogger(__name__)
@@ -224,8 +226,8 @@ def _run_schedule(
 
 
 class LosslessCodec:
-    """MODE_LOSSLESS on the embedded engine; `CannotEncode` when a round trip is not exact
-    (the pipeline then stores ZSTD)."""
+    """MODE_LOSSLESS on the embedded engine; `CannotEncode` when verify finds a mismatch or
+    the vocabulary cannot reproduce a byte (the pipeline then stores ZSTD)."""
 
     mode = pb.MODE_LOSSLESS
 
@@ -240,6 +242,9 @@ class LosslessCodec:
         self._fingerprint = compact_fingerprint(
             engine_version(), self.threads, cpu_feature_bits(), self.n_ctx
         )
+        # Built on first use from a worker's model (every worker loads the same file).
+        self._tokenizer: ExactTokenizer | None = None
+        self._tokenizer_lock = threading.Lock()
 
     def cache_params(self, opts: CompressOptions) -> dict[str, str | int | float | bool] | None:
         """Model and engine fingerprint shape the envelope; None until the model is loaded."""
@@ -261,9 +266,12 @@ class LosslessCodec:
 
     # -- the jobs that run on worker threads ---------------------------------
 
-    def tokenize(self, data: bytes, worker: Worker) -> tuple[list[int], bool]:
-        tokens: list[int] = worker.llama.tokenize(data, add_bos=False, special=False)
-        return tokens, worker.llama.detokenize(tokens, special=False) == data
+    def tokenize(self, data: bytes, worker: Worker) -> Tokenized:
+        """Tokens that detokenize to exactly `data` (`Unrepresentable` when none can)."""
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                self._tokenizer = ExactTokenizer(worker.llama)
+        return self._tokenizer.tokenize(worker.llama, data)
 
     @staticmethod
     def _detokenize(tokens: list[int], worker: Worker) -> bytes:
@@ -384,10 +392,10 @@ class LosslessCodec:
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded:
         data = text.encode("utf-8")
         await self.engine.start()
-        with clock.stage("lossless.tokenize", **{"llmc.bytes": len(data)}):
-            tokens, round_trips = await self.engine.run(functools.partial(self.tokenize, data))
-        if not round_trips:
-            raise CannotEncode("the tokenizer does not reproduce this text byte for byte")
+        with clock.stage("lossless.tokenize", **{"llmc.bytes": len(data)}) as span:
+            tokenized = await self.engine.run(functools.partial(self.tokenize, data))
+            span.set_attribute("llmc.piecewise_bytes", tokenized.piecewise_bytes)
+        tokens = tokenized.tokens
         with clock.stage("lossless.encode", **{"llmc.tokens": len(tokens)}):
             body = await self.encode_tokens(tokens)
         if opts.verify:
@@ -405,6 +413,7 @@ class LosslessCodec:
             envelope=pb.Envelope(mode=pb.MODE_LOSSLESS, lossless=body),
             model=self.engine.identity,
             backend=self.engine.name,
+            piecewise_bytes=tokenized.piecewise_bytes,
         )
 
     def check_compatible(self, env: pb.Envelope) -> None:

@@ -178,7 +178,10 @@ async def fit_coded(
     plain.extractive = extractive
     body = pb.SemanticBody(coded=coded.body, extractive=extractive)
     encoded = Encoded(
-        envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body), model=model, backend=backend
+        envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body),
+        model=model,
+        backend=backend,
+        piecewise_bytes=coded.piecewise_bytes,
     )
     return encoded, plain
 

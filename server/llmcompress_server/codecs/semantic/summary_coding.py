@@ -13,6 +13,7 @@ from llmcompress.v1 import compression_pb2 as pb
 
 from ...entities import Entity
 from ...errors import DataLoss
+from ...tokens import Unrepresentable
 from ..lossless import LosslessCodec
 
 # Starts the facts after the summary; a control byte, so no summary contains it.
@@ -47,15 +48,20 @@ def parse_coded_text(text: str) -> pb.SemanticBody:
 class CodedSummary:
     body: pb.LosslessBody
     text_bytes: int
+    # Bytes carried by non-canonical tokens (see `tokens.ExactTokenizer`).
+    piecewise_bytes: int = 0
 
 
 async def code(coder: LosslessCodec, text: str) -> CodedSummary | None:
-    """`text` coded by the model; None when the tokenizer does not round-trip it."""
+    """`text` coded by the model; None when the model's vocabulary cannot reproduce a
+    byte of it."""
     data = text.encode("utf-8")
-    tokens, round_trips = await coder.engine.run(functools.partial(coder.tokenize, data))
-    if not round_trips:
+    try:
+        tokenized = await coder.engine.run(functools.partial(coder.tokenize, data))
+    except Unrepresentable:
         return None
-    return CodedSummary(await coder.encode_tokens(tokens), len(data))
+    body = await coder.encode_tokens(tokenized.tokens)
+    return CodedSummary(body, len(data), tokenized.piecewise_bytes)
 
 
 async def decode_text(coder: LosslessCodec, env: pb.Envelope) -> str:
