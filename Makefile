@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz bench bench-quick bench-full bench-lossless clean stubs proto-baseline
+.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -73,10 +73,20 @@ test-fast: install ## tests that neither load the model nor run the load tests
 	$(PY) -m pytest -m "not model and not load" $(PYTEST_ARGS)
 
 FUZZ_RUNS ?= 100000
-fuzz: install ## fuzz the envelope decoder: hypothesis + atheris, $(FUZZ_RUNS) inputs each
+# The model's decoders cost up to seconds an input: fewer inputs, and atheris by time.
+FUZZ_MODEL_RUNS ?= 5000
+FUZZ_MODEL_SECONDS ?= 900
+fuzz: install ## fuzz every decoder: hypothesis + atheris, $(FUZZ_RUNS) ZSTD-pipeline inputs each, then the model's ($(FUZZ_MODEL_RUNS) inputs, $(FUZZ_MODEL_SECONDS) s)
 	FUZZ_EXAMPLES=$(FUZZ_RUNS) $(PY) -m pytest tests/reliability/test_envelope_fuzz.py -q
+	FUZZ_MODEL_EXAMPLES=$(FUZZ_MODEL_RUNS) $(PY) -m pytest tests/reliability/test_codec_fuzz.py -q
 	$(PY) -m pip install --quiet -e '.[fuzz]'
 	$(PY) -m tests.reliability.fuzz_envelope_atheris -runs=$(FUZZ_RUNS)
+	$(PY) -m tests.reliability.fuzz_codecs_atheris -max_total_time=$(FUZZ_MODEL_SECONDS)
+
+SOAK_MINUTES ?= 10
+SOAK_ARGS ?=
+soak: install ## llmc serve at twice its admission capacity for $(SOAK_MINUTES) min: documented statuses only, nothing lost, RSS flat; prints a JSON report
+	$(PY) -m tests.reliability.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 lint: install node proto-check ## stubs up to date, ruff format+check, mypy strict (client and server), buf lint, buf breaking
 	$(VENV)/bin/ruff format --check .
@@ -93,6 +103,10 @@ stubs: node ## TypeScript types (grpc-js) and a descriptor set for any gRPC tool
 	npx proto-loader-gen-types $(PROTO:protos/%=%) -I protos --grpcLib=@grpc/grpc-js \
 	  --outDir=stubs/ts --longs=String --enums=String --defaults --oneofs --includeComments
 	npx buf build -o stubs/llmcompress.binpb
+
+.PHONY: polyglot
+polyglot: ## C++ and Go example clients (examples/) from protos/ into build/polyglot/; Debian packages in .ci/run
+	$(MAKE) -C examples
 
 fmt: install ## apply ruff format and fixes
 	$(VENV)/bin/ruff format .
@@ -112,8 +126,8 @@ bench-full: install ## the whole corpus in every mode, however long it takes
 bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min)
 	$(PY) -m bench.run --profile quick --out $(BENCH_OUT) $(BENCH_ARGS)
 
-bench-lossless: install ## LOSSLESS ratio and speed on every 4th passage (BENCH_ARGS="--every 1 --no-speed": all, exactness and ratio only)
-	$(PY) -m bench.lossless $(BENCH_ARGS)
+bench-lossless: install ## LOSSLESS over the whole corpus (exact/total, ratio) and the engine at its width vs width 1; writes $(BENCH_OUT)/lossless.{md,json}
+	$(PY) -m bench.lossless --every 1 --out $(BENCH_OUT) $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and the committed stubs)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

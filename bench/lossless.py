@@ -1,11 +1,16 @@
-"""LOSSLESS benchmark: ratio against zstd -19 and brotli -11, and speed against the raw engine.
+"""LOSSLESS benchmark: exactness and ratio against zstd -19 / brotli -11, and the coding engine
+at its default width against width 1, in one run on one machine.
 
-`measure(passages)` runs everything in one process, passage by passage (raw
-evaluation, compress, reconstruct side by side), so the speed fraction holds
-even on a busy machine where absolute B/s do not. Passages run one per core
-(`--workers`), each on its own engine worker with the codec's thread count.
-`python -m bench.lossless [--every 4] [--limit N] [--workers N] [-o out.json]`, or
-`--text PATH` for one whole file as one text (such as the Canterbury alice29.txt).
+`measure(passages)` runs, on in-process servers (the real gRPC server and model):
+- corpus: every passage compressed and reconstructed at the default width,
+  32 calls in flight (the engine batches them): exact/total, ratios, B/s;
+- batch: BatchCompress items/s over a fixed set of passages, default width
+  against width 1, quiet and again with a CPU-bound process beside it;
+- text_32k: one 32 KB text's compress and reconstruct B/s at both widths, the
+  cost of verify in coding passes, and the raw engine speed (no coding).
+`python -m bench.lossless [--every 4] [--limit N] [--no-speed] [--out DIR | -o out.json]`, or
+`--text PATH --no-speed` for one whole file as one text (such as the Canterbury alice29.txt:
+its bits per byte are the figure published compressors quote).
 """
 
 from __future__ import annotations
@@ -16,165 +21,142 @@ import itertools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import brotli
+import grpc
 import zstandard
 
 from llmcompress.v1 import compression_pb2 as pb
-from llmcompress_server.app import build_codecs
-from llmcompress_server.backends.embedded import EmbeddedEngine
+from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+from llmcompress_server.app import App, create_server
 from llmcompress_server.codecs.lossless import LosslessCodec, fingerprint_fields
-from llmcompress_server.config import Config, load_config
-from llmcompress_server.domain import CompressCommand, Mode
-from llmcompress_server.pipeline import Pipeline
+from llmcompress_server.config import Config, EmbeddedConfig, load_config
+from llmcompress_server.domain import Mode
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus" / "passages.jsonl"
+ALICE = ROOT.parent / "shared" / "corpus" / "alice29.txt"
+BATCH_ITEMS = 24  # passages per BatchCompress run: every 7th of the corpus
+TEXT_BYTES = 32 * 1024
 
 
-def _config(workers: int) -> Config:
+def _config(width: int | None = None) -> Config:
+    embedded: dict[str, Any] = {"preload": False}
+    if width is not None:
+        embedded["coding_width"] = width
     return load_config(
         environ={},
         overrides={
-            "model": {"embedded": {"preload": False, "workers": workers}},
+            "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
+            "model": {"embedded": embedded},
             "monitoring": {"enable_prometheus": False},
-            "performance": {"max_queue": 4},
+            "performance": {"max_queue": 256},
+            "cache": {"enabled": False},
         },
     )
 
 
-def default_workers() -> int:
-    """One passage per core, each coded with the codec's one thread."""
-    return max(1, min(2, os.cpu_count() or 1))
+async def _server(width: int | None = None) -> App:
+    app = await create_server(_config(width))
+    await app.start()
+    assert app.engine is not None
+    await app.engine.start()
+    return app
 
 
-async def _measure(
-    passages: list[dict[str, str]], verify: bool, workers: int, speed: bool
-) -> dict[str, Any]:
-    config = _config(workers)
-    engine = EmbeddedEngine(config.model.embedded)
-    await engine.start()
-    codecs = build_codecs(config, engine)
-    codec = codecs[Mode.LOSSLESS]
+def _codec(app: App) -> LosslessCodec:
+    codec = app.pipeline.codecs[Mode.LOSSLESS]
     assert isinstance(codec, LosslessCodec)
-    pipeline = Pipeline(config, codecs)
+    return codec
+
+
+def _stub(channel: grpc.aio.Channel) -> pb_grpc.CompressionServiceStub:
+    return pb_grpc.CompressionServiceStub(channel)
+
+
+# -- corpus: exactness and ratio --------------------------------------------------------
+
+
+async def _corpus(passages: list[dict[str, str]], verify: bool) -> dict[str, Any]:
+    app = await _server()
     zstd = zstandard.ZstdCompressor(level=19)
-    gate = asyncio.Semaphore(workers)
-
-    async def one(n: int, item: dict[str, str]) -> dict[str, Any]:
-        text = item["text"]
-        data = text.encode("utf-8")
-        async with gate:
-            tokens = (await engine.run(lambda w, d=data: codec.tokenize(d, w))).tokens
-            # The raw pass runs before the coding passes for even passages and after
-            # them for odd ones: over the subset, load drift on a shared machine
-            # cancels out, and every passage costs three passes instead of four.
-            raw_s = 0.0
-            if speed and n % 2 == 0:
-                raw_s = await _timed(codec.evaluate(tokens))
-            t1 = time.perf_counter()
-            out = await pipeline.compress(
-                CompressCommand(text=text, mode=Mode.LOSSLESS, verify=verify)
-            )
-            t2 = time.perf_counter()
-            back = await pipeline.reconstruct(out.envelope)
-            t3 = time.perf_counter()
-            if speed and n % 2 == 1:
-                raw_s = await _timed(codec.evaluate(tokens))
-        row = {
-            "id": item.get("id", ""),
-            "bytes": len(data),
-            "tokens": len(tokens),
-            "envelope": len(out.envelope),
-            # The coded tokens alone; the rest is the header and fingerprint.
-            "stream": len(pb.Envelope.FromString(out.envelope).lossless.stream),
-            "mode": out.mode.value,
-            "reason": out.reason,
-            # Bytes coded through split spans or byte tokens (tokens.ExactTokenizer).
-            "piecewise": out.piecewise_bytes,
-            "exact": back.exact and back.text == text,
-            "zstd19": len(zstd.compress(data)),
-            "brotli11": len(brotli.compress(data, quality=11)),
-            "raw_s": raw_s,
-            "compress_s": t2 - t1,
-            "reconstruct_s": t3 - t2,
-        }
-        print(
-            f"  {row['id']:<16} {len(data):>6} B  {len(data) / len(out.envelope):5.2f}x"
-            f"  exact={row['exact']}",
-            file=sys.stderr,
-        )
-        return row
-
     try:
-        rows = list(await asyncio.gather(*(one(n, item) for n, item in enumerate(passages))))
+        # A client window under the engine's queue bound (model.embedded.queue_size).
+        window = asyncio.Semaphore(32)
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            stub = _stub(channel)
+
+            async def compress(text: str) -> pb.CompressResponse:
+                async with window:
+                    request = pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS, verify=verify)
+                    return await stub.Compress(request)
+
+            async def reconstruct(envelope: bytes) -> pb.ReconstructResponse:
+                async with window:
+                    return await stub.Reconstruct(pb.ReconstructRequest(envelope=envelope))
+
+            t0 = time.perf_counter()
+            sent = await asyncio.gather(*(compress(p["text"]) for p in passages))
+            t1 = time.perf_counter()
+            back = await asyncio.gather(*(reconstruct(r.envelope) for r in sent))
+            t2 = time.perf_counter()
     finally:
-        await engine.close()
-    return _summary(rows, codec, verify, workers, speed)
-
-
-async def _timed(work: Awaitable[None]) -> float:
-    t0 = time.perf_counter()
-    await work
-    return time.perf_counter() - t0
-
-
-def _summary(
-    rows: list[dict[str, Any]], codec: LosslessCodec, verify: bool, workers: int, speed: bool
-) -> dict[str, Any]:
-    total = sum(r["bytes"] for r in rows)
-    tokens = sum(r["tokens"] for r in rows)
-
-    def ratio(key: str) -> tuple[float, float]:
-        return (
-            total / sum(r[key] for r in rows),
-            statistics.median(r["bytes"] / r[key] for r in rows),
+        await app.stop(grace=0)
+    rows = []
+    for p, r, b in zip(passages, sent, back, strict=True):
+        data = p["text"].encode("utf-8")
+        env = pb.Envelope.FromString(r.envelope)
+        rows.append(
+            {
+                "id": p.get("id", ""),
+                "bytes": len(data),
+                "envelope": len(r.envelope),
+                "stream": len(env.lossless.stream),
+                "streams": max(1, len(env.lossless.chunk_words)),
+                "mode": pb.Mode.Name(r.stats.mode),
+                "reason": r.stats.reason,
+                # Bytes coded through split spans or byte tokens (tokens.ExactTokenizer).
+                "piecewise": r.stats.piecewise_bytes,
+                "exact": b.exact and b.text == p["text"],
+                "zstd19": len(zstd.compress(data)),
+                "brotli11": len(brotli.compress(data, quality=11)),
+            }
         )
+    total = sum(r["bytes"] for r in rows)
+    fp = fingerprint_fields(pb.Envelope.FromString(sent[0].envelope).lossless.fingerprint)
 
-    lossless, lossless_median = ratio("envelope")
-    zstd19, zstd19_median = ratio("zstd19")
-    brotli11, brotli11_median = ratio("brotli11")
-    raw_s = sum(r["raw_s"] for r in rows)
-    compress_s = sum(r["compress_s"] for r in rows)
-    reconstruct_s = sum(r["reconstruct_s"] for r in rows)
-    fp = fingerprint_fields(codec.fingerprint)
+    def ratio(key: str) -> float:
+        return total / sum(r[key] for r in rows)
+
     return {
         "passages": len(rows),
         "bytes": total,
-        "tokens": tokens,
         "exact": sum(r["exact"] for r in rows),
         "total": len(rows),
-        "degraded": sum(r["mode"] != Mode.LOSSLESS.value for r in rows),
-        "lossless_ratio": lossless,
-        "lossless_ratio_median": lossless_median,
-        "zstd19_ratio": zstd19,
-        "zstd19_ratio_median": zstd19_median,
-        "brotli11_ratio": brotli11,
-        "brotli11_ratio_median": brotli11_median,
-        "ratio_vs_brotli11": lossless / brotli11,
-        "stream_ratio": total / sum(r["stream"] for r in rows),
-        "stream_bits_per_byte": 8 * sum(r["stream"] for r in rows) / total,
+        "degraded": sum(r["mode"] != "MODE_LOSSLESS" for r in rows),
+        "lossless_ratio": ratio("envelope"),
+        "lossless_ratio_median": statistics.median(r["bytes"] / r["envelope"] for r in rows),
+        "zstd19_ratio": ratio("zstd19"),
+        "brotli11_ratio": ratio("brotli11"),
+        "ratio_vs_brotli11": ratio("envelope") / ratio("brotli11"),
+        "stream_ratio": ratio("stream"),
         "bits_per_byte": 8 * sum(r["envelope"] for r in rows) / total,
+        "stream_bits_per_byte": 8 * sum(r["stream"] for r in rows) / total,
         "piecewise_bytes": sum(r["piecewise"] for r in rows),
         "piecewise_share": sum(r["piecewise"] for r in rows) / total,
         "mean_overhead_bytes": statistics.mean(r["envelope"] - r["stream"] for r in rows),
         "verify": verify,
-        # Passages coded at the same time, each on its own engine worker; B/s are per worker.
-        "workers": workers,
-        "compress_bytes_per_s": total / compress_s,
-        "reconstruct_bytes_per_s": total / reconstruct_s,
-        # None without a timed raw pass (--no-speed).
-        "raw_tokens_per_s": tokens / raw_s if speed else None,
-        "raw_bytes_per_s": total / raw_s if speed else None,
-        # Compress with verify does the work twice; compare per coding pass.
-        "compress_fraction_of_raw": raw_s * (2 if verify else 1) / compress_s if speed else None,
-        "reconstruct_fraction_of_raw": raw_s / reconstruct_s if speed else None,
+        # 32 calls in flight: the engine's B/s on a full queue.
+        "compress_bytes_per_s": total / (t1 - t0),
+        "reconstruct_bytes_per_s": total / (t2 - t1),
         "engine": fp["engine"],
+        "width": fp["width"],
         "threads": fp["threads"],
         "n_ctx": fp["n_ctx"],
         "schedule": fp["schedule"],
@@ -209,59 +191,228 @@ def _by_size(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+# -- speed: default width against width 1 ------------------------------------------------
+
+
+async def _batch(app: App, passages: list[dict[str, str]]) -> dict[str, float]:
+    """One BatchCompress stream of every passage (verify on, as users run it)."""
+    coding = app.engine.coding if app.engine is not None else None
+    assert coding is not None
+    rows0, slots0 = coding.stats.rows, coding.stats.slot_steps
+
+    async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+        for n, p in enumerate(passages):
+            yield pb.BatchCompressRequest(
+                id=str(n), request=pb.CompressRequest(text=p["text"], mode=pb.MODE_LOSSLESS)
+            )
+
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        t0 = time.perf_counter()
+        answers = [a async for a in _stub(channel).BatchCompress(requests())]
+        seconds = time.perf_counter() - t0
+    ok = sum(a.HasField("result") and a.result.stats.mode == pb.MODE_LOSSLESS for a in answers)
+    slots = coding.stats.slot_steps - slots0
+    return {
+        "items": len(answers),
+        "lossless_items": ok,
+        "seconds": seconds,
+        "items_per_s": len(answers) / seconds,
+        "occupancy": (coding.stats.rows - rows0) / slots if slots else 0.0,
+    }
+
+
+async def _text(app: App, text: str) -> dict[str, float]:
+    """One long text: compress without and with verify, reconstruct, and the raw engine."""
+    data = text.encode("utf-8")
+    codec = _codec(app)
+    coding = app.engine.coding if app.engine is not None else None
+    assert coding is not None
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = _stub(channel)
+        t0 = time.perf_counter()
+        plain = await stub.Compress(
+            pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS, verify=False)
+        )
+        t1 = time.perf_counter()
+        await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS, verify=True))
+        t2 = time.perf_counter()
+        back = await stub.Reconstruct(pb.ReconstructRequest(envelope=plain.envelope))
+        t3 = time.perf_counter()
+    tokens = (await codec.tokenize(data)).tokens
+    rows0, slots0 = coding.stats.rows, coding.stats.slot_steps
+    t4 = time.perf_counter()
+    await codec.evaluate(tokens)
+    raw_s = time.perf_counter() - t4
+    slots = coding.stats.slot_steps - slots0
+    env = pb.Envelope.FromString(plain.envelope)
+    return {
+        "bytes": len(data),
+        "tokens": len(tokens),
+        "streams": max(1, len(env.lossless.chunk_words)),
+        "envelope": len(plain.envelope),
+        "exact": float(back.text == text),
+        "compress_bytes_per_s": len(data) / (t1 - t0),
+        "compress_verify_bytes_per_s": len(data) / (t2 - t1),
+        "reconstruct_bytes_per_s": len(data) / (t3 - t2),
+        # Compress with verify in coding passes (compress alone = 1).
+        "verify_cost_passes": (t2 - t1) / (t1 - t0),
+        "raw_tokens_per_s": len(tokens) / raw_s,
+        "raw_bytes_per_s": len(data) / raw_s,
+        "raw_occupancy": (coding.stats.rows - rows0) / slots if slots else 0.0,
+    }
+
+
+def long_text(limit: int = TEXT_BYTES) -> str:
+    """The first `limit` bytes of corpus prose, cut at a paragraph: passages of all three
+    sources in corpus order."""
+    out = ""
+    for line in CORPUS.read_text(encoding="utf-8").splitlines():
+        out += json.loads(line)["text"] + "\n\n"
+        if len(out.encode("utf-8")) >= limit:
+            break
+    return out.encode("utf-8")[:limit].decode("utf-8", "ignore").rsplit("\n\n", 1)[0]
+
+
+class _Burner:
+    """A CPU-bound process beside the measurement (a busy loop), while in the block."""
+
+    def __enter__(self) -> _Burner:
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _ratio(wide: dict[str, float], one: dict[str, float], key: str) -> float:
+    return wide[key] / one[key] if one[key] else 0.0
+
+
+async def _speed(batch_passages: list[dict[str, str]], text: str) -> dict[str, Any]:
+    wide, one = await _server(), await _server(width=1)
+    try:
+        cfg: EmbeddedConfig = wide.config.model.embedded
+        out: dict[str, Any] = {
+            "width": cfg.coding_width,
+            "threads": cfg.coding_threads,
+            "engines": cfg.coding_engines,
+        }
+        batch: dict[str, Any] = {"passages": len(batch_passages)}
+        for label in ("quiet", "cpu_bound_beside"):
+            load0 = os.getloadavg()[0]
+            if label == "quiet":
+                w, o = await _batch(wide, batch_passages), await _batch(one, batch_passages)
+            else:
+                with _Burner():
+                    w, o = await _batch(wide, batch_passages), await _batch(one, batch_passages)
+            batch[label] = {
+                "default_width": w,
+                "width_1": o,
+                "items_per_s_ratio": _ratio(w, o, "items_per_s"),
+                "loadavg_1min": (load0 + os.getloadavg()[0]) / 2,
+            }
+        out["batch"] = batch
+        w, o = await _text(wide, text), await _text(one, text)
+        out["text_32k"] = {
+            "bytes_asked": len(text.encode("utf-8")),
+            "default_width": w,
+            "width_1": o,
+            "compress_ratio": _ratio(w, o, "compress_bytes_per_s"),
+            "reconstruct_ratio": _ratio(w, o, "reconstruct_bytes_per_s"),
+            "raw_ratio": _ratio(w, o, "raw_tokens_per_s"),
+        }
+        return out
+    finally:
+        await wide.stop(grace=0)
+        await one.stop(grace=0)
+
+
 def measure(
     passages: list[dict[str, str]],
     *,
     verify: bool = False,
-    workers: int | None = None,
     speed: bool = True,
+    batch_items: int = BATCH_ITEMS,
+    text_bytes: int = TEXT_BYTES,
 ) -> dict[str, Any]:
-    """LOSSLESS on `passages` ({"id", "text"} dicts): ratios, exact/total, speeds.
+    """LOSSLESS on `passages` ({"id", "text"} dicts), and (speed) the engine at its default
+    width against width 1 on `batch_items` passages (every 7th of the corpus) and one text
+    of `text_bytes` bytes."""
 
-    Compress runs without verify by default, so compress B/s is one coding pass
-    and compares directly with the raw engine speed.
-    """
-    return asyncio.run(_measure(passages, verify, workers or default_workers(), speed))
+    async def run() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out: dict[str, Any] = {"loadavg_start": list(os.getloadavg())}
+        out["corpus"] = await _corpus(passages, verify)
+        if speed:
+            batch = load_passages(CORPUS, 7, batch_items)
+            out["speed"] = await _speed(batch, long_text(text_bytes))
+        out["loadavg_end"] = list(os.getloadavg())
+        out["wall_seconds"] = time.perf_counter() - t0
+        return out
+
+    result = asyncio.run(run())
+    corpus = result["corpus"]
+    # Flat figures bench.report reads.
+    result.update(
+        {
+            key: corpus[key]
+            for key in ("passages", "exact", "total", "lossless_ratio", "brotli11_ratio")
+        }
+    )
+    result["ratio_vs_brotli11"] = corpus["ratio_vs_brotli11"]
+    return result
 
 
 def table(result: dict[str, Any]) -> str:
-    r = result
+    c = result["corpus"]
     lines = [
-        f"LOSSLESS on {r['passages']} passages, {r['bytes']} B, {r['tokens']} tokens "
-        f"({r['engine']}, {r['threads']} thread(s), n_ctx {r['n_ctx']}, "
-        f"{r['workers']} passage(s) at a time; B/s are per worker)",
-        f"  exact               {r['exact']}/{r['total']}  (degraded {r['degraded']})",
-        f"  ratio total/median  lossless {r['lossless_ratio']:.2f}x"
-        f"/{r['lossless_ratio_median']:.2f}x"
-        f"  zstd-19 {r['zstd19_ratio']:.2f}x/{r['zstd19_ratio_median']:.2f}x"
-        f"  brotli-11 {r['brotli11_ratio']:.2f}x/{r['brotli11_ratio_median']:.2f}x",
-        f"  vs brotli -11       {r['ratio_vs_brotli11']:.2f}x  (target >= 2.3x)",
-        f"  bits per byte       {r['bits_per_byte']:.4f} (coded stream alone "
-        f"{r['stream_bits_per_byte']:.4f})",
-        f"  coded piecewise     {r['piecewise_bytes']} B ({r['piecewise_share']:.3%} of the bytes)",
-        f"  coded stream only   {r['stream_ratio']:.2f}x"
-        f"  ({r['stream_ratio'] / r['brotli11_ratio']:.2f}x brotli;"
-        f" envelope overhead {r['mean_overhead_bytes']:.0f} B per text)",
+        f"LOSSLESS on {c['passages']} passages, {c['bytes']} B ({c['engine']}, width "
+        f"{c['width']}, {c['threads']} thread(s), n_ctx {c['n_ctx']}, schedule {c['schedule']})",
+        f"  exact               {c['exact']}/{c['total']}  (degraded {c['degraded']})",
+        f"  ratio total/median  lossless {c['lossless_ratio']:.2f}x"
+        f"/{c['lossless_ratio_median']:.2f}x  zstd-19 {c['zstd19_ratio']:.2f}x"
+        f"  brotli-11 {c['brotli11_ratio']:.2f}x  ({c['ratio_vs_brotli11']:.2f}x brotli)",
+        f"  coded stream only   {c['stream_ratio']:.2f}x"
+        f"  (envelope overhead {c['mean_overhead_bytes']:.0f} B per text)",
+        f"  bits per byte       {c['bits_per_byte']:.4f} (coded stream alone "
+        f"{c['stream_bits_per_byte']:.4f})",
+        f"  coded piecewise     {c['piecewise_bytes']} B ({c['piecewise_share']:.3%} of the bytes)",
         *(
             f"  {name:<19} {g['passages']:>3} texts  {g['lossless_ratio']:.2f}x, "
             f"{g['vs_brotli11']:.2f}x brotli (coded stream alone {g['stream_vs_brotli11']:.2f}x)"
-            for name, g in r["by_size"].items()
+            for name, g in c["by_size"].items()
         ),
+        f"  all at once         compress {c['compress_bytes_per_s']:.0f} B/s (verify="
+        f"{c['verify']}), reconstruct {c['reconstruct_bytes_per_s']:.0f} B/s",
     ]
-    if r["raw_tokens_per_s"] is None:
+    s = result.get("speed")
+    if s:
+        w = s["width"]
+        lines.append(
+            f"Engine: width {w} against width 1 ({s['threads']} thread(s) per step, "
+            f"{s['engines']} engine(s))"
+        )
+        for label, b in s["batch"].items():
+            lines.append(
+                f"  BatchCompress {label:<16} {b['default_width']['items_per_s']:.2f} against "
+                f"{b['width_1']['items_per_s']:.2f} items/s = {b['items_per_s_ratio']:.2f}x "
+                f"(occupancy {b['default_width']['occupancy']:.2f}, load {b['loadavg_1min']:.1f})"
+            )
+        t = s["text_32k"]
+        tw, t1 = t["default_width"], t["width_1"]
         lines += [
-            "  raw engine          not measured (--no-speed)",
-            f"  compress            {r['compress_bytes_per_s']:.0f} B/s (verify={r['verify']})",
-            f"  reconstruct         {r['reconstruct_bytes_per_s']:.0f} B/s",
+            f"  {t['bytes_asked'] // 1024} KB compress  "
+            f"    {tw['compress_bytes_per_s']:.0f} against "
+            f"{t1['compress_bytes_per_s']:.0f} B/s = {t['compress_ratio']:.2f}x "
+            f"({tw['streams']} streams)",
+            f"  32 KB reconstruct   {tw['reconstruct_bytes_per_s']:.0f} against "
+            f"{t1['reconstruct_bytes_per_s']:.0f} B/s = {t['reconstruct_ratio']:.2f}x",
+            f"  raw engine          {tw['raw_tokens_per_s']:.1f} tok/s at width {w} "
+            f"(occupancy {tw['raw_occupancy']:.2f}), {t1['raw_tokens_per_s']:.1f} at width 1",
+            f"  verify              Compress with verify = {tw['verify_cost_passes']:.2f} "
+            "coding passes",
         ]
-        return "\n".join(lines)
-    lines += [
-        f"  raw engine          {r['raw_tokens_per_s']:.1f} tok/s, {r['raw_bytes_per_s']:.0f} B/s",
-        f"  compress            {r['compress_bytes_per_s']:.0f} B/s"
-        f"  ({r['compress_fraction_of_raw']:.0%} of raw per pass, verify={r['verify']})",
-        f"  reconstruct         {r['reconstruct_bytes_per_s']:.0f} B/s"
-        f"  ({r['reconstruct_fraction_of_raw']:.0%} of raw; target >= 90%)",
-    ]
     return "\n".join(lines)
 
 
@@ -281,30 +432,56 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--verify", action="store_true", help="compress with verify on")
     parser.add_argument(
-        "--workers",
-        type=int,
-        default=default_workers(),
-        help="passages coded at the same time, one engine worker each (default: %(default)s)",
-    )
-    parser.add_argument(
         "--no-speed",
         dest="speed",
         action="store_false",
-        help="skip the raw engine pass (a third fewer passes): ratios and exactness only",
+        help="skip the width comparison: exactness and ratios only",
+    )
+    parser.add_argument(
+        "--batch-items", type=int, default=BATCH_ITEMS, help="BatchCompress items per run"
+    )
+    parser.add_argument(
+        "--text-bytes", type=int, default=TEXT_BYTES, help="size of the long text (32 KB)"
     )
     parser.add_argument("-o", "--output", type=Path, help="write JSON here (default stdout)")
+    parser.add_argument(
+        "--out", type=Path, help="write lossless.json and lossless.md into this directory"
+    )
     args = parser.parse_args(argv)
     if args.text:
         passages = [{"id": args.text.name, "text": args.text.read_text(encoding="utf-8")}]
     else:
         passages = load_passages(args.corpus, args.every, args.limit)
-    result = measure(passages, verify=args.verify, workers=args.workers, speed=args.speed)
+    result = measure(
+        passages,
+        verify=args.verify,
+        speed=args.speed,
+        batch_items=args.batch_items,
+        text_bytes=args.text_bytes,
+    )
+    result["command"] = "python -m bench.lossless " + " ".join(argv or sys.argv[1:])
+    result["subset"] = (
+        f"the whole of {args.text.name}"
+        if args.text
+        else f"every {args.every}th passage" + (f", at most {args.limit}" if args.limit else "")
+    )
     text = json.dumps(result, indent=2)
+    summary = table(result)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "lossless.json").write_text(text + "\n", encoding="utf-8")
+        (args.out / "lossless.md").write_text(
+            f"# LOSSLESS benchmark\n\n`{result['command']}` ({result['subset']}), load average "
+            f"{result['loadavg_start']} at start, {result['loadavg_end']} at end, "
+            f"{result['wall_seconds']:.0f} s.\n\n```\n{summary}\n```\n",
+            encoding="utf-8",
+        )
     if args.output:
         args.output.write_text(text + "\n", encoding="utf-8")
-        print(table(result))
+    if args.out or args.output:
+        print(summary)
     else:
-        print(table(result), file=sys.stderr)
+        print(summary, file=sys.stderr)
         print(text)
     return 0 if result["exact"] == result["total"] else 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,7 +12,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import pytest
@@ -32,15 +33,49 @@ CORPUS = ROOT.parent / "shared" / "corpus" / "passages.jsonl"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+# Debian packages of the system tools the tests use, where the name differs.
+APT_PACKAGES = {"promtool": "prometheus", "kubectl": "kubernetes-client", "node": "nodejs npm"}
+# The skip reason `missing_part` gives; the terminal summary lists these parts.
+MISSING_PART = re.compile(r"missing system part: (?P<part>.+?); install it with `(?P<how>[^`]+)`")
+
+
+def missing_part(part: str, install: str) -> NoReturn:
+    """Skip the test on a user's machine (the summary names the part and its install
+    command); under CI=true a missing part is a failure."""
+    message = f"missing system part: {part}; install it with `{install}` (.ci/run does)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_tool(name: str) -> str:
-    """Path of a system tool; a loud skip on a user's machine, a failure under CI."""
+    """Path of a system tool; a named skip on a user's machine, a failure under CI."""
     path = shutil.which(name)
     if path is None:
-        message = f"`{name}` is not installed; .ci/run installs it (apt-get install {name})"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_part(name, f"apt-get install {APT_PACKAGES.get(name, name)}")
     return path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """After "N skipped": which real parts were missing, and the command that installs each."""
+    parts: dict[tuple[str, str], int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        if found := MISSING_PART.search(reason):
+            key = (found["part"], found["how"])
+            parts[key] = parts.get(key, 0) + 1
+    if not parts:
+        return
+    skipped = sum(parts.values())
+    terminalreporter.section(f"{skipped} tests skipped: real system parts missing", sep="!")
+    width = max(len(part) for part, _ in parts)
+    for (part, how), count in sorted(parts.items()):
+        terminalreporter.line(f"  {part:<{width}}  {count:>3} tests  install: {how}")
+    terminalreporter.line(
+        "  These tests did not run. `.ci/run` installs every part; under CI=true a missing "
+        "part fails its tests."
+    )
 
 
 def load_corpus() -> list[dict[str, str]]:

@@ -31,6 +31,12 @@ stream, HTTP 500 without stream), "hang" (never answers), "drop" (closes the
 connection without answering), "garbage" (HTTP 200 with non-JSON), "ok".
 `SimOptions` can be changed while the server runs (`sim.options.fail_rate = 0`).
 
+Token counts are what a BPE tokenizer and a chat template would give, roughly
+(`count_tokens`, `prompt_tokens`): a token per short word or punctuation mark,
+more for long words, a few per message for the template, one more for the end
+of the answer; never the word count, never a constant. Each model's reported
+totals are in `stats.input_tokens` / `stats.output_tokens`.
+
 Stats (`sim.stats`): `calls` (model calls received), `in_flight`/`max_in_flight`
 (model requests open at the server, queued or running), `running`/`max_running`
 (holding a slot), `cancelled` (the client went away first), `faults` per kind,
@@ -110,6 +116,9 @@ class SimStats:
     faults: Counter[str] = field(default_factory=Counter)
     paths: Counter[str] = field(default_factory=Counter)
     models_used: set[str] = field(default_factory=set)
+    # Tokens reported in successful answers, per model.
+    input_tokens: Counter[str] = field(default_factory=Counter)
+    output_tokens: Counter[str] = field(default_factory=Counter)
 
 
 class _Disconnected(Exception):
@@ -129,6 +138,29 @@ def _words(body: dict[str, Any]) -> list[str]:
     # Plain words only, like a model's prose: echoing prompt delimiters (quotes,
     # fences) would make answers that a real client rightly rejects.
     return re.findall(r"[\w'.,$%-]+", text) or ["ok"]
+
+
+# A chat template's cost per message (role header and end marks), and before the answer.
+TEMPLATE_TOKENS_PER_MESSAGE = 4
+TEMPLATE_TOKENS_ANSWER = 3
+
+
+def count_tokens(text: str) -> int:
+    """About what a BPE tokenizer counts: one token per word of up to 6 characters and one
+    more per 6 after that, one per punctuation mark or symbol."""
+    return sum(
+        1 + (len(piece) - 1) // 6 if piece[0].isalnum() else 1
+        for piece in re.findall(r"\w+|[^\w\s]", text)
+    )
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """A chat's prompt tokens (every message plus the template), or a prompt's."""
+    if "messages" in body:
+        messages = body.get("messages") or []
+        text_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
+        return text_tokens + TEMPLATE_TOKENS_PER_MESSAGE * len(messages) + TEMPLATE_TOKENS_ANSWER
+    return count_tokens(str(body.get("prompt", ""))) + TEMPLATE_TOKENS_ANSWER
 
 
 def instance_for(schema: Any, words: list[str], budget: int = 24) -> Any:
@@ -216,6 +248,8 @@ class SimOllama:
             "completed": s.completed,
             "faults": dict(s.faults),
             "paths": dict(s.paths),
+            "input_tokens": dict(s.input_tokens),
+            "output_tokens": dict(s.output_tokens),
         }
 
     # -- HTTP plumbing -------------------------------------------------------
@@ -473,7 +507,7 @@ class SimOllama:
                 {"object": "embedding", "index": i, "embedding": self._embedding(t)}
                 for i, t in enumerate(texts)
             ]
-            usage = {"prompt_tokens": sum(len(t.split()) for t in texts)}
+            usage = {"prompt_tokens": self._counted(body, sum(count_tokens(t) for t in texts))}
             await self._send_json(writer, 200, {"data": data, "usage": usage})
             return
         if path == "/v1/chat/completions":
@@ -483,8 +517,10 @@ class SimOllama:
                 "message": {"role": "assistant", "content": content},
                 "finish_reason": "stop",
             }
-            prompt = sum(len(m.get("content", "").split()) for m in body.get("messages", []))
-            usage = {"prompt_tokens": prompt, "completion_tokens": len(content.split())}
+            usage = {
+                "prompt_tokens": self._counted(body, prompt_tokens(body)),
+                "completion_tokens": self._counted(body, count_tokens(content) + 1, output=True),
+            }
             answer = {"object": "chat.completion", "model": body["model"], "choices": [choice]}
             await self._send_json(writer, 200, {**answer, "usage": usage})
             return
@@ -501,14 +537,12 @@ class SimOllama:
                     "model": body["model"],
                     "embeddings": [self._embedding(t) for t in texts],
                     "total_duration": int(self.options.latency * 1e9),
-                    "prompt_eval_count": sum(len(t.split()) for t in texts),
+                    "prompt_eval_count": self._counted(body, sum(count_tokens(t) for t in texts)),
                 },
             )
             return
         content = self._content(body)
         stream = body.get("stream", True)  # Ollama streams unless told not to
-        prompt_tokens = sum(len(m.get("content", "").split()) for m in body.get("messages", []))
-        prompt_tokens = prompt_tokens or len(str(body.get("prompt", "")).split())
         pieces = re.findall(r"\S+\s*|\s+", content) or [""]
         ns = int(self.options.latency * 1e9)
         final: dict[str, Any] = {
@@ -518,9 +552,9 @@ class SimOllama:
             "done_reason": "stop",
             "total_duration": ns,
             "load_duration": ns // 10,
-            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_count": prompt_tokens(body),
             "prompt_eval_duration": ns * 3 // 10,
-            "eval_count": len(pieces),
+            "eval_count": count_tokens(content) + 1,  # the answer and its end token
             "eval_duration": ns * 6 // 10,
         }
 
@@ -533,6 +567,7 @@ class SimOllama:
             if fault == "error":
                 await self._send_json(writer, 500, {"error": "llama runner process has terminated"})
                 return
+            self._count(body, final)
             await self._send_json(writer, 200, {**final, **part(content)})
             return
         lines = [
@@ -543,8 +578,19 @@ class SimOllama:
             lines = lines[: max(1, len(lines) // 2)]
             lines.append(b'{"error":"llama runner process has terminated: exit status 2"}\n')
         else:
+            self._count(body, final)
             lines.append(json.dumps({**final, **part("")}).encode() + b"\n")
         await self._stream(writer, lines)
+
+    def _counted(self, body: dict[str, Any], tokens: int, output: bool = False) -> int:
+        """Record `tokens` reported for `body`'s model; returns them."""
+        totals = self.stats.output_tokens if output else self.stats.input_tokens
+        totals[str(body.get("model", ""))] += tokens
+        return tokens
+
+    def _count(self, body: dict[str, Any], final: dict[str, Any]) -> None:
+        self._counted(body, int(final["prompt_eval_count"]))
+        self._counted(body, int(final["eval_count"]), output=True)
 
     @staticmethod
     def _embedding(text: str) -> list[float]:

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from llmcompress_server.config import Config, load_config
+from llmcompress_server.events import CodingJobEnded
 
 from .conftest import ROOT, require_tool
 
@@ -381,6 +382,8 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
         stats = pb.Stats(mode=pb.MODE_SEMANTIC, model="m", backend="ollama", ratio=9.0)
         stats.quality.overall = 0.9
         telemetry.metrics.compressed("Compress", stats)
+        # No model here either: a coding engine job's event, as the LOSSLESS codec sends it.
+        telemetry.metrics.coding_job(CodingJobEnded("encode", 0.01, 0.5, 100, 16))
         url = f"http://127.0.0.1:{telemetry.metrics_port}/metrics"
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
     finally:

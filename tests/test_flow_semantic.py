@@ -169,9 +169,10 @@ async def test_client_cancel_mid_stream_stops_backend_requests(
         call = stub.BatchCompress(requests(200))
         await wait_until(lambda: sim.stats.in_flight == 8, within=10)
         call.cancel()
-        took = await wait_until(lambda: sim.stats.in_flight == 0, within=1.0)
+        # Gone long before the 60 s the requests would hold (10x slack for a loaded machine).
+        took = await wait_until(lambda: sim.stats.in_flight == 0, within=10.0)
     assert sim.stats.max_in_flight == 8 and sim.stats.cancelled >= 8
-    await wait_until(lambda: pool_in_flight(app) == 0 and app.pipeline.admission.active == 0, 1.0)
+    await wait_until(lambda: pool_in_flight(app) == 0 and app.pipeline.admission.active == 0, 10)
     print(f"backend requests gone {took * 1000:.0f} ms after the cancel")
 
 
@@ -188,9 +189,10 @@ async def test_grpc_deadline_becomes_the_backend_timeout(
                 pb.CompressRequest(text=next(texts(1)), mode=pb.MODE_SEMANTIC), timeout=0.5
             )
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - start < 2.0
-    await wait_until(lambda: sim.stats.in_flight == 0, within=1.0)
-    await wait_until(lambda: pool_in_flight(app) == 0, within=1.0)
+        # The 0.5 s deadline, not the 60 s latency, ended it (10x slack for load).
+        assert time.monotonic() - start < 20.0
+    await wait_until(lambda: sim.stats.in_flight == 0, within=10.0)
+    await wait_until(lambda: pool_in_flight(app) == 0, within=10.0)
 
 
 # -- the acceptance load test ----------------------------------------------------------

@@ -1,11 +1,18 @@
 """LOSSLESS through the real gRPC server and the real model: exact round trips, refusals, faults.
 
 CI-sized: a fixed sample of short corpus passages (1 KB round-tripped, 0.7 KB
-chunked), because the model codes ~10-100 tokens/s here and every text is
-coded two or three times (encode, verify, reconstruct).
+split into streams), because the model codes ~50-150 tokens/s here and every
+text is coded two or three times (encode, verify, reconstruct). Envelopes are
+reconstructed by freshly started servers: everything needed is in the envelope.
 """
 
 from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -31,6 +38,11 @@ Stub = pb_grpc.CompressionServiceStub
 ROUND_TRIP_IDS = ("alice29-0136", "asyoulik-0218", "lcet10-0060")
 LONG_ID = "lcet10-0013"  # 703 bytes, about 170 tokens: over an n_ctx of 128
 SHORT_ID = "alice29-0160"  # 325 bytes: the envelope the tamper tests damage
+# Envelopes written before the coding engine (schedule t1), with their texts.
+T1_FIXTURES = Path(__file__).parent / "data" / "envelopes-t1.jsonl"
+# A narrow engine keeps steps cheap where the default width is not the point; lone
+# texts stay at its width (not width 1) so the wide path is what these tests run.
+NARROW = {"coding_width": 4, "coding_narrow_when_idle": False}
 
 
 def _text(corpus: list[dict[str, str]], item_id: str) -> str:
@@ -59,7 +71,7 @@ async def _refused(address: str, envelope: bytes) -> grpc.aio.AioRpcError:
 @pytest.fixture(scope="module")
 async def short_envelope(corpus: list[dict[str, str]]) -> bytes:
     """One LOSSLESS envelope of a short passage, made once on a server that is then gone."""
-    app = await create_server(make_config())
+    app = await create_server(make_config(model={"embedded": NARROW}))
     await app.start()
     try:
         resp = await _compress(app.address, _text(corpus, SHORT_ID), verify=False)
@@ -82,10 +94,32 @@ def _edited(envelope: bytes, edit: str, value: object) -> bytes:
     return env.SerializeToString()
 
 
+async def test_the_default_engine_and_a_lone_text_at_width_1(start_server: StartServer) -> None:
+    text = "Width sixteen, one thread, two engines."
+    wide = await start_server(model={"embedded": {"coding_narrow_when_idle": False}})
+    resp = await _compress(wide.address, text, verify=False)
+    env = pb.Envelope.FromString(resp.envelope)
+    assert resp.stats.mode == pb.MODE_LOSSLESS
+    fp = env.lossless.fingerprint
+    assert (fp.width, fp.threads, fp.n_ctx) == (16, 1, 2048)
+    assert (fp.schedule_id, fp.row_model, fp.gpu_layers) == (2, 0, 0)
+    assert fingerprint_fields(fp)["engine"] == engine_version()
+    assert env.version == FORMAT_VERSION and not env.model.name  # a packaged model: no name
+    await wide.stop(grace=0)
+    # The default: a text of one stream on an idle engine is coded at width 1, in the
+    # format of before the engine, and the wide server reads it like any other.
+    app = await start_server()
+    lone = await _compress(app.address, text)
+    fp = pb.Envelope.FromString(lone.envelope).lossless.fingerprint
+    assert (fp.width, fp.schedule_id, fp.threads) == (0, 1, 1)
+    back = await _reconstruct(app.address, resp.envelope)
+    assert back.exact and back.text == text
+
+
 async def test_corpus_sample_round_trips_exactly_with_verify(
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     for n, item_id in enumerate(ROUND_TRIP_IDS):
         text = _text(corpus, item_id)
         # The first uses the server default (compression.verify: on); the rest
@@ -99,44 +133,134 @@ async def test_corpus_sample_round_trips_exactly_with_verify(
         assert resp.stats.compressed_bytes == len(resp.envelope)
         env = pb.Envelope.FromString(resp.envelope)
         assert env.model.sha256_prefix == app.engine.identity.sha256_prefix  # type: ignore[union-attr]
-        assert env.lossless.fingerprint.threads == 1
-        assert env.lossless.fingerprint.n_ctx == 2048
-        assert fingerprint_fields(env.lossless.fingerprint)["engine"] == engine_version()
-        assert env.version == FORMAT_VERSION and not env.model.name  # a packaged model: no name
+        assert env.lossless.fingerprint.width == 4
         back = await _reconstruct(app.address, resp.envelope)
         assert back.exact and back.mode == pb.MODE_LOSSLESS
         assert back.text == text, item_id
 
 
-async def test_text_longer_than_the_context_is_chunked_and_any_server_reconstructs_it(
+async def test_a_text_over_the_context_splits_into_streams_a_fresh_server_reconstructs(
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
     text = _text(corpus, LONG_ID)
-    embedded = {"n_ctx": 128, "workers": 2}  # two chunks, coded in parallel
+    # ~170 tokens: streams of at most 128, one round of two engines of width 4.
+    embedded = {"n_ctx": 128, **NARROW}
     first = await start_server(model={"embedded": embedded})
     resp = await _compress(first.address, text, verify=False)
     env = pb.Envelope.FromString(resp.envelope)
     assert resp.stats.mode == pb.MODE_LOSSLESS
     assert env.lossless.n_tokens > 128
-    assert len(env.lossless.chunk_words) == -(-env.lossless.n_tokens // 128)
+    assert len(env.lossless.chunk_words) == 8
     await first.stop(grace=0)
-    # A freshly started server: everything needed is in the envelope.
     second = await start_server(model={"embedded": embedded})
     back = await _reconstruct(second.address, resp.envelope)
     assert back.exact and back.text == text
 
 
+async def test_staggered_compresses_round_trip_each_on_a_fresh_server(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    """Texts of different lengths entering the engine at different steps, beside each
+    other: each envelope alone, on a server that never saw the others, gives its text."""
+    texts = [
+        item["text"][:size]
+        for item, size in zip(corpus[3::23], (900, 150, 500, 60, 300), strict=False)
+    ]
+    first = await start_server(model={"embedded": NARROW})
+
+    async def later(delay: float, text: str) -> pb.CompressResponse:
+        await asyncio.sleep(delay)
+        return await _compress(first.address, text, verify=False)
+
+    sent = await asyncio.gather(*(later(0.4 * i, t) for i, t in enumerate(texts)))
+    assert all(r.stats.mode == pb.MODE_LOSSLESS for r in sent)
+    await first.stop(grace=0)
+    for text, resp in zip(texts, sent, strict=True):
+        app = await start_server(model={"embedded": NARROW})
+        back = await _reconstruct(app.address, resp.envelope)
+        assert back.exact and back.text == text
+        await app.stop(grace=0)
+
+
+def _t1_fixtures() -> list[dict[str, str]]:
+    return [json.loads(line) for line in T1_FIXTURES.read_text(encoding="utf-8").splitlines()]
+
+
+async def test_envelopes_coded_before_the_engine_reconstruct_on_a_fresh_server(
+    start_server: StartServer,
+) -> None:
+    """Schedule t1 (width 1, one thread, chunks of n_ctx): a short text, one of two chunks,
+    and a SEMANTIC coded body; the default (wide) server runs width 1 for them."""
+    app = await start_server()
+    for case in _t1_fixtures():
+        envelope = base64.b64decode(case["envelope"])
+        env = pb.Envelope.FromString(envelope)
+        body = env.lossless if env.mode == pb.MODE_LOSSLESS else env.semantic.coded
+        assert (body.fingerprint.schedule_id, body.fingerprint.width) == (1, 0)
+        back = await _reconstruct(app.address, envelope)
+        assert back.text == case["reconstructed"], case["name"]
+        assert back.exact == (env.mode == pb.MODE_LOSSLESS)
+        if back.exact:
+            assert back.text == case["text"]
+
+
+async def test_width_1_and_wide_servers_reconstruct_each_others_envelopes(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    text = _text(corpus, ROUND_TRIP_IDS[1])
+    narrow = {"coding_width": 1}
+    one = await start_server(model={"embedded": narrow})
+    from_one = await _compress(one.address, text, verify=False)
+    await one.stop(grace=0)
+    wide = await start_server(model={"embedded": NARROW})
+    from_wide = await _compress(wide.address, text, verify=False)
+    await wide.stop(grace=0)
+    # Width 1 writes the format of before the engine: older servers read it.
+    fp = pb.Envelope.FromString(from_one.envelope).lossless.fingerprint
+    assert (fp.schedule_id, fp.width) == (1, 0)
+    assert pb.Envelope.FromString(from_wide.envelope).lossless.fingerprint.width == 4
+
+    for config, envelope in ((NARROW, from_one.envelope), (narrow, from_wide.envelope)):
+        app = await start_server(model={"embedded": config})
+        back = await _reconstruct(app.address, envelope)
+        assert back.exact and back.text == text
+        await app.stop(grace=0)
+
+
+async def test_a_cancelled_compress_frees_the_engine(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    app = await start_server(model={"embedded": NARROW})
+    assert app.engine is not None
+    await app.engine.start()
+    text = " ".join(item["text"] for item in corpus[:4])  # ~1000 tokens: minutes of steps
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await Stub(channel).Compress(
+                pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS), timeout=3.0
+            )
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    coding = app.engine.coding
+    for _ in range(200):  # the next step frees the slots
+        if coding.occupancy == 0 and coding.queue_depth == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert coding.occupancy == 0 and coding.queue_depth == 0
+    short = _text(corpus, SHORT_ID)
+    back = await _reconstruct(app.address, (await _compress(app.address, short)).envelope)
+    assert back.text == short
+
+
 async def test_fingerprint_mismatch_is_refused_naming_the_field(
     start_server: StartServer, short_envelope: bytes
 ) -> None:
-    other = await start_server(model={"embedded": {"coding_threads": 2}})
-    err = await _refused(other.address, short_envelope)
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "threads: envelope 1, this server 2" in (err.details() or "")
-
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     for field, value, named in [
-        ("lossless.fingerprint.schedule_id", 7, "schedule: envelope t7, this server t1"),
+        ("lossless.fingerprint.schedule_id", 7, "schedule: envelope t7, this server knows t1,"),
+        ("lossless.fingerprint.row_model", 99, "row model: envelope 99, this server knows [0]"),
+        ("lossless.fingerprint.width", 1000, "width: envelope 1000, this server runs 1 to 64"),
+        ("lossless.fingerprint.threads", 0, "threads: envelope 0, this server runs 1 to 64"),
+        ("lossless.fingerprint.gpu_layers", 30, "gpu_layers: envelope 30, this server 0"),
         ("lossless.fingerprint.n_ctx", 4096, "n_ctx: envelope 4096, this server 2048"),
         (
             "lossless.fingerprint.versions",
@@ -159,8 +283,8 @@ async def test_a_format_v1_envelope_still_reconstructs(
     env.model.name = "SmolLM2-135M-Instruct-Q4_1"
     fp = env.lossless.fingerprint
     del fp.versions[:]
-    fp.engine, fp.schedule_id, fp.schedule = engine_version(), 0, "t1"
-    app = await start_server()
+    fp.engine, fp.schedule_id, fp.schedule = engine_version(), 0, f"t{fp.schedule_id}"
+    app = await start_server(model={"embedded": NARROW})
     back = await _reconstruct(app.address, env.SerializeToString())
     assert back.exact and back.mode == pb.MODE_LOSSLESS
     assert back.text == _text(corpus, SHORT_ID)
@@ -175,7 +299,7 @@ def test_versions_pack_only_when_they_round_trip() -> None:
 
 
 async def test_model_mismatch_is_refused(start_server: StartServer, short_envelope: bytes) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     err = await _refused(app.address, _edited(short_envelope, "model.sha256_prefix", 12345))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "model: envelope a model this server does not know by name (sha256 0000000000003039" in (
@@ -186,7 +310,7 @@ async def test_model_mismatch_is_refused(start_server: StartServer, short_envelo
 async def test_damaged_envelopes_give_data_loss_or_invalid_argument_never_text(
     start_server: StartServer, short_envelope: bytes
 ) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     stream = pb.Envelope.FromString(short_envelope).lossless.stream
     flipped = bytearray(stream)
     flipped[len(flipped) // 2] ^= 0x5A
@@ -201,7 +325,8 @@ async def test_damaged_envelopes_give_data_loss_or_invalid_argument_never_text(
         # Cheap checks before any decoding.
         ("ragged stream", _edited(short_envelope, "lossless.stream", stream[:-1]), "DATA_LOSS"),
         ("token count", _edited(short_envelope, "lossless.n_tokens", 10**6), "DATA_LOSS"),
-        ("chunk table", _edited(short_envelope, "lossless.chunk_words", [1, 2]), "DATA_LOSS"),
+        ("stream table", _edited(short_envelope, "lossless.chunk_words", [1, 2]), "DATA_LOSS"),
+        ("empty streams", _edited(short_envelope, "lossless.chunk_words", [0] * 90), "DATA_LOSS"),
         ("cut envelope", short_envelope[: len(short_envelope) - 3], "INVALID_ARGUMENT"),
     ]:
         err = await _refused(app.address, damaged)
@@ -220,7 +345,7 @@ class _WrongTokenLossless(LosslessCodec):
 async def test_failed_verify_falls_back_to_zstd_and_loses_nothing(
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     assert app.engine is not None
     app.pipeline.codecs[Mode.LOSSLESS] = _WrongTokenLossless(app.engine)
     text = _text(corpus, SHORT_ID)
@@ -234,7 +359,7 @@ async def test_failed_verify_falls_back_to_zstd_and_loses_nothing(
 
 
 async def test_a_repeated_lossless_compress_is_a_cache_hit(start_server: StartServer) -> None:
-    app = await start_server()
+    app = await start_server(model={"embedded": NARROW})
     assert app.engine is not None
     await app.engine.start()  # the key names the model's sha256, known once it is loaded
     text = "A cache hit costs no model time at all. " * 3
@@ -247,3 +372,28 @@ async def test_a_repeated_lossless_compress_is_a_cache_hit(start_server: StartSe
     assert again.stats.cache_hit
     assert again.envelope == first.envelope
     assert "lossless.encode" not in [s.stage for s in again.stats.stages]
+
+
+async def test_batch_compress_items_share_the_engines_steps(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    app = await start_server(model={"embedded": NARROW})
+    assert app.engine is not None
+    await app.engine.start()
+    texts = [item["text"][:200] for item in corpus[1::30]]  # six ~50-token texts
+
+    async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+        for n, text in enumerate(texts):
+            yield pb.BatchCompressRequest(
+                id=str(n), request=pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS)
+            )
+
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        answers = [a async for a in Stub(channel).BatchCompress(requests())]
+    stats = app.engine.coding.stats
+    # Encode and verify passes of different items ran in the same steps.
+    assert stats.rows > 1.5 * stats.steps, stats
+    for answer in answers:
+        assert answer.result.stats.mode == pb.MODE_LOSSLESS, answer
+        back = await _reconstruct(app.address, answer.result.envelope)
+        assert back.exact and back.text == texts[int(answer.id)]

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from .conftest import IN_CI, ROOT, StartServer, require_tool
+from .conftest import ROOT, StartServer, missing_part, require_tool
 
 pytestmark = pytest.mark.external
 
@@ -16,10 +16,7 @@ pytestmark = pytest.mark.external
 async def test_node_client_against_the_real_server(start_server: StartServer) -> None:
     node = require_tool("node")
     if not (ROOT / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        message = "Node packages are missing; run `make node` (npm install)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_part("Node packages (@grpc/grpc-js)", "make node")
     app = await start_server()
     proc = await asyncio.create_subprocess_exec(
         node,
@@ -42,10 +39,7 @@ async def test_make_stubs_gives_typescript_types_that_check() -> None:
     require_tool("node")
     tsc = ROOT / "node_modules" / ".bin" / "tsc"
     if not tsc.exists():
-        message = "typescript is missing; run `make node` (npm install)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_part("Node packages (typescript)", "make node")
     make = await asyncio.create_subprocess_exec(
         "make", "--no-print-directory", "stubs", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

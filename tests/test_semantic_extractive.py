@@ -137,11 +137,11 @@ async def test_coded_extract_on_a_fresh_server_and_mismatch_refused(
         assert len(extract) > 50 and extract[:50] in " ".join(text.split())
 
         other = pb.Envelope.FromString(resp.envelope)
-        other.semantic.coded.fingerprint.threads += 1
+        other.semantic.coded.fingerprint.n_ctx += 1
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Reconstruct(pb.ReconstructRequest(envelope=other.SerializeToString()))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "threads" in (err.value.details() or "")
+        assert "n_ctx" in (err.value.details() or "")
 
         other = pb.Envelope.FromString(resp.envelope)
         other.model.sha256_prefix ^= 1

@@ -227,7 +227,7 @@ async def test_items_counter_and_histograms(traced: Traced) -> None:
     stage_names = {a["stage"] for a, _ in _points(traced.metrics, "llmc_stage_duration")}
     assert {"validate", "zstd.encode", "pack"} <= stage_names
     queues = {a["queue"] for a, _ in _points(traced.metrics, "llmc_queue_depth")}
-    assert queues == {"admission", "embedded"}
+    assert queues == {"admission", "embedded", "coding"}
 
 
 async def test_slow_request_log_has_stage_breakdown_and_no_text() -> None:
@@ -294,14 +294,15 @@ def test_slowest_stage_is_the_leaf_not_its_parent() -> None:
     for _ in range(5):
         clock = stages.StageClock(Events([window]))
         with clock.stage("lossless.encode"), clock.stage("llm.call"):
-            time.sleep(0.02)
+            time.sleep(0.2)
         with clock.stage("pack"):
             clock.add("pack.measured_elsewhere", 0.001)
     summaries = {s.stage: s for s in window.summary()}
     # Whole durations: the enclosing stage is (a bit) longer than its child...
-    assert summaries["lossless.encode"].p95 >= summaries["llm.call"].p95 >= 0.02
-    # ...but its own time is next to nothing, so the child is named.
-    assert summaries["lossless.encode"].self_p95 < 0.01
+    assert summaries["lossless.encode"].p95 >= summaries["llm.call"].p95 >= 0.2
+    # ...but its own time is next to nothing (microseconds when idle; the bound leaves a
+    # loaded machine ten times the old 10 ms), so the child is named.
+    assert summaries["lossless.encode"].self_p95 < 0.1
     assert StageWindow.slowest(list(summaries.values())) == "llm.call"
 
 

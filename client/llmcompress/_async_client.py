@@ -13,10 +13,21 @@ from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
 from ._client import DEFAULT_TARGET, channel_options, compress_request
-from ._errors import LLMCompressError, from_rpc_error
+from ._errors import from_rpc_error
 from ._options import TLS, Deadline, RetryPolicy, bearer_metadata
 from ._results import BatchResult, CompressResult, Mode, ReconstructResult, ServerStats
-from ._stream import ItemLike, ProgressCallback, StreamDefaults, StreamRun
+from ._stream import (
+    CONNECT_WAIT_SECONDS,
+    RESEND,
+    SPREAD_SETTLE_SECONDS,
+    STOP,
+    WAIT,
+    ItemLike,
+    Lane,
+    ProgressCallback,
+    StreamDefaults,
+    StreamRun,
+)
 
 log = logging.getLogger("llmcompress")
 T = TypeVar("T")
@@ -36,12 +47,13 @@ class AsyncClient:
         token: str | None = None,
         retry: RetryPolicy | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        load_balancing: str = "round_robin",
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._metadata = bearer_metadata(token)
-        options = channel_options(tls, max_message_bytes)
+        options = channel_options(tls, max_message_bytes, load_balancing)
         if tls is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
@@ -120,6 +132,15 @@ class AsyncClient:
         )
         return ServerStats.from_pb(resp)
 
+    async def _connect_everywhere(self, deadline: Deadline) -> None:
+        """As `Client._connect_everywhere`."""
+        wait = min(CONNECT_WAIT_SECONDS, deadline.remaining() or CONNECT_WAIT_SECONDS)
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), wait)
+        except TimeoutError:
+            return  # no replica answers yet: the streams' own retries take over
+        await asyncio.sleep(SPREAD_SETTLE_SECONDS)
+
     async def compress_stream(
         self,
         items: Iterable[ItemLike] | AsyncIterable[ItemLike],
@@ -132,15 +153,32 @@ class AsyncClient:
         on_progress: ProgressCallback | None = None,
         max_in_flight: int = 512,
         timeout: float | None = None,  # noqa: ASYNC109
+        streams: int = 1,
     ) -> AsyncIterator[BatchResult]:
         """As `Client.compress_stream`; `items` may also be an async iterable."""
         defaults = StreamDefaults(mode, verify, target_ratio, evaluate_quality, in_order)
-        run = StreamRun(defaults, self.retry, timeout, on_progress, max_in_flight)
-        state = run.state
-        room = asyncio.Event()
+        run = StreamRun(defaults, self.retry, timeout, on_progress, max_in_flight, streams)
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[None]] = []
+
+        def wake() -> None:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            waiters.clear()
+
+        run.on_change = wake  # always called on this loop: the async client has no threads
+
+        async def changed() -> None:
+            waiter = loop.create_future()
+            waiters.append(waiter)
+            await waiter
+
         # One reader task feeds a one-slot queue: a call being torn down can be
         # cancelled mid-wait without cancelling the caller's (async) iterator.
-        slot: asyncio.Queue[pb.BatchCompressRequest | None] = asyncio.Queue(maxsize=1)
+        slot: asyncio.Queue[pb.BatchCompressRequest | BaseException | None] = asyncio.Queue(
+            maxsize=1
+        )
 
         async def pump() -> None:
             try:
@@ -150,45 +188,96 @@ class AsyncClient:
                 else:
                     for item in items:
                         await slot.put(defaults.request(item))
-            except Exception as exc:  # re-raised to the caller once the stream ends
-                state.source_error = exc
+            except Exception as exc:  # re-raised to the caller once the rest is answered
+                await slot.put(exc)
+                return
             await slot.put(None)
 
-        async def requests(
-            replay: list[pb.BatchCompressRequest],
-        ) -> AsyncIterator[pb.BatchCompressRequest]:
-            for req in replay:
-                yield req
-            while not state.exhausted:
-                while not state.has_room():
-                    room.clear()
-                    await room.wait()
-                got = await slot.get()
-                if got is None:
-                    state.exhausted = True
-                    return
-                state.mark_sent(got)
-                yield got
-
-        reader = asyncio.create_task(pump())
-        replay: list[pb.BatchCompressRequest] = []
-        try:
+        async def requests(lane: Lane, generation: int) -> AsyncIterator[pb.BatchCompressRequest]:
             while True:
+                with run.lock:
+                    step = run.next_step(lane, generation)
+                    resent = run.take_resend(lane) if step == RESEND else None
+                if step == WAIT:
+                    await changed()
+                    continue
+                if step == STOP:
+                    return
+                if resent is not None:
+                    yield resent.req
+                    continue
+                try:
+                    got = await slot.get()
+                except BaseException:
+                    with run.lock:  # cancelled while reading: let another sender read
+                        run.pulling = False
+                    wake()
+                    raise
+                if isinstance(got, BaseException):
+                    with run.lock:
+                        run.input_failed(got)
+                    return
+                with run.lock:
+                    item = run.add_new(lane, generation, got)
+                if item is not None:
+                    yield item.req
+                elif got is not None:
+                    return  # this call ended meanwhile; the item waits for the next one
+
+        async def serve(lane: Lane) -> None:
+            """One stream: open, read answers, reopen after a break, until all are answered."""
+            while not run.closed:
                 call = self._stub.BatchCompress(
-                    requests(replay), timeout=run.deadline.remaining(), metadata=self._metadata
+                    requests(lane, lane.generation),
+                    timeout=run.deadline.remaining(),
+                    metadata=self._metadata,
                 )
                 try:
                     async for resp in call:
-                        answer = run.answer(resp)
-                        room.set()
-                        yield answer
-                    break
+                        if ready := run.answer(lane, resp):
+                            answers.put_nowait(ready)
+                    error = run.ended(lane)
                 except grpc.RpcError as err:
-                    error: LLMCompressError = from_rpc_error(err)
+                    error = from_rpc_error(err)
                 finally:
                     call.cancel()
-                await asyncio.sleep(run.backoff(error))
-                replay = state.unanswered()
+                if error is None or run.closed:
+                    return
+                wait = run.broke(lane, error)
+                if wait is None:
+                    if run.last_lane():
+                        raise error
+                    return
+                await asyncio.sleep(wait)
+
+        answers: asyncio.Queue[list[BatchResult] | BaseException | None] = asyncio.Queue()
+
+        def lane_done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                answers.put_nowait(task.exception())
+            answers.put_nowait(None)
+
+        if streams > 1:
+            await self._connect_everywhere(run.deadline)
+        reader = asyncio.create_task(pump())
+        tasks = [asyncio.create_task(serve(lane)) for lane in run.lanes]
+        for task in tasks:
+            task.add_done_callback(lane_done)
+        try:
+            running = len(tasks)
+            while running:
+                got = await answers.get()
+                if got is None:
+                    running -= 1
+                elif isinstance(got, BaseException):
+                    raise got
+                else:
+                    run.consumed(len(got))
+                    for answer in got:
+                        yield answer
+            run.finish()
         finally:
-            reader.cancel()
-        run.finish()
+            run.close()
+            for task in [*tasks, reader]:
+                task.cancel()
+            await asyncio.gather(*tasks, reader, return_exceptions=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -13,7 +14,7 @@ import grpc
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
-from ._errors import LLMCompressError, from_rpc_error
+from ._errors import from_rpc_error
 from ._options import TLS, Deadline, RetryPolicy, bearer_metadata
 from ._results import (
     BatchResult,
@@ -23,7 +24,18 @@ from ._results import (
     ServerStats,
     mode_to_pb,
 )
-from ._stream import ItemLike, ProgressCallback, StreamDefaults, StreamRun
+from ._stream import (
+    CONNECT_WAIT_SECONDS,
+    RESEND,
+    SPREAD_SETTLE_SECONDS,
+    STOP,
+    WAIT,
+    ItemLike,
+    Lane,
+    ProgressCallback,
+    StreamDefaults,
+    StreamRun,
+)
 
 log = logging.getLogger("llmcompress")
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -45,10 +57,15 @@ def compress_request(
     return req
 
 
-def channel_options(tls: TLS | None, max_message_bytes: int) -> list[tuple[str, str | int]]:
+def channel_options(
+    tls: TLS | None, max_message_bytes: int, load_balancing: str
+) -> list[tuple[str, str | int]]:
     opts: list[tuple[str, str | int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # Over every address the target resolves to (several replicas behind a headless
+        # Service, or `ipv4:h:p1,h:p2`): round_robin picks one per call, and so per stream.
+        ("grpc.lb_policy_name", load_balancing),
     ]
     if tls is not None:
         opts.extend(tls.channel_options())
@@ -62,7 +79,10 @@ class Client:
     `tls` switches to a TLS channel (mutual with a client certificate); `token`
     is sent as `authorization: Bearer <token>`; `retry` retries UNAVAILABLE and
     RESOURCE_EXHAUSTED with backoff (pass `RetryPolicy(max_attempts=1)` to turn
-    it off)."""
+    it off). `target` may name several replicas (`ipv4:10.0.0.1:50051,10.0.0.2:50051`,
+    or `dns:///name:50051` resolving to several addresses); `load_balancing` is the
+    gRPC policy over them: `round_robin` (each call, and each stream, to the next
+    connected replica; one that dies is skipped) or `pick_first` (one connection)."""
 
     def __init__(
         self,
@@ -73,12 +93,13 @@ class Client:
         token: str | None = None,
         retry: RetryPolicy | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        load_balancing: str = "round_robin",
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._metadata = bearer_metadata(token)
-        options = channel_options(tls, max_message_bytes)
+        options = channel_options(tls, max_message_bytes, load_balancing)
         if tls is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -144,6 +165,16 @@ class Client:
         )
         return ServerStats.from_pb(resp)
 
+    def _connect_everywhere(self, deadline: Deadline) -> None:
+        """Give the channel time to connect to every address of the target, so that streams
+        opened together are spread over all of them (see `SPREAD_SETTLE_SECONDS`)."""
+        wait = min(CONNECT_WAIT_SECONDS, deadline.remaining() or CONNECT_WAIT_SECONDS)
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=wait)
+        except grpc.FutureTimeoutError:
+            return  # no replica answers yet: the streams' own retries take over
+        time.sleep(SPREAD_SETTLE_SECONDS)
+
     def compress_stream(
         self,
         items: Iterable[ItemLike],
@@ -156,6 +187,7 @@ class Client:
         on_progress: ProgressCallback | None = None,
         max_in_flight: int = 512,
         timeout: float | None = None,
+        streams: int = 1,
     ) -> Iterator[BatchResult]:
         """Compress `(id, text)` pairs or `BatchItem`s through BatchCompress.
 
@@ -163,56 +195,109 @@ class Client:
         unanswered, so memory stays flat for any length. Results come as items finish (in
         input order with `in_order=True`); a failed item is a `BatchResult`
         with `error` set, and the stream goes on. `timeout` bounds the whole
-        stream (default: none). A stream cut by UNAVAILABLE or
-        RESOURCE_EXHAUSTED is reopened and the unanswered items sent again.
+        run (default: none). `streams` opens that many BatchCompress streams at
+        once; with a target of several replicas (`ipv4:h:p1,h:p2`, or a DNS name
+        of several addresses) and round_robin balancing, they spread over them.
+        A stream cut by UNAVAILABLE or RESOURCE_EXHAUSTED is reopened, and its
+        unanswered items are sent again on whichever stream is free first; each
+        item is answered once.
         """
         defaults = StreamDefaults(mode, verify, target_ratio, evaluate_quality, in_order)
-        run = StreamRun(defaults, self.retry, timeout, on_progress, max_in_flight)
-        state = run.state
+        run = StreamRun(defaults, self.retry, timeout, on_progress, max_in_flight, streams)
         source = iter(items)
-        generation = [0]
-        pulling = threading.Lock()
+        answers: queue.Queue[list[BatchResult] | BaseException | None] = queue.Queue()
+        calls: dict[int, grpc.CallIterator[pb.BatchCompressResponse]] = {}
 
-        def requests(
-            gen: int, replay: list[pb.BatchCompressRequest]
-        ) -> Iterator[pb.BatchCompressRequest]:
-            yield from replay
-            while state.wait_for_room(lambda: generation[0] == gen):
-                with pulling:
-                    # A stream that ended stops pulling, so no item goes to a dead call.
-                    if generation[0] != gen or state.exhausted:
+        def requests(lane: Lane, generation: int) -> Iterator[pb.BatchCompressRequest]:
+            # Runs on grpc's thread for this call; the input is read here, lazily.
+            while True:
+                with run.changed:
+                    step = run.next_step(lane, generation)
+                    while step == WAIT:
+                        run.changed.wait()
+                        step = run.next_step(lane, generation)
+                    if step == STOP:
                         return
-                    try:
-                        req = defaults.request(next(source))
-                    except StopIteration:
-                        state.exhausted = True
-                        return
-                    except BaseException as exc:  # re-raised to the caller below
-                        state.source_error, state.exhausted = exc, True
-                        return
-                    state.mark_sent(req)
-                yield req
+                    if step == RESEND:
+                        resent = run.take_resend(lane)
+                if step == RESEND:
+                    yield resent.req
+                    continue
+                try:
+                    req = defaults.request(next(source))
+                except StopIteration:
+                    req = None
+                except BaseException as exc:  # re-raised to the caller once the rest is answered
+                    with run.lock:
+                        run.input_failed(exc)
+                    return
+                with run.lock:
+                    item = run.add_new(lane, generation, req)
+                if item is not None:
+                    yield item.req
+                elif req is not None:
+                    return  # this call ended meanwhile; the item waits for the next one
 
-        replay: list[pb.BatchCompressRequest] = []
-        while True:
-            call = self._stub.BatchCompress(
-                requests(generation[0], replay),
-                timeout=run.deadline.remaining(),
-                metadata=self._metadata,
-            )
+        def serve(lane: Lane) -> None:
+            """One stream: open, read answers, reopen after a break, until all are answered."""
+            while not run.closed:
+                call = self._stub.BatchCompress(
+                    requests(lane, lane.generation),
+                    timeout=run.deadline.remaining(),
+                    metadata=self._metadata,
+                )
+                calls[lane.index] = call
+                try:
+                    for resp in call:
+                        if ready := run.answer(lane, resp):
+                            answers.put(ready)
+                    error = run.ended(lane)
+                except grpc.RpcError as err:
+                    error = from_rpc_error(err)
+                finally:
+                    # Done or failed: stop this call's sender, which may wait for room.
+                    call.cancel()  # type: ignore[no-untyped-call]
+                if error is None or run.closed:
+                    return
+                wait = run.broke(lane, error)
+                if wait is None:
+                    if run.last_lane():
+                        answers.put(error)
+                    return
+                run.stopped.wait(wait)
+
+        def lane_thread(lane: Lane) -> None:
             try:
-                for resp in call:
-                    yield run.answer(resp)
-                break
-            except grpc.RpcError as err:
-                error: LLMCompressError = from_rpc_error(err)
+                serve(lane)
+            except BaseException as exc:  # handed to the caller's thread
+                answers.put(exc)
             finally:
-                # Done, failed or abandoned by the caller: stop this call's sender,
-                # which may be waiting for room that will never come.
+                answers.put(None)
+
+        if streams > 1:
+            self._connect_everywhere(run.deadline)
+        threads = [
+            threading.Thread(target=lane_thread, args=(lane,), name=f"llmc-stream-{lane.index}")
+            for lane in run.lanes
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            running = len(threads)
+            while running:
+                got = answers.get()
+                if got is None:
+                    running -= 1
+                elif isinstance(got, BaseException):
+                    raise got
+                else:
+                    run.consumed(len(got))
+                    yield from got
+            run.finish()
+        finally:
+            # Done, failed or abandoned by the caller: end every call and its threads.
+            run.close()
+            for call in list(calls.values()):
                 call.cancel()  # type: ignore[no-untyped-call]
-                generation[0] += 1
-                state.wake()
-            time.sleep(run.backoff(error))
-            with pulling:  # an item being pulled by the old sender is pending once it has it
-                replay = state.unanswered()
-        run.finish()
+            for thread in threads:
+                thread.join(timeout=5)

@@ -203,6 +203,10 @@ class Progress:
     original_bytes: int
     compressed_bytes: int
     elapsed_seconds: float
+    # Items sent again because the stream carrying them broke (each answered once).
+    resent: int = 0
+    # Answers dropped because their item had already been answered.
+    duplicates: int = 0
 
     @property
     def ratio(self) -> float:
@@ -246,13 +250,38 @@ class CacheStats:
 
 
 @dataclass(frozen=True)
+class ModelUsage:
+    """One backend, model and operation's successful calls since the server started.
+
+    `operation` is "chat", "embeddings" or "coding" (LOSSLESS evaluations, as input
+    tokens); `cost` is tokens x the server's `cost.prices`, and `reference_cost` (chat
+    calls only) the same tokens at its `cost.reference` model's prices."""
+
+    backend: str
+    model: str
+    operation: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    reference_cost: float
+
+
+@dataclass(frozen=True)
 class ServerStats:
-    """GetStats: per-stage percentiles (slowest total first), the slowest stage, caches."""
+    """GetStats: per-stage percentiles (slowest total first), the slowest stage, caches,
+    and the model calls' tokens and cost (`cost_saving`: 1 - chat cost / reference cost,
+    None without a reference)."""
 
     stages: tuple[StageStats, ...]
     slowest_stage: str
     cache: tuple[CacheStats, ...]
     window_seconds: float
+    usage: tuple[ModelUsage, ...] = ()
+    cost: float = 0.0
+    cost_reference: str = ""
+    reference_cost: float = 0.0
+    cost_saving: float | None = None
 
     @classmethod
     def from_pb(cls, r: pb.GetStatsResponse) -> ServerStats:
@@ -279,4 +308,21 @@ class ServerStats:
                 for c in r.cache
             ),
             window_seconds=r.window_seconds,
+            usage=tuple(
+                ModelUsage(
+                    u.backend,
+                    u.model,
+                    u.operation,
+                    u.calls,
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.cost,
+                    u.reference_cost,
+                )
+                for u in r.usage
+            ),
+            cost=r.cost,
+            cost_reference=r.cost_reference,
+            reference_cost=r.reference_cost,
+            cost_saving=r.cost_saving if r.HasField("cost_saving") else None,
         )

@@ -42,13 +42,22 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         default=os.environ.get(SERVER_ENV, DEFAULT_TARGET),
-        help=f"server address host:port (default: ${SERVER_ENV} or %(default)s)",
+        help=f"server address host:port, or a gRPC target naming several replicas "
+        f"(default: ${SERVER_ENV} or %(default)s)",
     )
     parser.add_argument(
         "--timeout",
         type=float,
         default=600.0,
         help="deadline in seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--load-balancing",
+        choices=("round_robin", "pick_first"),
+        default="round_robin",
+        help="gRPC policy over the addresses --server resolves to (ipv4:h:p1,h:p2 or "
+        "dns:///name:port for several replicas): round_robin sends each call and stream to "
+        "the next connected one (default), pick_first keeps one connection",
     )
     add_connection_arguments(parser)
 
@@ -73,4 +82,6 @@ def connection(args: argparse.Namespace) -> tuple[TLS | None, str | None]:
 def connect(args: argparse.Namespace) -> Client:
     """A `Client` for the options `add_server_arguments` added."""
     tls, token = connection(args)
-    return Client(args.server, timeout=args.timeout, tls=tls, token=token)
+    return Client(
+        args.server, timeout=args.timeout, tls=tls, token=token, load_balancing=args.load_balancing
+    )

@@ -32,6 +32,7 @@ from .codecs.lossless import LosslessCodec
 from .codecs.semantic import SemanticCodec
 from .codecs.zstd import ZstdCodec
 from .config import Config
+from .cost import Pricing, UsageLedger
 from .domain import Mode
 from .events import Events, EventSink
 from .interceptors import ErrorInterceptor
@@ -54,6 +55,7 @@ class App:
     health: health_aio.HealthServicer
     pipeline: Pipeline
     stages: StageWindow
+    usage: UsageLedger
     engine: EmbeddedEngine | None = None
     # What model-backed codecs call: the engine, or a router over Ollama/OpenAI pools.
     backend: TextBackend | None = None
@@ -116,10 +118,12 @@ async def create_server(
 
     Without `telemetry`, server spans still go to the global tracer provider.
     Everything this server reports goes to its own `Events`: its stage window,
-    `telemetry.metrics`, and any other `sinks` given; never to another server's.
+    its usage ledger, `telemetry.metrics`, and any other `sinks` given; never to
+    another server's.
     """
     stages = StageWindow()
-    every: list[EventSink] = [stages, *sinks]
+    usage = UsageLedger(Pricing.from_config(config.cost))
+    every: list[EventSink] = [stages, usage, *sinks]
     if telemetry is not None:
         every.append(telemetry.metrics)
     events = Events(every, telemetry.tracer if telemetry is not None else None)
@@ -128,7 +132,7 @@ async def create_server(
     pipeline = Pipeline(config, build_codecs(config, engine, backend), events=events)
     window = config.performance.batch_window
     batch = BatchRunner(functools.partial(pipeline.compress, wait=True), window, events.tracer)
-    servicer = CompressionServicer(pipeline, batch, stages)
+    servicer = CompressionServicer(pipeline, batch, stages, usage)
 
     limit = config.security.max_message_bytes
     auth = build_auth(config.security)
@@ -168,14 +172,19 @@ async def create_server(
         port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}: in use, or not an address of this host")
-    app = App(config, server, port, health_servicer, pipeline, stages, engine, backend)
+    app = App(config, server, port, health_servicer, pipeline, stages, usage, engine, backend)
     if telemetry is not None:
         metrics = telemetry.metrics
         app._unregister.append(
             metrics.watch_queue(
-                lambda: [("admission", pipeline.admission.active), ("embedded", engine.queue_depth)]
+                lambda: [
+                    ("admission", pipeline.admission.active),
+                    ("embedded", engine.queue_depth),
+                    ("coding", engine.coding_queue_depth),
+                ]
             )
         )
+        app._unregister.append(metrics.watch_coding(engine.coding_counters))
         if isinstance(backend, BackendRouter):  # per-endpoint gauges of the Ollama/OpenAI pools
             for route in backend.routes:
                 app._unregister.append(

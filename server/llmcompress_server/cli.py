@@ -25,6 +25,12 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llmc serve: {exc}", file=sys.stderr)
         return 2
+    if args.print_config:
+        import yaml
+
+        # The file, the environment (LLMC_*, BATCH_SIZE, MAX_CONCURRENT) and the flags, merged.
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
     configure_logging(config.monitoring)
     try:
         asyncio.run(run_server(config))
@@ -44,4 +50,9 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--config", help="YAML config file (LLMC_SECTION__KEY env vars override it)")
     p.add_argument("--host", help="listen address (default: config server.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: config server.port, 50051)")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the configuration as loaded (file, environment and flags) and exit",
+    )
     p.set_defaults(func=serve)

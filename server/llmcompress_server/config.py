@@ -1,9 +1,11 @@
-"""Typed configuration: one YAML file with the seed's sections, plus `LLMC_` overrides.
+"""Typed configuration: one YAML file with the seed's sections, plus environment overrides.
 
 Parsed once at the edge (`load_config`) into frozen objects; the rest of the
 service never reads YAML or the environment. An override names its key with
-double underscores: `LLMC_PERFORMANCE__MAX_CONCURRENT=16`. Unknown keys and
-bad values raise one `ConfigError` naming every offending key.
+double underscores: `LLMC_PERFORMANCE__MAX_CONCURRENT=16`; the seed's own
+names (`SEED_ENV`: BATCH_SIZE, MAX_CONCURRENT) are read too, and the `LLMC_`
+form wins when both are set. Unknown keys and bad values raise one
+`ConfigError` naming every offending key (and the variable that set it).
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .domain import Mode
 
 ENV_PREFIX = "LLMC_"
+# The seed's environment names and the keys they set (below any LLMC_ override).
+SEED_ENV: dict[str, tuple[str, ...]] = {
+    "BATCH_SIZE": ("performance", "batch_size"),
+    "MAX_CONCURRENT": ("performance", "max_concurrent"),
+}
 DEFAULT_MAX_TEXT_BYTES = 4 * 1024 * 1024  # same as gRPC's default receive limit
 
 
@@ -46,6 +53,13 @@ class SemanticCoder(StrEnum):
     AUTO = "auto"
     LOSSLESS = "lossless"
     BROTLI = "brotli"
+
+
+class CodingSchedule(StrEnum):
+    """How LOSSLESS lays out a text's streams (coding/layout.py)."""
+
+    RESET = "reset"
+    SLIDE = "slide"
 
 
 class BackendKind(StrEnum):
@@ -79,11 +93,33 @@ class EmbeddedConfig(_Section):
     # Jobs waiting for a worker beyond this are refused (RESOURCE_EXHAUSTED).
     queue_size: int = Field(64, ge=1)
     seed: int = 0
-    # LOSSLESS codes token by token with this many threads (set per job on the
-    # worker's context). Recorded in every envelope: a reconstructing server
-    # needs the same value. 1 is the fastest on a busy 2-core box (measured:
-    # 21 tok/s with 1 thread, 1 tok/s with 2 under load).
-    coding_threads: int = Field(1, ge=1, le=256)
+    # The LOSSLESS coding engine (coding/engine.py): steps of `coding_width`
+    # rows (one per stream; 1 = the schedule before the engine), each on
+    # `coding_threads` threads, in `coding_engines` engines of their own
+    # thread and context. Width and threads are recorded in every envelope and
+    # a reconstructing server runs them for it, so changing them strands
+    # nothing. Measured on this 2-core box (raw tok/s, every slot busy; the
+    # issue's quiet figures, then ours under load 12-15 from other jobs):
+    # quiet, one engine of width 16 does 72 tok/s on 1 thread and 132 on 2,
+    # width 1 does 48 / 77; under load, 2 threads per step collapse (0-5
+    # tok/s at every width: the threads wait on each other at each barrier)
+    # while 1 thread keeps 5-20, and two engines of 1 thread at width 16 gave
+    # 19-24 tok/s against 11 for one. So: one engine per core, 1 thread each,
+    # width 16 (32 was slower in both conditions). Each engine's context holds
+    # 16 x n_ctx KV cells, ~730 MB at n_ctx 2048.
+    coding_width: int = Field(16, ge=1, le=64)
+    coding_threads: int = Field(1, ge=1, le=64)
+    coding_engines: int = Field(2, ge=1, le=16)
+    coding_schedule: CodingSchedule = CodingSchedule.RESET
+    # A text of one stream that finds the engine idle is coded at width 1 (the
+    # format of before the engine) instead: a lone short Compress then costs
+    # one row per token, not coding_width rows (~10x less latency at width
+    # 16). Whatever arrives while it runs goes wide; decoding runs the width
+    # the envelope names, so both kinds reconstruct anywhere.
+    coding_narrow_when_idle: bool = True
+    # Model layers on a GPU with a CUDA/Metal build of llama-cpp-python; 0 on
+    # a CPU. Recorded in every envelope: GPU kernels give other logits.
+    n_gpu_layers: int = Field(0, ge=0, le=1000)
     # Load the model when the server starts, not on the first request.
     preload: bool = True
 
@@ -101,7 +137,9 @@ class OllamaConfig(_Section):
     endpoints: tuple[str, ...] = ()
     models: ModelTiers = ModelTiers()
     embed_model: str | None = "nomic-embed-text"
-    keep_alive: str | None = "5m"
+    # Sent with every call, where it overrides the Ollama server's OLLAMA_KEEP_ALIVE;
+    # None sends nothing, so the server's own setting (default 5m) applies.
+    keep_alive: str | None = None
     num_ctx: int | None = Field(None, ge=128)
     # Stream /api/chat answers (NDJSON, every line checked for an error). Off by
     # default: one JSON body costs far fewer wakeups per call than ~1 line per token.
@@ -175,6 +213,32 @@ class CompressionConfig(_Section):
     semantic_coder: SemanticCoder = SemanticCoder.AUTO
 
 
+class ModelPrice(_Section):
+    """What a model costs, per million tokens (any currency, the same for every model)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class CostConfig(_Section):
+    """Token prices, for `llmc_cost_total` and GetStats; a model without a price costs 0."""
+
+    # Keyed by the model name the backend is called with ("qwen2.5:7b-instruct-q4_k_m",
+    # "gpt-4o-mini", "SmolLM2-135M-Instruct-Q4_1").
+    prices: dict[str, ModelPrice] = {}
+    # A model in `prices` (e.g. a cloud API's) whose prices the saving is measured against.
+    reference: str | None = None
+
+    @model_validator(mode="after")
+    def _reference_is_priced(self) -> CostConfig:
+        if self.reference is not None and self.reference not in self.prices:
+            raise ValueError(
+                f"cost.reference {self.reference!r} has no entry in cost.prices; add its "
+                "input and output price per million tokens"
+            )
+        return self
+
+
 class CacheConfig(_Section):
     enabled: bool = True
     # e.g. redis://127.0.0.1:6379/0; None: in-process tier only.
@@ -203,8 +267,10 @@ class MonitoringConfig(_Section):
 class LLMConfig(_Section):
     timeout: float = Field(30.0, gt=0)
     max_retries: int = Field(3, ge=0)
-    # Requests per minute per backend (token bucket); 0 disables.
-    rate_limit: float = Field(60, ge=0)
+    # Requests per minute per backend (token bucket); 0 (the default) disables. Off unless
+    # asked for: the in-flight limit already protects a backend, and a cap of 60/min
+    # would hold a local Ollama below the seed's own 100 texts/min target.
+    rate_limit: float = Field(0, ge=0)
     rate_burst: int = Field(10, ge=1)
     # Backoff before retry n: uniform(0, min(retry_max_delay, retry_base_delay * 2**(n-1))).
     retry_base_delay: float = Field(0.1, ge=0)
@@ -250,6 +316,20 @@ class Config(_Section):
     llm: LLMConfig = LLMConfig()
     security: SecurityConfig = SecurityConfig()
     server: ServerConfig = ServerConfig()
+    cost: CostConfig = CostConfig()
+
+
+def _seed_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The seed's variables as an override tree, and {dotted key: variable} for errors."""
+    tree: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, path in SEED_ENV.items():
+        raw = environ.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        tree.setdefault(path[0], {})[path[1]] = yaml.safe_load(raw)
+        origins[".".join(path)] = name
+    return tree, origins
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -276,14 +356,15 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, origins: Mapping[str, str]) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
+        source = f", from {origins[key]}" if key in origins else ""
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r}{source})")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -292,7 +373,8 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Read YAML (optional), apply `LLMC_` env overrides, then explicit overrides."""
+    """Read YAML (optional), apply the seed's env names, then `LLMC_` env overrides, then
+    explicit overrides (each wins over the ones before it)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -304,9 +386,17 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         data = loaded or {}
-    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    env = os.environ if environ is None else environ
+    seed, origins = _seed_env(env)
+    llmc = _env_overrides(env)
+    for key in list(origins):
+        section, name = key.split(".")
+        if name in llmc.get(section, {}):
+            del origins[key]  # the LLMC_ form wins, and names itself
+    data = _merge(data, seed)
+    data = _merge(data, llmc)
     data = _merge(data, overrides or {})
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, origins)) from None

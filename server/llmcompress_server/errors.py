@@ -13,7 +13,9 @@
         ├── BackendUnavailable            connection refused/reset, 503, cooldown
         ├── BackendTimeout                the backend did not answer in time
         ├── BackendProtocolError          garbage or an error line from the backend
-        └── ModelNotFound                 FAILED_PRECONDITION  the backend lacks the model
+        ├── ModelNotFound                 FAILED_PRECONDITION  the backend lacks the model
+        └── ContextExceeded               FAILED_PRECONDITION  the prompt does not fit the
+                                                               model's context window
 
 Messages are for people: they say what went wrong and what to do about it.
 """
@@ -93,6 +95,16 @@ class BackendProtocolError(BackendError):
 
 
 class ModelNotFound(BackendError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, *, endpoint: str = "") -> None:
+        super().__init__(message, endpoint=endpoint, retryable=False)
+
+
+class ContextExceeded(BackendError):
+    """The prompt and its answer do not fit the model's context window: asking again
+    cannot help (a Compress falls back; a Reconstruct needs a model with more context)."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
 
     def __init__(self, message: str, *, endpoint: str = "") -> None:

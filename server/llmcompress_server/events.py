@@ -21,12 +21,39 @@ TRACER_NAME = "llmcompress_server"
 @dataclass(frozen=True)
 class ModelCallEnded:
     """One model call as it ended: its GenAI span attributes (with `error.type` when it
-    failed), its duration and its token counts."""
+    failed), its duration, its token counts as the backend reported them, and the backend
+    (as `Stats.backend` names it: embedded, ollama, openai)."""
 
     attributes: Mapping[str, AttributeValue]
     seconds: float
     input_tokens: int = 0
     output_tokens: int = 0
+    backend: str = ""
+
+    @property
+    def model(self) -> str:
+        return str(self.attributes.get("gen_ai.request.model", ""))
+
+    @property
+    def operation(self) -> str:
+        """chat, embeddings, or coding (LOSSLESS range coding: model evaluations, no text out)."""
+        return str(self.attributes.get("gen_ai.operation.name", ""))
+
+    @property
+    def failed(self) -> bool:
+        return "error.type" in self.attributes
+
+
+@dataclass(frozen=True)
+class CodingJobEnded:
+    """One job on the LOSSLESS coding engine (encode, decode or a verify pass): seconds it
+    waited for its first slot and then coded, its tokens, and the width it ran at."""
+
+    kind: str
+    wait_seconds: float
+    coding_seconds: float
+    tokens: int
+    width: int
 
 
 class EventSink(Protocol):
@@ -45,6 +72,9 @@ class EventSink(Protocol):
     def backend_error(self, kind: str, endpoint: str) -> None:
         """A backend failure no model call reported: a timed-out attempt, a failed probe."""
 
+    def coding_job(self, job: CodingJobEnded) -> None:
+        """A job on the LOSSLESS coding engine ended."""
+
 
 class NullSink:
     """Ignores every event; a base for sinks that want only some of them."""
@@ -59,6 +89,9 @@ class NullSink:
         return None
 
     def backend_error(self, kind: str, endpoint: str) -> None:
+        return None
+
+    def coding_job(self, job: CodingJobEnded) -> None:
         return None
 
 
@@ -88,3 +121,7 @@ class Events:
     def backend_error(self, kind: str, endpoint: str) -> None:
         for sink in self.sinks:
             sink.backend_error(kind, endpoint)
+
+    def coding_job(self, job: CodingJobEnded) -> None:
+        for sink in self.sinks:
+            sink.coding_job(job)

@@ -12,6 +12,7 @@ from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from .batch import BatchRunner
 from .bottleneck import StageWindow
 from .cache import TierStats
+from .cost import Usage, UsageLedger
 from .deadline import deadline_scope
 from .domain import CompressCommand
 from .pipeline import Pipeline
@@ -19,12 +20,15 @@ from .pipeline import Pipeline
 
 class CompressionServicer(pb_grpc.CompressionServiceServicer):
     """CompressionService: each RPC converts its request, calls the pipeline (or the batch
-    runner, or the stage window and cache for GetStats) and converts the answer."""
+    runner, or the stage window, cache and usage ledger for GetStats) and converts the answer."""
 
-    def __init__(self, pipeline: Pipeline, batch: BatchRunner, stages: StageWindow) -> None:
+    def __init__(
+        self, pipeline: Pipeline, batch: BatchRunner, stages: StageWindow, usage: UsageLedger
+    ) -> None:
         self.pipeline = pipeline
         self.batch = batch
         self.stages = stages
+        self.usage = usage
 
     async def Compress(
         self,
@@ -60,6 +64,8 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
         window = request.window_seconds or self.stages.window_seconds
         summaries = self.stages.summary(window)
         cache = self.pipeline.cache
+        usage = self.usage.usage()
+        cost = self.usage.summary(usage)
         return pb.GetStatsResponse(
             stages=[
                 pb.StageStats(
@@ -76,6 +82,11 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
             slowest_stage=StageWindow.slowest(summaries),
             cache=[_tier_pb(t) for t in cache.tier_stats()] if cache is not None else [],
             window_seconds=window,
+            usage=[_usage_pb(u) for u in usage],
+            cost=cost.cost,
+            cost_reference=cost.reference,
+            reference_cost=cost.reference_cost,
+            cost_saving=cost.saving,
         )
 
 
@@ -92,4 +103,17 @@ def _tier_pb(tier: TierStats) -> pb.CacheTierStats:
         bytes=tier.bytes,
         max_bytes=tier.max_bytes,
         errors=tier.errors,
+    )
+
+
+def _usage_pb(usage: Usage) -> pb.ModelUsage:
+    return pb.ModelUsage(
+        backend=usage.backend,
+        model=usage.model,
+        operation=usage.operation,
+        calls=usage.calls,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost=usage.cost,
+        reference_cost=usage.reference_cost,
     )

@@ -116,9 +116,10 @@ def llm_call(
     provider: str,
     server_address: str,
     server_port: int = 0,
+    backend: str | None = None,
 ) -> Iterator[LLMCall]:
     """A GenAI-convention client span ("{operation} {model}") around one model call,
-    reported to `events` when it ends."""
+    reported to `events` when it ends; `backend` defaults to `provider`."""
     attributes: dict[str, AttributeValue] = {
         "gen_ai.operation.name": operation,
         "gen_ai.request.model": model,
@@ -147,5 +148,11 @@ def llm_call(
         finally:
             elapsed = time.perf_counter() - start
             events.model_called(
-                ModelCallEnded(attributes, elapsed, call.input_tokens, call.output_tokens)
+                ModelCallEnded(
+                    attributes,
+                    elapsed,
+                    call.input_tokens,
+                    call.output_tokens,
+                    backend or provider,
+                )
             )

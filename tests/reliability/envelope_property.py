@@ -1,8 +1,12 @@
-"""The decoder property both fuzzers check, and the real envelopes they start from.
+"""The decoder property every fuzzer checks, and the real envelopes they start from.
 
-`check(loop, data)`: `Pipeline.reconstruct(data)` gives an exact text whose
-length and hash match the header, or raises InvalidInput / DataLoss /
-PreconditionFailed with a message, within 5 s. Anything else is a bug.
+`check(loop, data, pipeline)`: `pipeline.reconstruct(data)` gives a text, exact ones
+matching the header's length and hash, or raises one of the documented errors
+(`ALLOWED`: INVALID_ARGUMENT, DATA_LOSS, FAILED_PRECONDITION, and UNAVAILABLE when a
+model backend cannot answer) with a message. Anything else is a bug: an exception
+the service would turn into INTERNAL, or a wrong text marked exact. Two pipelines:
+`PIPELINE` holds only ZSTD (fast, for 100,000 inputs); `model_pipeline()` the real
+LOSSLESS and SEMANTIC codecs on the embedded model (codec_property.py).
 """
 
 from __future__ import annotations
@@ -13,20 +17,24 @@ from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.zstd import ZstdCodec
 from llmcompress_server.domain import Mode
 from llmcompress_server.envelope import seal, text_hash
-from llmcompress_server.errors import DataLoss, InvalidInput, PreconditionFailed
+from llmcompress_server.errors import BackendError, DataLoss, InvalidInput, PreconditionFailed
 from llmcompress_server.pipeline import Pipeline
 
 from ..conftest import load_corpus, make_config
 
-ALLOWED = (InvalidInput, DataLoss, PreconditionFailed)
+ALLOWED = (InvalidInput, DataLoss, PreconditionFailed, BackendError)
 MAX_TEXT = 64 * 1024  # claimed lengths above this are refused before decoding
+# A hang detector, not a speed bound: a ZSTD envelope of MAX_TEXT decodes in
+# milliseconds; the model pipeline sets its own (its work is bounded by the
+# envelope's size, see coding/rows.py `StreamDecoder`).
+ZSTD_WITHIN = 60.0
 
 PIPELINE = Pipeline(
     make_config(compression={"max_text_bytes": MAX_TEXT}), {Mode.ZSTD: ZstdCodec(19)}
 )
 
 
-def _seal(text: str) -> bytes:
+def seal_zstd(text: str) -> bytes:
     # The same bytes Compress would return for ZSTD, without an event loop at import.
     data = text.encode("utf-8")
     frame = ZstdCodec(19).compress_bytes(data)
@@ -35,7 +43,7 @@ def _seal(text: str) -> bytes:
 
 _corpus = load_corpus()
 SEEDS = [
-    _seal(t)
+    seal_zstd(t)
     for t in (
         "",
         "a",
@@ -49,14 +57,24 @@ SEEDS = [
 FRAMES = [pb.Envelope.FromString(s).zstd.frame for s in SEEDS]
 
 
-def check(loop: asyncio.AbstractEventLoop, data: bytes) -> None:
-    """The property: an exact text, or one of the documented errors, within 5 s."""
+def check(
+    loop: asyncio.AbstractEventLoop,
+    data: bytes,
+    pipeline: Pipeline = PIPELINE,
+    within: float = ZSTD_WITHIN,
+) -> str:
+    """The property; returns what happened ("exact", "lossy" or the error's class name)."""
     try:
-        out = loop.run_until_complete(asyncio.wait_for(PIPELINE.reconstruct(data), 5.0))
+        out = loop.run_until_complete(asyncio.wait_for(pipeline.reconstruct(data), within))
     except ALLOWED as exc:
         assert str(exc), "errors carry a message a person can act on"
-        return
-    assert out.exact and isinstance(out.text, str)
+        return type(exc).__name__
+    assert isinstance(out.text, str)
+    if not out.exact:
+        # Only SEMANTIC gives text back without promising it is the original.
+        assert pb.Envelope.FromString(data).mode == pb.MODE_SEMANTIC
+        return "lossy"
     env = pb.Envelope.FromString(data)
     encoded = out.text.encode("utf-8")
     assert len(encoded) == env.original_length and text_hash(encoded) == env.original_hash
+    return "exact"

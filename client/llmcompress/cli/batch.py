@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +29,18 @@ from .files import human, open_text_output
 
 def batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    if args.streams < 1:
+        print("llmc batch: --streams must be at least 1", file=sys.stderr)
+        return 2
+    # Broken streams and re-sent items are worth a line on stderr; -v adds when the
+    # first re-sent item of each break was answered.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("llmc batch: %(message)s"))
+    client_log = logging.getLogger("llmcompress")
+    client_log.addHandler(handler)
+    client_log.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
     src, out = Path(args.input), Path(args.output)
     if out.exists() and out.stat().st_size and not args.resume:
@@ -64,12 +77,17 @@ def batch(args: argparse.Namespace) -> int:
             src.open(encoding="utf-8") as corpus,
             out.open("a", encoding="utf-8") as sink,
             connect(args) as client,
+            logging_redirect_tqdm([client_log]),
         ):
             items = read_corpus(corpus, str(src), skip)
             if args.limit is not None:
                 items = islice(items, args.limit)
             for answer in client.compress_stream(
-                items, mode=args.mode, in_order=args.in_order, on_progress=on_progress
+                items,
+                mode=args.mode,
+                in_order=args.in_order,
+                on_progress=on_progress,
+                streams=args.streams,
             ):
                 if answer.result is not None:
                     sink.write(result_line(answer.id, answer.result))
@@ -94,6 +112,13 @@ def batch(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
+        client_log.removeHandler(handler)
+    if last.resent or last.duplicates:
+        print(
+            f"llmc batch: {last.resent} items sent again after a stream broke; "
+            f"{last.duplicates} answers that came twice written once",
+            file=sys.stderr,
+        )
     print(
         f"llmc batch: {last.done} items in {last.elapsed_seconds:.1f}s "
         f"({last.items_per_second:.1f} items/s), {len(skip)} already done, "
@@ -179,6 +204,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--in-order", action="store_true", help="write results in input order")
     p.add_argument("--limit", type=int, metavar="N", help="stop after N items this run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K BatchCompress streams at once (default: %(default)s); with --server naming "
+        "several replicas they spread over them, and a stream whose replica dies has its "
+        "unanswered items sent again on the others",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also say when re-sent items are answered"
+    )
     add_server_arguments(p)
     p.set_defaults(func=batch)
 

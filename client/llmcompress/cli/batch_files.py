@@ -1,6 +1,7 @@
 """The JSONL files of `llmc batch` / `llmc unbatch`: corpus in, envelopes out, resume.
 
-Corpus lines are `{"id": ..., "text": ...}`. Output lines are
+Corpus lines are `{"id": ..., "text": ...}`, optionally with `"mode"` (zstd, lossless,
+semantic, default) for that item instead of `--mode`. Output lines are
 `{"id", "envelope" (base64), "stats": {...}}` or `{"id", "error": {"code", "message"}}`,
 one per item, flushed as written, so a killed run leaves at most one torn
 last line, which `--resume` cuts off.
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._errors import LLMCompressError
-from .._results import BatchItem, CompressResult
+from .._results import BatchItem, CompressResult, Mode
+
+MODE_NAMES = {m.value for m in Mode}
 
 
 class CorpusError(ValueError):
@@ -38,9 +41,14 @@ def read_corpus(stream: IO[str], name: str, skip: set[str]) -> Iterator[BatchIte
                 f'{name}:{lineno}: each line needs {{"id": ..., "text": "..."}}, '
                 f"got keys {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}"
             )
+        mode = obj.get("mode")
+        if mode is not None and mode not in MODE_NAMES:
+            raise CorpusError(
+                f"{name}:{lineno}: mode {mode!r} is not one of {', '.join(sorted(MODE_NAMES))}"
+            )
         ident = str(obj["id"])
         if ident not in skip:
-            yield BatchItem(ident, obj["text"])
+            yield BatchItem(ident, obj["text"], mode=mode)
 
 
 def count_lines(path: Path) -> int:
@@ -63,6 +71,7 @@ def result_line(ident: str, result: CompressResult) -> str:
         "ratio": round(s.ratio, 4),
         "model": s.model,
         "degraded": s.degraded,
+        "cache_hit": s.cache_hit,
         "reason": s.reason,
         "seconds": round(s.total_seconds, 6),
     }

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .._results import ServerStats
 from ..connect import add_server_arguments, connect
 from .envelopes import MODES
 from .files import human
@@ -18,6 +19,7 @@ def stats(args: argparse.Namespace) -> int:
         found = client.stats(args.window)
     if not found.stages:
         print(f"no requests in the last {found.window_seconds:.0f}s")
+        _print_usage(found)
         return 0
     print(f"per-stage latency over the last {found.window_seconds:.0f}s (ms):")
     print(
@@ -45,7 +47,36 @@ def stats(args: argparse.Namespace) -> int:
         if tier.tier == "redis":
             line += f", errors {tier.errors}" + ("" if tier.available else ", UNAVAILABLE")
         print(line)
+    _print_usage(found)
     return 0
+
+
+def _print_usage(found: ServerStats) -> None:
+    """Tokens and cost per model since the server started, and the saving against the
+    server's reference model (`cost.reference`)."""
+    if not found.usage:
+        print("model calls since start: none")
+        return
+    print("model calls since start (tokens as each backend counted them; cost from cost.prices):")
+    print(f"  {'backend':<10}{'model':<30}{'operation':<12}{'calls':>8}{'input':>12}"
+          f"{'output':>10}{'cost':>12}")  # fmt: skip
+    for u in found.usage:
+        print(
+            f"  {u.backend:<10}{u.model[:29]:<30}{u.operation:<12}{u.calls:>8}"
+            f"{u.input_tokens:>12}{u.output_tokens:>10}{u.cost:>12.6f}"
+        )
+    print(f"total cost {found.cost:.6f}")
+    if not found.cost_reference:
+        print("saving: no reference model (set cost.reference to a priced model)")
+        return
+    if found.cost_saving is None:
+        print(f"saving against {found.cost_reference}: no chat calls yet (it compares chat calls)")
+        return
+    chat = sum(u.cost for u in found.usage if u.operation == "chat")
+    print(
+        f"saving against {found.cost_reference}: {found.cost_saving:.1%} (chat calls: "
+        f"{chat:.6f} here, {found.reference_cost:.6f} for the same tokens at its prices)"
+    )
 
 
 def _read_corpus(path: str) -> list[tuple[str, str]]:
@@ -107,8 +138,10 @@ def warm(args: argparse.Namespace) -> int:
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "stats",
-        help="per-stage latency and the slowest stage",
-        description="Show per-stage p50/p95/p99 over a recent window and name the slowest stage.",
+        help="per-stage latency, the slowest stage, tokens and cost",
+        description="Show per-stage p50/p95/p99 over a recent window and name the slowest "
+        "stage; then tokens and cost per model since the server started, and the saving "
+        "against the server's reference model (cost.reference).",
     )
     p.add_argument(
         "--window", type=float, default=0.0, help="window in seconds (default: server's, 300)"

@@ -584,8 +584,64 @@ class CacheTierStats(_message.Message):
 Global___CacheTierStats: _TypeAlias = CacheTierStats  # noqa: Y015
 
 @_typing.final
+class ModelUsage(_message.Message):
+    """ModelUsage is the successful model calls of one backend, model and
+    operation since the server started, with their tokens and cost.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    REFERENCE_COST_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    """"embedded", "ollama" or "openai"."""
+    model: _builtins.str
+    """The model name, as `cost.prices` keys it."""
+    operation: _builtins.str
+    """"chat", "embeddings", or "coding": LOSSLESS range coding (and coded
+    SEMANTIC bodies), one model evaluation per token, counted as input tokens.
+    """
+    calls: _builtins.int
+    """Successful calls (a coding pass counts as one)."""
+    input_tokens: _builtins.int
+    """Input (prompt) tokens, as the backend counted them."""
+    output_tokens: _builtins.int
+    """Output (generated) tokens, as the backend counted them."""
+    cost: _builtins.float
+    """Tokens x the model's `cost.prices` entry per million tokens; 0 for a
+    model without a price.
+    """
+    reference_cost: _builtins.float
+    """Chat calls only: the same tokens at the `cost.reference` model's prices."""
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        model: _builtins.str = ...,
+        operation: _builtins.str = ...,
+        calls: _builtins.int = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cost: _builtins.float = ...,
+        reference_cost: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "calls", b"calls", "cost", b"cost", "input_tokens", b"input_tokens", "model", b"model", "operation", b"operation", "output_tokens", b"output_tokens", "reference_cost", b"reference_cost"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelUsage: _TypeAlias = ModelUsage  # noqa: Y015
+
+@_typing.final
 class GetStatsResponse(_message.Message):
-    """GetStatsResponse is the server's bottleneck and cache report."""
+    """GetStatsResponse is the server's bottleneck, cache and cost report."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -593,10 +649,25 @@ class GetStatsResponse(_message.Message):
     SLOWEST_STAGE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
     WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    COST_REFERENCE_FIELD_NUMBER: _builtins.int
+    REFERENCE_COST_FIELD_NUMBER: _builtins.int
+    COST_SAVING_FIELD_NUMBER: _builtins.int
     slowest_stage: _builtins.str
     """The stage with the largest p95 of its own time (nested stages excluded)."""
     window_seconds: _builtins.float
     """The window the percentiles cover, seconds."""
+    cost: _builtins.float
+    """The cost of every call in `usage`."""
+    cost_reference: _builtins.str
+    """The `cost.reference` model ("" when none is configured)."""
+    reference_cost: _builtins.float
+    """The chat calls' `reference_cost`, summed."""
+    cost_saving: _builtins.float
+    """1 - (the chat calls' cost) / reference_cost: the saving against the
+    reference model. Unset without a reference or before any chat call.
+    """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageStats]:
         """Per-stage percentiles, slowest total first."""
@@ -605,6 +676,10 @@ class GetStatsResponse(_message.Message):
     def cache(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheTierStats]:
         """Cache tiers."""
 
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelUsage]:
+        """Model calls, tokens and cost since the server started (not windowed)."""
+
     def __init__(
         self,
         *,
@@ -612,12 +687,19 @@ class GetStatsResponse(_message.Message):
         slowest_stage: _builtins.str = ...,
         cache: _abc.Iterable[Global___CacheTierStats] | None = ...,
         window_seconds: _builtins.float = ...,
+        usage: _abc.Iterable[Global___ModelUsage] | None = ...,
+        cost: _builtins.float = ...,
+        cost_reference: _builtins.str = ...,
+        reference_cost: _builtins.float = ...,
+        cost_saving: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_saving", b"_cost_saving", "cost_saving", b"cost_saving"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "slowest_stage", b"slowest_stage", "stages", b"stages", "window_seconds", b"window_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_saving", b"_cost_saving", "cache", b"cache", "cost", b"cost", "cost_reference", b"cost_reference", "cost_saving", b"cost_saving", "reference_cost", b"reference_cost", "slowest_stage", b"slowest_stage", "stages", b"stages", "usage", b"usage", "window_seconds", b"window_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cost_saving: _TypeAlias = _typing.Literal["cost_saving"]  # noqa: Y015
+    _WhichOneofArgType__cost_saving: _TypeAlias = _typing.Literal["_cost_saving", b"_cost_saving"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_saving) -> _WhichOneofReturnType__cost_saving | None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
 
@@ -765,13 +847,16 @@ class EngineFingerprint(_message.Message):
     N_CTX_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    ROW_MODEL_FIELD_NUMBER: _builtins.int
+    GPU_LAYERS_FIELD_NUMBER: _builtins.int
     engine: _builtins.str
     """The llama-cpp-python, constriction and numpy versions, such as
     "0.3.36,0.5.0,2.4.6". Format v2 writers store `versions` instead when
     every part is a plain number below 1000.
     """
     threads: _builtins.int
-    """Threads used to evaluate the coding context."""
+    """Threads each coding step ran on (a reconstructing server runs the same)."""
     schedule: _builtins.str
     """Evaluation schedule name, such as "t1". Format v2 writers store
     `schedule_id` instead.
@@ -779,11 +864,26 @@ class EngineFingerprint(_message.Message):
     cpu_features: _builtins.int
     """CPU feature bits the engine build uses (see lossless codec docs)."""
     n_ctx: _builtins.int
-    """Context window used by the coder; texts are coded in chunks of n_ctx
-    tokens, each starting from a fresh context.
-    """
+    """Context window of one coded stream, in tokens (see `schedule_id`)."""
     schedule_id: _builtins.int
-    """Compact `schedule`: N stands for "tN"."""
+    """Compact `schedule`: N stands for "tN". 1: width 1, streams are
+    consecutive chunks of n_ctx tokens (the format before the coding engine).
+    2 (reset): streams of near-equal length, none over n_ctx tokens. 3
+    (slide): streams of near-equal length; one that fills n_ctx drops its
+    oldest quarter after the start token and shifts the rest down.
+    """
+    width: _builtins.int
+    """Rows per coding step (the engine's width): a row's logits depend on it.
+    0 means 1. A reconstructing server runs this width for the envelope.
+    """
+    row_model: _builtins.int
+    """The probability stage between the model and the range coder, by id:
+    0 is the model's own distribution.
+    """
+    gpu_layers: _builtins.int
+    """Model layers offloaded to a GPU (llama.cpp n_gpu_layers); 0 on a CPU.
+    GPU kernels give other logits, so it must match.
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Compact `engine`: each version as major * 1000000 + minor * 1000 + patch,
@@ -800,10 +900,13 @@ class EngineFingerprint(_message.Message):
         n_ctx: _builtins.int = ...,
         versions: _abc.Iterable[_builtins.int] | None = ...,
         schedule_id: _builtins.int = ...,
+        width: _builtins.int = ...,
+        row_model: _builtins.int = ...,
+        gpu_layers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_features", b"cpu_features", "engine", b"engine", "n_ctx", b"n_ctx", "schedule", b"schedule", "schedule_id", b"schedule_id", "threads", b"threads", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_features", b"cpu_features", "engine", b"engine", "gpu_layers", b"gpu_layers", "n_ctx", b"n_ctx", "row_model", b"row_model", "schedule", b"schedule", "schedule_id", b"schedule_id", "threads", b"threads", "versions", b"versions", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -829,9 +932,9 @@ class LosslessBody(_message.Message):
 
     @_builtins.property
     def chunk_words(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Texts of more than n_ctx tokens: the number of stream words of each
-        chunk, in order (chunk i holds n_ctx tokens, the last one the rest).
-        Empty for a single chunk.
+        """Texts coded as more than one stream: the number of stream words of each,
+        in order. The stream lengths in tokens follow from n_tokens, this count
+        and the fingerprint's schedule. Empty for a single stream.
         """
 
     def __init__(

@@ -84,8 +84,8 @@ class CompressionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStats(self, request, context):
-        """GetStats reports recent per-stage latency, the slowest stage and cache
-        statistics of this server.
+        """GetStats reports recent per-stage latency, the slowest stage, cache
+        statistics, and the tokens and cost of this server's model calls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

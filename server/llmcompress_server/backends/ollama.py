@@ -61,7 +61,7 @@ class OllamaEndpoint:
         url: str,
         *,
         max_connections: int,
-        keep_alive: str | None = "5m",
+        keep_alive: str | None = None,
         num_ctx: int | None = None,
         stream: bool = True,
         events: Events | None = None,
@@ -216,11 +216,11 @@ class OllamaEndpoint:
             self.events, "embeddings", model, self.provider, self.address, self.port
         ) as call:
             with backend_errors(self.url):
+                payload: dict[str, Any] = {"model": model, "input": list(texts)}
+                if self.keep_alive is not None:
+                    payload["keep_alive"] = self.keep_alive
                 async with self._clients.client() as client:
-                    resp = await client.post(
-                        f"{self.url}/api/embed",
-                        json={"model": model, "input": list(texts), "keep_alive": self.keep_alive},
-                    )
+                    resp = await client.post(f"{self.url}/api/embed", json=payload)
             if resp.status_code != 200:
                 raise status_error(self.url, resp.status_code, resp.content, model)
             data = json_object(self.url, resp.content)

@@ -1,61 +1,65 @@
 """LOSSLESS mode: range coding (constriction) over the embedded model's next-token distribution.
 
-Determinism by construction. Encoder and decoder run one evaluation schedule
-(`SCHEDULE`): every chunk starts from an empty KV cache and the start token
-(BOS) at position 0, then evaluates one token per `llama_decode` call with
-`model.embedded.coding_threads` threads; the probabilities of token i are
-`exp(logits - max)` in float32 (numpy), quantized by constriction's fast
-`Categorical` (perfect=False, no normalisation needed). A batched prompt pass
-gives different logits, so it is never used. What both sides must share is
-recorded in the envelope (`EngineFingerprint`) and checked before decoding.
+Determinism by construction. Every text is coded on the coding engine
+(coding/engine.py): fixed-width steps of one token per stream, where a row's
+logits depend only on its own stream at a fixed width and thread count. The
+probabilities are `exp(logits - max)` in float32, passed through the stream's
+row model (the identity today) and quantized by constriction's fast
+`Categorical` (perfect=False). What both sides must share is recorded in the
+envelope (`EngineFingerprint`) and checked before decoding; the width and
+thread count are run for the envelope, whatever this server's own.
 
-Chunk policy: texts of more than n_ctx tokens are cut into chunks of n_ctx
-tokens, and every chunk resets the context (no overlap). Each chunk has its
-own coded stream, so chunks are independent: they are encoded and decoded in
-parallel when `model.embedded.workers > 1`, memory stays bounded by n_ctx, and
-no KV shifting (which would change the logits) is needed. The price is a
-context-free start per chunk: measured on a 4 KB passage (1128 tokens), five
-chunks at n_ctx 256 took 700 coded bytes against 620 for one chunk, about 20 B
-per reset, i.e. ~2% of a full 2048-token chunk. A sliding window with a K-token
-overlap would win those bytes back for K extra evaluations per chunk, and
-would make decoding sequential. At the default n_ctx of 2048 only texts above
-~8 KB have more than one chunk.
+Stream layout (coding/layout.py): a text splits into streams, one per slot,
+so one long text fills the width; short texts (under 2 x 512 tokens) stay one
+stream, since every stream starts without context (about 20 coded bytes per
+start, measured on a 4 KB passage). A width-1 RESET server writes exactly the
+format of before the engine (schedule t1: chunks of n_ctx tokens), which
+every older server reads; so does a wide one for a text of one stream that
+finds the engine idle (`coding_narrow_when_idle`), where padding the other
+rows would only add latency.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib
 import importlib.metadata
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-import constriction
 import llama_cpp
 import numpy as np
-import numpy.typing as npt
+from opentelemetry.util.types import AttributeValue
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ..backends.embedded import EmbeddedEngine, Worker
+from ..backends.embedded import EmbeddedEngine
+from ..coding import text as coded_text
+from ..coding.engine import ContextKey, JobTiming
+from ..coding.layout import Layout, Schedule
+from ..coding.rows import IDENTITY, ROW_MODELS, row_model_factory
+from ..config import CodingSchedule
 from ..envelope import model_name
-from ..errors import BackendError, CannotEncode, DataLoss, LLMCompressError, PreconditionFailed
+from ..errors import CannotEncode, DataLoss, PreconditionFailed
+from ..events import CodingJobEnded, ModelCallEnded
 from ..stages import StageClock
 from ..tokens import ExactTokenizer, Tokenized
 from . import CompressOptions, Decoded, Encoded
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-U = TypeVar("U")
 
-# Names the evaluation schedule and probability quantization described above
-# ("t" = token by token, version 1); envelopes store the number. Change it
-# whenever either changes: old envelopes are then refused, not misread.
-SCHEDULE_ID = 1
-SCHEDULE = f"t{SCHEDULE_ID}"
+# Envelopes name the schedule by number (`EngineFingerprint.schedule_id`):
+# how streams are laid out and evaluated, and how probabilities are
+# quantized. Change the number whenever either changes: old envelopes are
+# then refused, not misread.
+SCHEDULES = {s.value: s for s in Schedule}
+# Bounds on what an envelope may make this server build: a context of that
+# many rows, each step on that many threads.
+MAX_WIDTH = 64
+MAX_THREADS = 64
 
 # Bit positions of the CPU features in `EngineFingerprint.cpu_features`. Only
 # ever append: the bits are stored in envelopes. llama.cpp's build flags decide
@@ -130,11 +134,27 @@ def unpack_versions(packed: Sequence[int]) -> str:
 
 
 def compact_fingerprint(
-    engine: str, threads: int, cpu_features: int, n_ctx: int
+    engine: str,
+    threads: int,
+    cpu_features: int,
+    n_ctx: int,
+    *,
+    schedule: Schedule = Schedule.T1,
+    width: int = 1,
+    row_model: int = IDENTITY,
+    gpu_layers: int = 0,
 ) -> pb.EngineFingerprint:
-    """The fingerprint as format v2 stores it: ~24 bytes instead of ~37."""
+    """The fingerprint as format v2 stores it: ~24 bytes instead of ~37. Width 1, row
+    model 0 and no GPU layers are left out (proto3 defaults), so a width-1 envelope is
+    byte for byte what servers before the coding engine wrote; a wider one costs 2 bytes."""
     fp = pb.EngineFingerprint(
-        threads=threads, schedule_id=SCHEDULE_ID, cpu_features=cpu_features, n_ctx=n_ctx
+        threads=threads,
+        schedule_id=schedule.value,
+        cpu_features=cpu_features,
+        n_ctx=n_ctx,
+        width=width if width != 1 else 0,
+        row_model=row_model,
+        gpu_layers=gpu_layers,
     )
     packed = pack_versions(engine)
     if packed is None:
@@ -145,106 +165,77 @@ def compact_fingerprint(
 
 
 def fingerprint_fields(fp: pb.EngineFingerprint) -> dict[str, str | int]:
-    """The compared fields of a v1 or v2 fingerprint, in one form."""
+    """The fields of a v1 or v2 fingerprint, in one form."""
     return {
         "engine": unpack_versions(fp.versions) if fp.versions else fp.engine,
         "threads": fp.threads,
         "schedule": f"t{fp.schedule_id}" if fp.schedule_id else fp.schedule,
         "n_ctx": fp.n_ctx,
+        "width": fp.width or 1,
+        "row_model": fp.row_model,
+        "gpu_layers": fp.gpu_layers,
     }
 
 
+def schedule_of(fp: pb.EngineFingerprint) -> Schedule | None:
+    """The fingerprint's schedule, or None when this server does not know it."""
+    name = fingerprint_fields(fp)["schedule"]
+    number = str(name)[1:]
+    return SCHEDULES.get(int(number)) if str(name)[:1] == "t" and number.isdecimal() else None
+
+
+# Fields that must be equal on both sides; width and threads are run for the
+# envelope instead, and schedule and row model need only be known here.
 _FINGERPRINT_LABELS = {
     "engine": "engine (llama-cpp-python,constriction,numpy)",
-    "threads": "threads",
-    "schedule": "schedule",
     "n_ctx": "n_ctx",
+    "gpu_layers": "gpu_layers",
 }
 
 
-class _Cancelled(LLMCompressError):
-    """The caller went away; the worker stops coding."""
-
-
-def _run_schedule(
-    worker: Worker,
-    threads: int,
-    restore_threads: int,
-    n_tokens: int,
-    step: Callable[[int, npt.NDArray[np.float32]], int],
-) -> None:
-    """One pass of the schedule over a chunk, on the worker's thread.
-
-    `step(i, probs)` gets the unnormalised distribution of token i (a (1,
-    n_vocab) float32 array, overwritten at the next step) and returns token i,
-    which is evaluated next. The encoder knows the token; the decoder decodes
-    it from `probs`. Sharing this loop is what keeps both sides identical.
-    """
-    llama = worker.llama
-    ctx = llama.ctx
-    n_vocab = llama.n_vocab()
-    memory = llama_cpp.llama_get_memory(ctx)
-    start = llama.token_bos()
-    if start < 0:
-        start = llama.token_eos()
-    probs = np.empty((1, n_vocab), dtype=np.float32)
-    row = probs[0]
-    cancel = worker.cancel
-    batch = llama_cpp.llama_batch_init(1, 0, 1)
-    llama_cpp.llama_memory_clear(memory, True)
-    llama.reset()
-    llama_cpp.llama_set_n_threads(ctx, threads, threads)
-    try:
-        batch.n_tokens = 1
-        batch.n_seq_id[0] = 1
-        batch.seq_id[0][0] = 0
-        batch.logits[0] = 1
-        token = start
-        for i in range(n_tokens):
-            if cancel.is_set():
-                raise _Cancelled("the request was cancelled")
-            batch.token[0] = token
-            batch.pos[0] = i
-            rc = llama_cpp.llama_decode(ctx, batch)
-            if rc != 0:
-                raise BackendError(
-                    f"llama.cpp could not evaluate token {i} (llama_decode returned {rc}); "
-                    "the embedded engine is out of memory or misconfigured",
-                    retryable=False,
-                )
-            logits = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)
-            )
-            np.subtract(logits, logits.max(), out=row)
-            np.exp(row, out=row)
-            token = step(i, probs)
-    finally:
-        llama_cpp.llama_batch_free(batch)
-        llama_cpp.llama_memory_clear(memory, True)
-        llama.reset()
-        llama_cpp.llama_set_n_threads(ctx, restore_threads, restore_threads)
-
-
 class LosslessCodec:
-    """MODE_LOSSLESS on the embedded engine; `CannotEncode` when verify finds a mismatch or
-    the vocabulary cannot reproduce a byte (the pipeline then stores ZSTD)."""
+    """MODE_LOSSLESS on the embedded engine's coding engine; `CannotEncode` when verify finds
+    a mismatch or the vocabulary cannot reproduce a byte (the pipeline then stores ZSTD)."""
 
     mode = pb.MODE_LOSSLESS
 
     # Bump when the coded output for the same text and settings changes (cache key).
-    version = 1
+    version = 2
 
     def __init__(self, engine: EmbeddedEngine) -> None:
         self.engine = engine
         cfg = engine.config
         self.n_ctx = cfg.n_ctx
+        self.width = cfg.coding_width
         self.threads = cfg.coding_threads
-        self._fingerprint = compact_fingerprint(
-            engine_version(), self.threads, cpu_feature_bits(), self.n_ctx
-        )
-        # Built on first use from a worker's model (every worker loads the same file).
+        # Width 1 with RESET is the format of before the engine (t1), which older
+        # servers read too.
+        self.slide = cfg.coding_schedule is CodingSchedule.SLIDE
+        self.schedule = self._schedule(self.width)
+        self.narrow_when_idle = cfg.coding_narrow_when_idle and self.width > 1
+        self.row_model = IDENTITY
+        self._fingerprint = self._fingerprint_for(self.width)
+        self._narrow_fingerprint = self._fingerprint_for(1)
+        # Built on first use from the engine's tokenizer model (~0.3 s over the vocabulary).
         self._tokenizer: ExactTokenizer | None = None
         self._tokenizer_lock = threading.Lock()
+
+    def _schedule(self, width: int) -> Schedule:
+        if self.slide:
+            return Schedule.SLIDE
+        return Schedule.T1 if width == 1 else Schedule.RESET
+
+    def _fingerprint_for(self, width: int) -> pb.EngineFingerprint:
+        return compact_fingerprint(
+            engine_version(),
+            self.threads,
+            cpu_feature_bits(),
+            self.n_ctx,
+            schedule=self._schedule(width),
+            width=width,
+            row_model=self.row_model,
+            gpu_layers=self.engine.config.n_gpu_layers,
+        )
 
     def cache_params(self, opts: CompressOptions) -> dict[str, str | int | float | bool] | None:
         """Model and engine fingerprint shape the envelope; None until the model is loaded."""
@@ -264,105 +255,122 @@ class LosslessCodec:
         out.CopyFrom(self._fingerprint)
         return out
 
-    # -- the jobs that run on worker threads ---------------------------------
+    @property
+    def key(self) -> ContextKey:
+        return ContextKey(self.width, self.threads, self.n_ctx)
 
-    def tokenize(self, data: bytes, worker: Worker) -> Tokenized:
+    # -- tokens: the one place text becomes tokens and back -------------------------------
+
+    async def tokenize(self, data: bytes) -> Tokenized:
         """Tokens that detokenize to exactly `data` (`Unrepresentable` when none can)."""
-        with self._tokenizer_lock:
-            if self._tokenizer is None:
-                self._tokenizer = ExactTokenizer(worker.llama)
-        return self._tokenizer.tokenize(worker.llama, data)
+        await self.engine.start()
+        llama = self.engine.tokenizer
 
-    @staticmethod
-    def _detokenize(tokens: list[int], worker: Worker) -> bytes:
-        out: bytes = worker.llama.detokenize(tokens, special=False)
+        def run() -> Tokenized:
+            with self._tokenizer_lock:
+                if self._tokenizer is None:
+                    self._tokenizer = ExactTokenizer(llama)
+            return self._tokenizer.tokenize(llama, data)
+
+        return await asyncio.to_thread(run)
+
+    async def detokenize(self, tokens: list[int]) -> bytes:
+        llama = self.engine.tokenizer
+        out: bytes = await asyncio.to_thread(llama.detokenize, tokens, special=False)
         return out
 
-    def _encode_chunk(self, tokens: Sequence[int], worker: Worker) -> bytes:
-        encoder = constriction.stream.queue.RangeEncoder()
-        family = constriction.stream.model.Categorical(perfect=False)
-        symbol = np.empty(1, dtype=np.int32)
+    # -- coding on the engine ---------------------------------------------------------
 
-        def step(i: int, probs: npt.NDArray[np.float32]) -> int:
-            symbol[0] = tokens[i]
-            encoder.encode(symbol, family, probs)
-            return tokens[i]
+    async def _job(
+        self,
+        kind: str,
+        tokens: int,
+        streams: int,
+        key: ContextKey,
+        work: Callable[[], Awaitable[tuple[T, JobTiming]]],
+    ) -> T:
+        """One engine job in a span of its own, reported to the event sinks."""
+        events = self.engine.events
+        attributes: dict[str, AttributeValue] = {
+            "llmc.coding.kind": kind,
+            "llmc.coding.width": key.width,
+            "llmc.coding.threads": key.threads,
+            "llmc.coding.streams": streams,
+            "llmc.tokens": tokens,
+        }
+        with events.tracer.start_as_current_span("coding.job", attributes=attributes) as span:
+            result, timing = await work()
+            span.set_attribute("llmc.coding.wait_seconds", timing.wait_s)
+            span.set_attribute("llmc.coding.seconds", timing.coding_s)
+        events.coding_job(CodingJobEnded(kind, timing.wait_s, timing.coding_s, tokens, key.width))
+        self._report_coding(tokens, timing.coding_s)
+        return result
 
-        _run_schedule(worker, self.threads, self.engine.threads, len(tokens), step)
-        words: npt.NDArray[np.uint32] = encoder.get_compressed()
-        return words.astype("<u4", copy=False).tobytes()
-
-    def _decode_chunk(self, stream: bytes, n_tokens: int, worker: Worker) -> list[int]:
-        words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)
-        try:
-            decoder = constriction.stream.queue.RangeDecoder(words)
-        except Exception as exc:  # constriction reports bad input as plain exceptions
-            raise DataLoss(f"the LOSSLESS coded stream is unreadable ({exc})") from None
-        family = constriction.stream.model.Categorical(perfect=False)
-        out: list[int] = []
-
-        def step(i: int, probs: npt.NDArray[np.float32]) -> int:
-            try:
-                token = int(decoder.decode(family, probs)[0])
-            except Exception as exc:
-                raise DataLoss(
-                    f"the LOSSLESS coded stream is corrupt at token {i} ({exc})"
-                ) from None
-            out.append(token)
-            return token
-
-        _run_schedule(worker, self.threads, self.engine.threads, n_tokens, step)
-        if not decoder.maybe_exhausted():
-            raise DataLoss(
-                "the LOSSLESS coded stream does not end where its tokens do: it is truncated "
-                "or corrupted; restore the envelope from a good copy"
-            )
-        return out
-
-    def _evaluate_chunk(self, tokens: Sequence[int], worker: Worker) -> None:
-        _run_schedule(
-            worker, self.threads, self.engine.threads, len(tokens), lambda i, p: tokens[i]
+    def _report_coding(self, n_tokens: int, seconds: float) -> None:
+        """A finished coding pass is model work: `n_tokens` evaluations of the embedded model,
+        reported as its input tokens under operation "coding" (token and cost accounting)."""
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": "coding",
+            "gen_ai.request.model": self.engine.config.model_name,
+            "gen_ai.provider.name": "llama.cpp",
+            "server.address": "in-process",
+        }
+        self.engine.events.model_called(
+            ModelCallEnded(attributes, seconds, n_tokens, 0, self.engine.name)
         )
 
-    # -- chunking -------------------------------------------------------------
-
-    def chunks(self, tokens: Sequence[int]) -> list[Sequence[int]]:
-        return [tokens[i : i + self.n_ctx] for i in range(0, len(tokens), self.n_ctx)] or [[]]
-
-    async def _map(self, job: Callable[[T, Worker], U], items: Sequence[T]) -> list[U]:
-        """Run `job` per item on the engine's workers, at most one item per worker at a time
-        (so a long text never fills the engine's queue on its own)."""
-        gate = asyncio.Semaphore(self.engine.config.workers)
-
-        async def one(item: T) -> U:
-            async with gate:
-                return await self.engine.run(functools.partial(job, item))
-
-        tasks = [asyncio.ensure_future(one(item)) for item in items]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-
     async def encode_tokens(self, tokens: Sequence[int]) -> pb.LosslessBody:
-        streams = await self._map(self._encode_chunk, self.chunks(tokens))
+        """`tokens` coded with this server's width, threads and schedule (width 1 for a
+        lone text of one stream, see the module docstring)."""
+        await self.engine.start()
+        layout = Layout(self.schedule, self.n_ctx)
+        # Enough streams to fill every lane's slots (lanes run the same contexts).
+        count = layout.stream_count(len(tokens), self.width * self.engine.config.coding_engines)
+        key, fingerprint = self.key, self._fingerprint
+        if count == 1 and self.narrow_when_idle and self.engine.coding.idle:
+            key, fingerprint = self.engine.narrow_key, self._narrow_fingerprint
+            layout = Layout(self._schedule(1), self.n_ctx)
+        factory = row_model_factory(self.row_model)
+
+        async def work() -> tuple[list[bytes], JobTiming]:
+            return await coded_text.encode_tokens(
+                self.engine.coding, key, layout, tokens, factory, count
+            )
+
+        streams = await self._job("encode", len(tokens), count, key, work)
         body = pb.LosslessBody(
-            fingerprint=self._fingerprint, stream=b"".join(streams), n_tokens=len(tokens)
+            fingerprint=fingerprint, stream=b"".join(streams), n_tokens=len(tokens)
         )
         if len(streams) > 1:
             body.chunk_words.extend(len(s) // 4 for s in streams)
         return body
 
-    async def evaluate(self, tokens: Sequence[int]) -> None:
-        """The schedule with no coding at all: the engine's raw token-by-token speed
-        (what the benchmark compares LOSSLESS against)."""
-        await self._map(self._evaluate_chunk, self.chunks(tokens))
+    async def evaluate(self, tokens: Sequence[int], width: int | None = None) -> JobTiming:
+        """The schedule with no coding at all: the engine's raw speed at `width` (default:
+        this server's), which the benchmark compares LOSSLESS against."""
+        await self.engine.start()
+        width = width or self.width
+        schedule = (
+            self.schedule
+            if width == self.width
+            else (Schedule.T1 if width == 1 else Schedule.RESET)
+        )
+        layout = Layout(schedule, self.n_ctx)
+        key = ContextKey(width, self.threads, self.n_ctx)
+        count = layout.stream_count(len(tokens), width)
+        timing = await coded_text.evaluate_tokens(
+            self.engine.coding, key, layout, tokens, row_model_factory(self.row_model), count
+        )
+        self._report_coding(len(tokens), timing.coding_s)
+        return timing
 
     async def decode_tokens(self, body: pb.LosslessBody, original_length: int) -> list[int]:
-        """The token sequence in `body`; DataLoss when its layout cannot be right."""
+        """The token sequence in `body`, run at the width and threads it was coded with;
+        PreconditionFailed when this server cannot run it, DataLoss when its layout
+        cannot be right."""
+        await self.engine.start()
+        fp = body.fingerprint
+        schedule = self._runnable(fp)
         n = body.n_tokens
         # Every text token is at least one byte, which also bounds the work
         # garbage can cause.
@@ -372,20 +380,53 @@ class LosslessCodec:
             )
         if len(body.stream) % 4:
             raise DataLoss("the LOSSLESS coded stream is not whole 32-bit words: it is truncated")
-        sizes = [len(c) for c in self.chunks(range(n))]
+        layout = Layout(schedule, fp.n_ctx)
         words = list(body.chunk_words) or [len(body.stream) // 4]
-        if len(words) != len(sizes) or sum(words) * 4 != len(body.stream):
+        if not layout.valid_count(n, len(words)) or sum(words) * 4 != len(body.stream):
             raise DataLoss(
-                f"the LOSSLESS body's chunk table ({len(words)} chunks, {sum(words)} words) does "
-                f"not fit its {n} tokens and {len(body.stream)} stream bytes: it is corrupted"
+                f"the LOSSLESS body's stream table ({len(words)} streams, {sum(words)} words) "
+                f"does not fit its {n} tokens and {len(body.stream)} stream bytes: it is corrupted"
             )
-        parts: list[tuple[bytes, int]] = []
-        offset = 0
-        for w, size in zip(words, sizes, strict=True):
-            parts.append((body.stream[offset : offset + 4 * w], size))
-            offset += 4 * w
-        decoded = await self._map(lambda part, worker: self._decode_chunk(*part, worker), parts)
-        return [t for chunk in decoded for t in chunk]
+        streams, at = [], 0
+        for w in words:
+            streams.append(body.stream[at : at + 4 * w])
+            at += 4 * w
+        key = ContextKey(fp.width or 1, fp.threads, fp.n_ctx)
+        factory = row_model_factory(fp.row_model)
+
+        async def work() -> tuple[list[int], JobTiming]:
+            return await coded_text.decode_tokens(
+                self.engine.coding, key, layout, n, streams, factory
+            )
+
+        return await self._job("decode", n, len(streams), key, work)
+
+    def _runnable(self, fp: pb.EngineFingerprint) -> Schedule:
+        """The envelope's schedule, once its width, threads and row model are ones this
+        server runs; PreconditionFailed naming the field otherwise."""
+        schedule = schedule_of(fp)
+        fields = fingerprint_fields(fp)
+        problems = []
+        if schedule is None:
+            problems.append(
+                f"schedule: envelope {fields['schedule']}, this server knows "
+                + ", ".join(f"t{s.value}" for s in Schedule)
+            )
+        if fp.row_model not in ROW_MODELS:
+            problems.append(
+                f"row model: envelope {fp.row_model}, this server knows {sorted(ROW_MODELS)}"
+            )
+        if not 1 <= (fp.width or 1) <= MAX_WIDTH:
+            problems.append(f"width: envelope {fp.width}, this server runs 1 to {MAX_WIDTH}")
+        if not 1 <= fp.threads <= MAX_THREADS:
+            problems.append(f"threads: envelope {fp.threads}, this server runs 1 to {MAX_THREADS}")
+        if problems or schedule is None:
+            raise PreconditionFailed(
+                "this server cannot decode the envelope: "
+                + "; ".join(problems)
+                + ". Reconstruct it on a server of the version that wrote it"
+            )
+        return schedule
 
     # -- the Codec protocol ----------------------------------------------------
 
@@ -393,7 +434,7 @@ class LosslessCodec:
         data = text.encode("utf-8")
         await self.engine.start()
         with clock.stage("lossless.tokenize", **{"llmc.bytes": len(data)}) as span:
-            tokenized = await self.engine.run(functools.partial(self.tokenize, data))
+            tokenized = await self.tokenize(data)
             span.set_attribute("llmc.piecewise_bytes", tokenized.piecewise_bytes)
         tokens = tokenized.tokens
         with clock.stage("lossless.encode", **{"llmc.tokens": len(tokens)}):
@@ -450,8 +491,9 @@ class LosslessCodec:
                 "this server cannot decode the envelope exactly, its LOSSLESS engine differs: "
                 + "; ".join(diffs)
                 + ". Reconstruct it on a server with the same package versions, "
-                "model.embedded.coding_threads, model.embedded.n_ctx and CPU type"
+                "model.embedded.n_ctx, model.embedded.n_gpu_layers and CPU type"
             )
+        self._runnable(theirs)
 
     async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded:
         await self.engine.start()
@@ -460,7 +502,7 @@ class LosslessCodec:
         with clock.stage("lossless.decode", **{"llmc.tokens": body.n_tokens}):
             tokens = await self.decode_tokens(body, env.original_length)
         with clock.stage("lossless.detokenize"):
-            data = await self.engine.run(functools.partial(self._detokenize, tokens))
+            data = await self.detokenize(tokens)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -480,7 +522,6 @@ def _first_difference(want: Sequence[int], got: Sequence[int]) -> str:
 
 
 __all__ = [
-    "SCHEDULE",
     "LosslessCodec",
     "cpu_feature_bits",
     "engine_version",

@@ -8,13 +8,22 @@ Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
     quality_score                      histogram  mode, model, backend (QualityScores.overall)
     llmc_stage_duration_seconds        histogram  stage (whole stage, nested stages included)
     llmc_items_total                   counter    rpc, outcome=ok|degraded|error, code (errors)
-    llmc_queue_depth                   gauge      queue=admission|embedded
+    llmc_queue_depth                   gauge      queue=admission|embedded|coding
     llmc_backend_inflight              gauge      endpoint (from `watch_backends` probes)
     llmc_backend_up                    gauge      endpoint: 1 up, 0 down (`watch_backends`)
     llmc_backend_errors_total          counter    kind (exception class, or health_probe),
                                                   server_address (host)
     llmc_cache_lookups_total           counter    tier, result=hit|miss
     llmc_cache_events_total            counter    tier, event (store, evict, error, ...)
+    llmc_model_tokens_total            counter    backend, model, type=input|output,
+                                                  operation=chat|embeddings|coding
+    llmc_cost_total                    counter    backend, model (tokens x cost.prices; 0 unpriced)
+    llmc_coding_steps_total            counter    (LOSSLESS coding engine) llama_decode steps
+    llmc_coding_tokens_total           counter    rows coded: tokens/s = rate() of this
+    llmc_coding_slots_total            counter    width x steps; occupancy = rate(tokens/slots)
+    llmc_coding_occupancy              gauge      active slots / width, now
+    llmc_coding_wait_seconds           histogram  kind=encode|decode: a job's wait for a first slot
+    llmc_coding_job_seconds            histogram  kind: a job's coding time after that
     gen_ai_client_operation_duration_seconds  histogram  GenAI semconv attributes
     gen_ai_client_token_usage          histogram  gen_ai_token_type=input|output, ...
 
@@ -27,14 +36,15 @@ from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 import grpc
-from opentelemetry.metrics import Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 
 from llmcompress.v1 import compression_pb2 as pb
 
+from ..cost import Pricing
 from ..domain import Mode
 from ..errors import InvalidInput
-from ..events import ModelCallEnded
+from ..events import CodingJobEnded, ModelCallEnded
 
 # Latencies span a 1 ms zstd call to a minutes-long CPU summary.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -53,14 +63,17 @@ GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048
 
 # A probe returns (label, value) pairs when the gauges are read.
 Probe = Callable[[], Iterable[tuple[str, int]]]
+# A coding engine's (steps, tokens, slot-steps) since it started, and its occupancy now.
+CodingProbe = Callable[[], tuple[int, int, int, float]]
 
 
 class Metrics:
     """The service's OTel instruments. An `EventSink` (stages, model calls, cache, backend
     errors) of every server it is passed to, and the request interceptor's counter."""
 
-    def __init__(self, meter_provider: MeterProvider) -> None:
+    def __init__(self, meter_provider: MeterProvider, pricing: Pricing | None = None) -> None:
         meter = meter_provider.get_meter("llmcompress_server")
+        self.pricing = pricing if pricing is not None else Pricing({})
         self.compression_latency = meter.create_histogram(
             "compression_latency",
             unit="s",
@@ -101,6 +114,16 @@ class Metrics:
         self.cache_events = meter.create_counter(
             "llmc_cache_events", description="Other cache events (store, evict, error, ...)"
         )
+        self.model_tokens = meter.create_counter(
+            "llmc_model_tokens",
+            description="Tokens of successful model calls as the backend counted them, by type "
+            "(input, output) and operation (chat, embeddings, coding: LOSSLESS evaluations)",
+        )
+        self.cost = meter.create_counter(
+            "llmc_cost",
+            description="Cost of successful model calls: tokens x cost.prices per million "
+            "tokens (0 for a model without a price)",
+        )
         self.llm_duration = meter.create_histogram(
             "gen_ai.client.operation.duration",
             unit="s",
@@ -112,6 +135,34 @@ class Metrics:
             unit="{token}",
             description="Number of input and output tokens used",
             explicit_bucket_boundaries_advisory=GENAI_TOKEN_BUCKETS,
+        )
+        self.coding_wait = meter.create_histogram(
+            "llmc_coding_wait",
+            unit="s",
+            description="Time a LOSSLESS coding job waited for its first engine slot",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.coding_job_duration = meter.create_histogram(
+            "llmc_coding_job",
+            unit="s",
+            description="Time a LOSSLESS coding job spent coding, after its wait",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self._coding_probes: list[CodingProbe] = []
+        for index, (name, description) in enumerate(
+            (
+                ("llmc_coding_steps", "llama_decode steps of the LOSSLESS coding engine"),
+                ("llmc_coding_tokens", "Tokens (rows) the LOSSLESS coding engine coded"),
+                ("llmc_coding_slots", "Slot-steps (width x steps): occupancy's denominator"),
+            )
+        ):
+            meter.create_observable_counter(
+                name, callbacks=[self._coding_callback(index)], description=description
+            )
+        meter.create_observable_gauge(
+            "llmc_coding_occupancy",
+            callbacks=[lambda options: self._observe_coding(3)],
+            description="Active slots / width of the LOSSLESS coding engine, now",
         )
         self._queue_probes: list[Probe] = []
         self._inflight_probes: list[Probe] = []
@@ -151,6 +202,20 @@ class Metrics:
 
         return stop
 
+    def watch_coding(self, probe: CodingProbe) -> Callable[[], None]:
+        """Report a coding engine's counters and occupancy; returns a function that stops it."""
+        self._coding_probes.append(probe)
+        probes = self._coding_probes
+        return lambda: probes.remove(probe) if probe in probes else None
+
+    def _coding_callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        return lambda options: self._observe_coding(index)
+
+    def _observe_coding(self, index: int) -> Iterator[Observation]:
+        values = [probe()[index] for probe in list(self._coding_probes)]
+        if values:
+            yield Observation(sum(values) / (len(values) if index == 3 else 1))
+
     # -- EventSink ------------------------------------------------------------------------
 
     def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
@@ -166,8 +231,14 @@ class Metrics:
             server = attributes.get("server.address", "")
             self.backend_errors.add(1, {"kind": error, "server.address": server})
             return
+        labels = {"backend": call.backend, "model": call.model}
         for kind, count in (("input", call.input_tokens), ("output", call.output_tokens)):
             self.llm_tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+            if count:
+                tokens = {**labels, "type": kind, "operation": call.operation}
+                self.model_tokens.add(count, tokens)
+        # Added even when 0, so every model used has a cost series.
+        self.cost.add(self.pricing.cost(call.model, call.input_tokens, call.output_tokens), labels)
 
     def cache_event(self, event: str, tier: str, seconds: float = 0.0) -> None:
         if event in ("hit", "miss"):
@@ -179,6 +250,11 @@ class Metrics:
         # `endpoint` may be a URL: the label is its host, as a model call's `server.address`.
         address = urlsplit(endpoint).hostname or endpoint
         self.backend_errors.add(1, {"kind": kind, "server.address": address})
+
+    def coding_job(self, job: CodingJobEnded) -> None:
+        attrs = {"kind": job.kind}
+        self.coding_wait.record(job.wait_seconds, attrs)
+        self.coding_job_duration.record(job.coding_seconds, attrs)
 
     # -- request outcomes (the request interceptor) ---------------------------------------
 

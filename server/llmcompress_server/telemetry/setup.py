@@ -28,6 +28,7 @@ from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ..config import Config, MonitoringConfig
+from ..cost import Pricing
 from ..events import TRACER_NAME
 from .interceptor import RequestMetricsInterceptor
 from .metrics import Metrics
@@ -141,7 +142,7 @@ def setup_telemetry(
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
     meter_provider = MeterProvider(metric_readers=readers, resource=service_resource(env))
-    metrics = Metrics(meter_provider)
+    metrics = Metrics(meter_provider, Pricing.from_config(config.cost))
     tracer = trace.get_tracer(TRACER_NAME, tracer_provider=provider)
     telemetry = Telemetry(monitoring, provider, meter_provider, metrics, tracer)
     telemetry._owned_tracer_provider = owned

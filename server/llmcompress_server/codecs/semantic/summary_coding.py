@@ -6,7 +6,6 @@ The coder compresses the summary 3-5x on these passages where brotli gets
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from llmcompress.v1 import compression_pb2 as pb
@@ -57,7 +56,7 @@ async def code(coder: LosslessCodec, text: str) -> CodedSummary | None:
     byte of it."""
     data = text.encode("utf-8")
     try:
-        tokenized = await coder.engine.run(functools.partial(coder.tokenize, data))
+        tokenized = await coder.tokenize(data)
     except Unrepresentable:
         return None
     body = await coder.encode_tokens(tokenized.tokens)
@@ -75,9 +74,7 @@ async def decode_text(coder: LosslessCodec, env: pb.Envelope) -> str:
     # the original; the slack covers the layout's separators.
     bound = 2 * env.original_length + 1024
     tokens = await coder.decode_tokens(coded, bound)
-    data: bytes = await coder.engine.run(
-        lambda worker: worker.llama.detokenize(tokens, special=False)
-    )
+    data = await coder.detokenize(tokens)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -92,7 +89,4 @@ async def round_trips(coder: LosslessCodec, coded: CodedSummary, text: str) -> b
         tokens = await coder.decode_tokens(coded.body, 2 * coded.text_bytes + 1024)
     except DataLoss:
         return False
-    data: bytes = await coder.engine.run(
-        lambda worker: worker.llama.detokenize(tokens, special=False)
-    )
-    return data == text.encode("utf-8")
+    return await coder.detokenize(tokens) == text.encode("utf-8")
