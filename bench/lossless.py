@@ -46,10 +46,12 @@ BATCH_ITEMS = 24  # passages per BatchCompress run: every 7th of the corpus
 TEXT_BYTES = 32 * 1024
 
 
-def _config(width: int | None = None) -> Config:
+def _config(width: int | None = None, row_model: str | None = None) -> Config:
     embedded: dict[str, Any] = {"preload": False}
     if width is not None:
         embedded["coding_width"] = width
+    if row_model is not None:
+        embedded["coding_row_model"] = row_model
     return load_config(
         environ={},
         overrides={
@@ -62,8 +64,8 @@ def _config(width: int | None = None) -> Config:
     )
 
 
-async def _server(width: int | None = None) -> App:
-    app = await create_server(_config(width))
+async def _server(width: int | None = None, row_model: str | None = None) -> App:
+    app = await create_server(_config(width, row_model))
     await app.start()
     assert app.engine is not None
     await app.engine.start()
@@ -83,8 +85,10 @@ def _stub(channel: grpc.aio.Channel) -> pb_grpc.CompressionServiceStub:
 # -- corpus: exactness and ratio --------------------------------------------------------
 
 
-async def _corpus(passages: list[dict[str, str]], verify: bool) -> dict[str, Any]:
-    app = await _server()
+async def _corpus(
+    passages: list[dict[str, str]], verify: bool, row_model: str | None
+) -> dict[str, Any]:
+    app = await _server(row_model=row_model)
     zstd = zstandard.ZstdCompressor(level=19)
     try:
         # A client window under the engine's queue bound (model.embedded.queue_size).
@@ -160,6 +164,7 @@ async def _corpus(passages: list[dict[str, str]], verify: bool) -> dict[str, Any
         "threads": fp["threads"],
         "n_ctx": fp["n_ctx"],
         "schedule": fp["schedule"],
+        "row_model": fp["row_model"],
         "by_size": _by_size(rows),
         "rows": rows,
     }
@@ -335,6 +340,7 @@ def measure(
     speed: bool = True,
     batch_items: int = BATCH_ITEMS,
     text_bytes: int = TEXT_BYTES,
+    row_model: str | None = None,
 ) -> dict[str, Any]:
     """LOSSLESS on `passages` ({"id", "text"} dicts), and (speed) the engine at its default
     width against width 1 on `batch_items` passages (every 7th of the corpus) and one text
@@ -343,7 +349,7 @@ def measure(
     async def run() -> dict[str, Any]:
         t0 = time.perf_counter()
         out: dict[str, Any] = {"loadavg_start": list(os.getloadavg())}
-        out["corpus"] = await _corpus(passages, verify)
+        out["corpus"] = await _corpus(passages, verify, row_model)
         if speed:
             batch = load_passages(CORPUS, 7, batch_items)
             out["speed"] = await _speed(batch, long_text(text_bytes))
@@ -368,7 +374,8 @@ def table(result: dict[str, Any]) -> str:
     c = result["corpus"]
     lines = [
         f"LOSSLESS on {c['passages']} passages, {c['bytes']} B ({c['engine']}, width "
-        f"{c['width']}, {c['threads']} thread(s), n_ctx {c['n_ctx']}, schedule {c['schedule']})",
+        f"{c['width']}, {c['threads']} thread(s), n_ctx {c['n_ctx']}, schedule {c['schedule']}, "
+        f"row model {c['row_model']})",
         f"  exact               {c['exact']}/{c['total']}  (degraded {c['degraded']})",
         f"  ratio total/median  lossless {c['lossless_ratio']:.2f}x"
         f"/{c['lossless_ratio_median']:.2f}x  zstd-19 {c['zstd19_ratio']:.2f}x"
@@ -443,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--text-bytes", type=int, default=TEXT_BYTES, help="size of the long text (32 KB)"
     )
+    parser.add_argument(
+        "--row-model",
+        help="code the corpus (or --text) with this row model, by name or id "
+        "(model.embedded.coding_row_model; default: the server's)",
+    )
     parser.add_argument("-o", "--output", type=Path, help="write JSON here (default stdout)")
     parser.add_argument(
         "--out", type=Path, help="write lossless.json and lossless.md into this directory"
@@ -458,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         speed=args.speed,
         batch_items=args.batch_items,
         text_bytes=args.text_bytes,
+        row_model=args.row_model,
     )
     result["command"] = "python -m bench.lossless " + " ".join(argv or sys.argv[1:])
     result["subset"] = (

@@ -65,6 +65,11 @@ class ExactTokenizer:
                 self._byte_token.setdefault(piece[0], t)
 
     @property
+    def pieces(self) -> list[bytes]:
+        """Every token's byte piece, by id."""
+        return self._whole
+
+    @property
     def missing_bytes(self) -> frozenset[int]:
         """Byte values no token reproduces on its own."""
         return frozenset(range(256)) - self._byte_token.keys()

@@ -39,7 +39,7 @@ from ..backends.embedded import EmbeddedEngine
 from ..coding import text as coded_text
 from ..coding.engine import ContextKey, JobTiming
 from ..coding.layout import Layout, Schedule
-from ..coding.rows import IDENTITY, ROW_MODELS, row_model_factory
+from ..coding.rows import IDENTITY, ROW_MODELS, RowModelFactory, row_model_spec
 from ..config import CodingSchedule
 from ..envelope import model_name
 from ..errors import CannotEncode, DataLoss, PreconditionFailed
@@ -213,12 +213,13 @@ class LosslessCodec:
         self.slide = cfg.coding_schedule is CodingSchedule.SLIDE
         self.schedule = self._schedule(self.width)
         self.narrow_when_idle = cfg.coding_narrow_when_idle and self.width > 1
-        self.row_model = IDENTITY
+        self.row_model = cfg.coding_row_model
         self._fingerprint = self._fingerprint_for(self.width)
         self._narrow_fingerprint = self._fingerprint_for(1)
         # Built on first use from the engine's tokenizer model (~0.3 s over the vocabulary).
         self._tokenizer: ExactTokenizer | None = None
         self._tokenizer_lock = threading.Lock()
+        self._row_models: dict[int, RowModelFactory] = {}
 
     def _schedule(self, width: int) -> Schedule:
         if self.slide:
@@ -261,18 +262,31 @@ class LosslessCodec:
 
     # -- tokens: the one place text becomes tokens and back -------------------------------
 
+    def _exact_tokenizer(self) -> ExactTokenizer:
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                self._tokenizer = ExactTokenizer(self.engine.tokenizer)
+            return self._tokenizer
+
     async def tokenize(self, data: bytes) -> Tokenized:
         """Tokens that detokenize to exactly `data` (`Unrepresentable` when none can)."""
         await self.engine.start()
         llama = self.engine.tokenizer
 
         def run() -> Tokenized:
-            with self._tokenizer_lock:
-                if self._tokenizer is None:
-                    self._tokenizer = ExactTokenizer(llama)
-            return self._tokenizer.tokenize(llama, data)
+            return self._exact_tokenizer().tokenize(llama, data)
 
         return await asyncio.to_thread(run)
+
+    async def row_models(self, model_id: int) -> RowModelFactory:
+        """The per-stream factory of row model `model_id` for this model's vocabulary
+        (built once); PreconditionFailed naming an id this server does not have."""
+        spec = row_model_spec(model_id)
+        factory = self._row_models.get(model_id)
+        if factory is None:
+            pieces = (await asyncio.to_thread(self._exact_tokenizer)).pieces
+            factory = self._row_models.setdefault(model_id, spec(pieces))
+        return factory
 
     async def detokenize(self, tokens: list[int]) -> bytes:
         llama = self.engine.tokenizer
@@ -330,7 +344,7 @@ class LosslessCodec:
         if count == 1 and self.narrow_when_idle and self.engine.coding.idle:
             key, fingerprint = self.engine.narrow_key, self._narrow_fingerprint
             layout = Layout(self._schedule(1), self.n_ctx)
-        factory = row_model_factory(self.row_model)
+        factory = await self.row_models(self.row_model)
 
         async def work() -> tuple[list[bytes], JobTiming]:
             return await coded_text.encode_tokens(
@@ -358,8 +372,9 @@ class LosslessCodec:
         layout = Layout(schedule, self.n_ctx)
         key = ContextKey(width, self.threads, self.n_ctx)
         count = layout.stream_count(len(tokens), width)
+        factory = await self.row_models(self.row_model)
         timing = await coded_text.evaluate_tokens(
-            self.engine.coding, key, layout, tokens, row_model_factory(self.row_model), count
+            self.engine.coding, key, layout, tokens, factory, count
         )
         self._report_coding(len(tokens), timing.coding_s)
         return timing
@@ -392,7 +407,7 @@ class LosslessCodec:
             streams.append(body.stream[at : at + 4 * w])
             at += 4 * w
         key = ContextKey(fp.width or 1, fp.threads, fp.n_ctx)
-        factory = row_model_factory(fp.row_model)
+        factory = await self.row_models(fp.row_model)
 
         async def work() -> tuple[list[int], JobTiming]:
             return await coded_text.decode_tokens(
