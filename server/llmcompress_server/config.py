@@ -132,6 +132,8 @@ class EmbeddedConfig(_Section):
     # name or id (ROW_MODEL_IDS); envelopes record it, so decoding runs theirs.
     # identity (0): the model's row as it is, the format of before the mixer.
     # mixer-v1 (1): coding/mixer.py, the row mixed with what the text repeats.
+    # identity stays the default until the mixer's gain (and its 2 header bytes)
+    # is measured on the benchmark subsets in the product; see README.
     coding_row_model: int = 0
     # Model layers on a GPU with a CUDA/Metal build of llama-cpp-python; 0 on
     # a CPU. Recorded in every envelope: GPU kernels give other logits.
