@@ -561,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.text:
-        passages = [{"id": args.text.name, "text": args.text.read_text(encoding="utf-8")}]
+        # The bytes as they are: read_text's universal newlines would turn CRLF into LF.
+        passages = [{"id": args.text.name, "text": args.text.read_bytes().decode("utf-8")}]
     else:
         passages = load_passages(args.corpus, args.every, args.limit)
     result = measure(
