@@ -7,8 +7,13 @@ at its default width against width 1, in one run on one machine.
 - batch: BatchCompress items/s over a fixed set of passages, default width
   against width 1, quiet and again with a CPU-bound process beside it;
 - text_32k: one 32 KB text's compress and reconstruct B/s at both widths, the
-  cost of verify in coding passes, and the raw engine speed (no coding).
-`python -m bench.lossless [--every 4] [--limit N] [--no-speed] [--out DIR | -o out.json]`.
+  cost of verify in coding passes, and the raw engine speed (no coding);
+- row_models: the same 32 KB text compressed with the identity row model and the
+  mixer (coding/mixer.py) side by side: the mixer's fraction of the speed, bits per byte.
+`python -m bench.lossless [--every 4] [--limit N] [--no-speed] [--row-model NAME]
+[--out DIR | -o out.json]`, or
+`--text PATH --no-speed` for one whole file as one text (such as the Canterbury alice29.txt:
+its bits per byte are the figure published compressors quote).
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ BATCH_ITEMS = 24  # passages per BatchCompress run: every 7th of the corpus
 TEXT_BYTES = 32 * 1024
 
 
-def _config(width: int | None = None) -> Config:
+def _config(width: int | None = None, row_model: str | None = None) -> Config:
     embedded: dict[str, Any] = {"preload": False}
     if width is not None:
         embedded["coding_width"] = width
+    if row_model is not None:
+        embedded["coding_row_model"] = row_model
     return load_config(
         environ={},
         overrides={
@@ -60,8 +67,8 @@ def _config(width: int | None = None) -> Config:
     )
 
 
-async def _server(width: int | None = None) -> App:
-    app = await create_server(_config(width))
+async def _server(width: int | None = None, row_model: str | None = None) -> App:
+    app = await create_server(_config(width, row_model))
     await app.start()
     assert app.engine is not None
     await app.engine.start()
@@ -81,8 +88,10 @@ def _stub(channel: grpc.aio.Channel) -> pb_grpc.CompressionServiceStub:
 # -- corpus: exactness and ratio --------------------------------------------------------
 
 
-async def _corpus(passages: list[dict[str, str]], verify: bool) -> dict[str, Any]:
-    app = await _server()
+async def _corpus(
+    passages: list[dict[str, str]], verify: bool, row_model: str | None, reconstruct: bool = True
+) -> dict[str, Any]:
+    app = await _server(row_model=row_model)
     zstd = zstandard.ZstdCompressor(level=19)
     try:
         # A client window under the engine's queue bound (model.embedded.queue_size).
@@ -95,14 +104,17 @@ async def _corpus(passages: list[dict[str, str]], verify: bool) -> dict[str, Any
                     request = pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS, verify=verify)
                     return await stub.Compress(request)
 
-            async def reconstruct(envelope: bytes) -> pb.ReconstructResponse:
+            async def reconstruct_one(envelope: bytes) -> pb.ReconstructResponse:
                 async with window:
                     return await stub.Reconstruct(pb.ReconstructRequest(envelope=envelope))
 
             t0 = time.perf_counter()
             sent = await asyncio.gather(*(compress(p["text"]) for p in passages))
             t1 = time.perf_counter()
-            back = await asyncio.gather(*(reconstruct(r.envelope) for r in sent))
+            if reconstruct:
+                back = await asyncio.gather(*(reconstruct_one(r.envelope) for r in sent))
+            else:  # ratios only: one coding pass; exactness is then not checked
+                back = [pb.ReconstructResponse(exact=False) for _ in sent]
             t2 = time.perf_counter()
     finally:
         await app.stop(grace=0)
@@ -119,6 +131,8 @@ async def _corpus(passages: list[dict[str, str]], verify: bool) -> dict[str, Any
                 "streams": max(1, len(env.lossless.chunk_words)),
                 "mode": pb.Mode.Name(r.stats.mode),
                 "reason": r.stats.reason,
+                # Bytes coded through split spans or byte tokens (tokens.ExactTokenizer).
+                "piecewise": r.stats.piecewise_bytes,
                 "exact": b.exact and b.text == p["text"],
                 "zstd19": len(zstd.compress(data)),
                 "brotli11": len(brotli.compress(data, quality=11)),
@@ -142,16 +156,22 @@ async def _corpus(passages: list[dict[str, str]], verify: bool) -> dict[str, Any
         "brotli11_ratio": ratio("brotli11"),
         "ratio_vs_brotli11": ratio("envelope") / ratio("brotli11"),
         "stream_ratio": ratio("stream"),
+        "bits_per_byte": 8 * sum(r["envelope"] for r in rows) / total,
+        "stream_bits_per_byte": 8 * sum(r["stream"] for r in rows) / total,
+        "piecewise_bytes": sum(r["piecewise"] for r in rows),
+        "piecewise_share": sum(r["piecewise"] for r in rows) / total,
         "mean_overhead_bytes": statistics.mean(r["envelope"] - r["stream"] for r in rows),
         "verify": verify,
         # 32 calls in flight: the engine's B/s on a full queue.
         "compress_bytes_per_s": total / (t1 - t0),
-        "reconstruct_bytes_per_s": total / (t2 - t1),
+        "reconstructed": reconstruct,
+        "reconstruct_bytes_per_s": total / (t2 - t1) if reconstruct else 0.0,
         "engine": fp["engine"],
         "width": fp["width"],
         "threads": fp["threads"],
         "n_ctx": fp["n_ctx"],
         "schedule": fp["schedule"],
+        "row_model": fp["row_model"],
         "by_size": _by_size(rows),
         "rows": rows,
     }
@@ -230,7 +250,7 @@ async def _text(app: App, text: str) -> dict[str, float]:
         t2 = time.perf_counter()
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=plain.envelope))
         t3 = time.perf_counter()
-    tokens, _ = await codec.tokenize(data)
+    tokens = (await codec.tokenize(data)).tokens
     rows0, slots0 = coding.stats.rows, coding.stats.slot_steps
     t4 = time.perf_counter()
     await codec.evaluate(tokens)
@@ -256,8 +276,7 @@ async def _text(app: App, text: str) -> dict[str, float]:
 
 def long_text(limit: int = TEXT_BYTES) -> str:
     """The first `limit` bytes of corpus prose, cut at a paragraph: passages of all three
-    sources in corpus order (alice29.txt itself has a whitespace run the tokenizer does
-    not reproduce, issue 20)."""
+    sources in corpus order."""
     out = ""
     for line in CORPUS.read_text(encoding="utf-8").splitlines():
         out += json.loads(line)["text"] + "\n\n"
@@ -321,6 +340,61 @@ async def _speed(batch_passages: list[dict[str, str]], text: str) -> dict[str, A
         await one.stop(grace=0)
 
 
+# Row models compared side by side on the long text (model.embedded.coding_row_model).
+ROW_MODEL_PAIR = ("identity", "mixer-v1")
+
+
+async def _row_models(text: str, rounds: int = 1) -> dict[str, Any]:
+    """The same text compressed (no verify) on one server per row model, in one run, in
+    the order A B, then B A, ... for `rounds` rounds: B/s and coded bytes of each."""
+    data = text.encode("utf-8")
+    apps = {name: await _server(row_model=name) for name in ROW_MODEL_PAIR}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in ROW_MODEL_PAIR}
+    try:
+        for app in apps.values():  # warm up: the tokenizer and row model tables
+            async with grpc.aio.insecure_channel(app.address) as channel:
+                await _stub(channel).Compress(
+                    pb.CompressRequest(text=text[:200], mode=pb.MODE_LOSSLESS, verify=False)
+                )
+        for r in range(rounds):
+            for name in ROW_MODEL_PAIR[:: 1 if r % 2 == 0 else -1]:
+                load0 = os.getloadavg()[0]
+                async with grpc.aio.insecure_channel(apps[name].address) as channel:
+                    t0 = time.perf_counter()
+                    resp = await _stub(channel).Compress(
+                        pb.CompressRequest(text=text, mode=pb.MODE_LOSSLESS, verify=False)
+                    )
+                    seconds = time.perf_counter() - t0
+                env = pb.Envelope.FromString(resp.envelope)
+                runs[name].append(
+                    {
+                        "seconds": seconds,
+                        "loadavg_1min": (load0 + os.getloadavg()[0]) / 2,
+                        "stream": len(env.lossless.stream),
+                        "envelope": len(resp.envelope),
+                        "row_model": env.lossless.fingerprint.row_model,
+                    }
+                )
+    finally:
+        for app in apps.values():
+            await app.stop(grace=0)
+    out: dict[str, Any] = {"bytes": len(data), "rounds": rounds}
+    for name, rows in runs.items():
+        seconds = sum(r["seconds"] for r in rows)
+        out[name] = {
+            "row_model": rows[0]["row_model"],
+            "compress_bytes_per_s": len(data) * len(rows) / seconds,
+            "stream_bits_per_byte": 8 * rows[0]["stream"] / len(data),
+            "envelope": rows[0]["envelope"],
+            "loadavg_1min": statistics.mean(r["loadavg_1min"] for r in rows),
+            "runs": rows,
+        }
+    a, b = (out[name] for name in ROW_MODEL_PAIR)
+    out["speed_fraction"] = b["compress_bytes_per_s"] / a["compress_bytes_per_s"]
+    out["stream_gain"] = 1 - b["stream_bits_per_byte"] / a["stream_bits_per_byte"]
+    return out
+
+
 def measure(
     passages: list[dict[str, str]],
     *,
@@ -328,6 +402,10 @@ def measure(
     speed: bool = True,
     batch_items: int = BATCH_ITEMS,
     text_bytes: int = TEXT_BYTES,
+    row_model: str | None = None,
+    row_model_rounds: int = 1,
+    width_speed: bool = True,
+    reconstruct: bool = True,
 ) -> dict[str, Any]:
     """LOSSLESS on `passages` ({"id", "text"} dicts), and (speed) the engine at its default
     width against width 1 on `batch_items` passages (every 7th of the corpus) and one text
@@ -336,10 +414,12 @@ def measure(
     async def run() -> dict[str, Any]:
         t0 = time.perf_counter()
         out: dict[str, Any] = {"loadavg_start": list(os.getloadavg())}
-        out["corpus"] = await _corpus(passages, verify)
-        if speed:
+        out["corpus"] = await _corpus(passages, verify, row_model, reconstruct)
+        if speed and width_speed:
             batch = load_passages(CORPUS, 7, batch_items)
             out["speed"] = await _speed(batch, long_text(text_bytes))
+        if speed:
+            out["row_models"] = await _row_models(long_text(text_bytes), row_model_rounds)
         out["loadavg_end"] = list(os.getloadavg())
         out["wall_seconds"] = time.perf_counter() - t0
         return out
@@ -361,13 +441,19 @@ def table(result: dict[str, Any]) -> str:
     c = result["corpus"]
     lines = [
         f"LOSSLESS on {c['passages']} passages, {c['bytes']} B ({c['engine']}, width "
-        f"{c['width']}, {c['threads']} thread(s), n_ctx {c['n_ctx']}, schedule {c['schedule']})",
-        f"  exact               {c['exact']}/{c['total']}  (degraded {c['degraded']})",
+        f"{c['width']}, {c['threads']} thread(s), n_ctx {c['n_ctx']}, schedule {c['schedule']}, "
+        f"row model {c['row_model']})",
+        f"  exact               {c['exact']}/{c['total']}  (degraded {c['degraded']})"
+        if c["reconstructed"]
+        else f"  exact               not checked (--no-reconstruct; degraded {c['degraded']})",
         f"  ratio total/median  lossless {c['lossless_ratio']:.2f}x"
         f"/{c['lossless_ratio_median']:.2f}x  zstd-19 {c['zstd19_ratio']:.2f}x"
         f"  brotli-11 {c['brotli11_ratio']:.2f}x  ({c['ratio_vs_brotli11']:.2f}x brotli)",
         f"  coded stream only   {c['stream_ratio']:.2f}x"
         f"  (envelope overhead {c['mean_overhead_bytes']:.0f} B per text)",
+        f"  bits per byte       {c['bits_per_byte']:.4f} (coded stream alone "
+        f"{c['stream_bits_per_byte']:.4f})",
+        f"  coded piecewise     {c['piecewise_bytes']} B ({c['piecewise_share']:.3%} of the bytes)",
         *(
             f"  {name:<19} {g['passages']:>3} texts  {g['lossless_ratio']:.2f}x, "
             f"{g['vs_brotli11']:.2f}x brotli (coded stream alone {g['stream_vs_brotli11']:.2f}x)"
@@ -403,6 +489,19 @@ def table(result: dict[str, Any]) -> str:
             f"  verify              Compress with verify = {tw['verify_cost_passes']:.2f} "
             "coding passes",
         ]
+    m = result.get("row_models")
+    if m:
+        a, b = (m[name] for name in ROW_MODEL_PAIR)
+        lines += [
+            f"Row models on the same {m['bytes'] // 1024} KB text ({m['rounds']} round(s)): "
+            f"{ROW_MODEL_PAIR[1]} ({b['row_model']}) against "
+            f"{ROW_MODEL_PAIR[0]} ({a['row_model']})",
+            f"  compress            {b['compress_bytes_per_s']:.0f} against "
+            f"{a['compress_bytes_per_s']:.0f} B/s = {m['speed_fraction']:.2f} of the speed "
+            f"(load {b['loadavg_1min']:.1f} / {a['loadavg_1min']:.1f})",
+            f"  coded stream        {b['stream_bits_per_byte']:.4f} against "
+            f"{a['stream_bits_per_byte']:.4f} bits per byte ({m['stream_gain']:.2%} fewer)",
+        ]
     return "\n".join(lines)
 
 
@@ -417,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=4, help="take every Nth passage (1: all)")
     parser.add_argument("--limit", type=int, default=None, help="at most N passages")
     parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument(
+        "--text", type=Path, help="code this one file as one text instead of corpus passages"
+    )
     parser.add_argument("--verify", action="store_true", help="compress with verify on")
     parser.add_argument(
         "--no-speed",
@@ -430,22 +532,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--text-bytes", type=int, default=TEXT_BYTES, help="size of the long text (32 KB)"
     )
+    parser.add_argument(
+        "--row-model",
+        help="code the corpus (or --text) with this row model, by name or id "
+        "(model.embedded.coding_row_model; default: the server's)",
+    )
+    parser.add_argument(
+        "--row-model-rounds",
+        type=int,
+        default=1,
+        help="rounds of the row-model speed comparison (A B, then B A, ...)",
+    )
+    parser.add_argument(
+        "--no-width-speed",
+        dest="width_speed",
+        action="store_false",
+        help="of the speed sections, run only the row-model comparison",
+    )
+    parser.add_argument(
+        "--no-reconstruct",
+        dest="reconstruct",
+        action="store_false",
+        help="compress only (ratios, one coding pass); exactness is not checked",
+    )
     parser.add_argument("-o", "--output", type=Path, help="write JSON here (default stdout)")
     parser.add_argument(
         "--out", type=Path, help="write lossless.json and lossless.md into this directory"
     )
     args = parser.parse_args(argv)
-    passages = load_passages(args.corpus, args.every, args.limit)
+    if args.text:
+        # The bytes as they are: read_text's universal newlines would turn CRLF into LF.
+        passages = [{"id": args.text.name, "text": args.text.read_bytes().decode("utf-8")}]
+    else:
+        passages = load_passages(args.corpus, args.every, args.limit)
     result = measure(
         passages,
         verify=args.verify,
         speed=args.speed,
         batch_items=args.batch_items,
         text_bytes=args.text_bytes,
+        row_model=args.row_model,
+        row_model_rounds=args.row_model_rounds,
+        width_speed=args.width_speed,
+        reconstruct=args.reconstruct,
     )
     result["command"] = "python -m bench.lossless " + " ".join(argv or sys.argv[1:])
-    result["subset"] = f"every {args.every}th passage" + (
-        f", at most {args.limit}" if args.limit else ""
+    result["subset"] = (
+        f"the whole of {args.text.name}"
+        if args.text
+        else f"every {args.every}th passage" + (f", at most {args.limit}" if args.limit else "")
     )
     text = json.dumps(result, indent=2)
     summary = table(result)
@@ -465,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(summary, file=sys.stderr)
         print(text)
-    return 0 if result["exact"] == result["total"] else 1
+    return 0 if result["exact"] == result["total"] or not args.reconstruct else 1
 
 
 if __name__ == "__main__":

@@ -257,7 +257,7 @@ async def test_fingerprint_mismatch_is_refused_naming_the_field(
     app = await start_server(model={"embedded": NARROW})
     for field, value, named in [
         ("lossless.fingerprint.schedule_id", 7, "schedule: envelope t7, this server knows t1,"),
-        ("lossless.fingerprint.row_model", 99, "row model: envelope 99, this server knows [0]"),
+        ("lossless.fingerprint.row_model", 99, "row model: envelope 99, this server knows [0, 1]"),
         ("lossless.fingerprint.width", 1000, "width: envelope 1000, this server runs 1 to 64"),
         ("lossless.fingerprint.threads", 0, "threads: envelope 0, this server runs 1 to 64"),
         ("lossless.fingerprint.gpu_layers", 30, "gpu_layers: envelope 30, this server 0"),

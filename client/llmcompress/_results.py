@@ -89,6 +89,8 @@ class CompressStats:
     # none), and whether the envelope holds the group's shared summary.
     group: str = ""
     shared_summary: bool = False
+    # Bytes of the model-coded text carried by non-canonical tokens (split spans).
+    piecewise_bytes: int = 0
 
     @classmethod
     def from_pb(cls, s: pb.Stats) -> CompressStats:
@@ -108,6 +110,7 @@ class CompressStats:
             total_seconds=s.total_seconds,
             group=s.group,
             shared_summary=s.shared_summary,
+            piecewise_bytes=s.piecewise_bytes,
         )
 
 

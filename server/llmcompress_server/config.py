@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .domain import Mode
 
@@ -79,6 +86,10 @@ class CodingSchedule(StrEnum):
     SLIDE = "slide"
 
 
+# LOSSLESS row models by name (coding/rows.ROW_MODELS holds them by these ids).
+ROW_MODEL_IDS = {"identity": 0, "mixer-v1": 1}
+
+
 class BackendKind(StrEnum):
     # Ollama when OLLAMA_HOST, model.ollama.endpoints or model.ollama_endpoint is
     # set explicitly; else the embedded engine (backends/router.py).
@@ -135,11 +146,34 @@ class EmbeddedConfig(_Section):
     # on two lanes. Whatever arrives beyond that goes wide; decoding runs the
     # width the envelope names, so both kinds reconstruct anywhere.
     coding_narrow_when_idle: bool = True
+    # The stage between the model's row and the range coder for new envelopes, by
+    # name or id (ROW_MODEL_IDS); envelopes record it, so decoding runs theirs.
+    # identity (0): the model's row as it is, the format of before the mixer.
+    # mixer-v1 (1): coding/mixer.py, the row mixed with what the text repeats.
+    # identity stays the default until the mixer's gain (and its 2 header bytes)
+    # is measured on the benchmark subsets in the product; see README.
+    coding_row_model: int = 0
     # Model layers on a GPU with a CUDA/Metal build of llama-cpp-python; 0 on
     # a CPU. Recorded in every envelope: GPU kernels give other logits.
     n_gpu_layers: int = Field(0, ge=0, le=1000)
     # Load the model when the server starts, not on the first request.
     preload: bool = True
+
+    @field_validator("coding_row_model", mode="before")
+    @classmethod
+    def _row_model(cls, value: object) -> int:
+        known = ", ".join(f"{name} ({i})" for name, i in ROW_MODEL_IDS.items())
+        if isinstance(value, str) and value.strip().isdecimal():
+            value = int(value)
+        if isinstance(value, str) and value.strip() in ROW_MODEL_IDS:
+            return ROW_MODEL_IDS[value.strip()]
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value in ROW_MODEL_IDS.values()
+        ):
+            return value
+        raise ValueError(f"unknown row model {value!r}: use one of {known}")
 
 
 class ModelTiers(_Section):

@@ -104,6 +104,7 @@ class CompressOutcome:
     reason: str = ""
     quality: pb.QualityScores | None = None
     total_seconds: float = 0.0
+    piecewise_bytes: int = 0
 
     @property
     def ratio(self) -> float:
@@ -123,6 +124,7 @@ class CompressOutcome:
             mode=self.mode.to_pb(),
             backend=self.backend,
             total_seconds=self.total_seconds,
+            piecewise_bytes=self.piecewise_bytes,
         )
         if self.quality is not None:
             stats.quality.CopyFrom(self.quality)

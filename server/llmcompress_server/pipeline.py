@@ -118,6 +118,7 @@ class Pipeline:
                 degraded=encoded.degraded,
                 reason=encoded.reason,
                 quality=encoded.quality,
+                piecewise_bytes=encoded.piecewise_bytes,
             )
 
         key = None
@@ -142,6 +143,7 @@ class Pipeline:
             reason=result.reason or reason,
             quality=result.quality,
             total_seconds=clock.total,
+            piecewise_bytes=result.piecewise_bytes,
         )
 
     async def close(self) -> None:

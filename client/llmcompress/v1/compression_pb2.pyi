@@ -227,6 +227,7 @@ class Stats(_message.Message):
     TOTAL_SECONDS_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
     SHARED_SUMMARY_FIELD_NUMBER: _builtins.int
+    PIECEWISE_BYTES_FIELD_NUMBER: _builtins.int
     original_bytes: _builtins.int
     """UTF-8 bytes of the original text."""
     compressed_bytes: _builtins.int
@@ -259,6 +260,12 @@ class Stats(_message.Message):
     """The envelope holds its group's shared summary, adapted to this item's own
     words and facts; false when the item has a summary of its own.
     """
+    piecewise_bytes: _builtins.int
+    """Bytes of the model-coded text (the original for LOSSLESS, the summary for
+    SEMANTIC) carried by tokens the tokenizer would not have produced there:
+    spans it cannot reproduce (long whitespace runs, for one) are tokenized
+    piecewise, down to single bytes. 0 when nothing was model-coded.
+    """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageTiming]:
         """Wall time per stage, in order."""
@@ -285,10 +292,11 @@ class Stats(_message.Message):
         total_seconds: _builtins.float = ...,
         group: _builtins.str = ...,
         shared_summary: _builtins.bool = ...,
+        piecewise_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cache_hit", b"cache_hit", "compressed_bytes", b"compressed_bytes", "degraded", b"degraded", "group", b"group", "mode", b"mode", "model", b"model", "original_bytes", b"original_bytes", "quality", b"quality", "ratio", b"ratio", "reason", b"reason", "requested_mode", b"requested_mode", "shared_summary", b"shared_summary", "stages", b"stages", "total_seconds", b"total_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cache_hit", b"cache_hit", "compressed_bytes", b"compressed_bytes", "degraded", b"degraded", "group", b"group", "mode", b"mode", "model", b"model", "original_bytes", b"original_bytes", "piecewise_bytes", b"piecewise_bytes", "quality", b"quality", "ratio", b"ratio", "reason", b"reason", "requested_mode", b"requested_mode", "shared_summary", b"shared_summary", "stages", b"stages", "total_seconds", b"total_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

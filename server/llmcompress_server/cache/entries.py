@@ -34,10 +34,12 @@ class CachedResult:
     degraded: bool = False
     reason: str = ""
     quality: pb.QualityScores | None = None
+    piecewise_bytes: int = 0
 
     def pack(self, key: bytes) -> bytes:
         meta = {
             "backend": self.backend,
+            "piecewise_bytes": self.piecewise_bytes,
             "degraded": self.degraded,
             "reason": self.reason,
             "quality": base64.b64encode(self.quality.SerializeToString()).decode("ascii")
@@ -72,6 +74,8 @@ class CachedResult:
                 degraded=bool(meta["degraded"]),
                 reason=str(meta["reason"]),
                 quality=quality,
+                # Entries written before the field existed had no piecewise coding.
+                piecewise_bytes=int(meta.get("piecewise_bytes", 0)),
             )
         except (ValueError, KeyError, TypeError, LLMCompressError) as exc:
             raise CorruptEntry(f"unreadable entry: {exc}") from None

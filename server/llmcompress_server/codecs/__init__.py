@@ -46,6 +46,9 @@ class Encoded:
     quality: pb.QualityScores | None = None
     # Model fallbacks the backend took on the way (ChatResult.fallbacks), in order.
     fallbacks: list[str] = field(default_factory=list)
+    # Bytes of the model-coded text carried by tokens the tokenizer would not have
+    # produced there (`tokens.ExactTokenizer`); 0 when nothing was model-coded.
+    piecewise_bytes: int = 0
 
 
 @dataclass

@@ -26,6 +26,7 @@ import contextlib
 import importlib
 import importlib.metadata
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -39,12 +40,13 @@ from ..backends.embedded import EmbeddedEngine
 from ..coding import text as coded_text
 from ..coding.engine import ContextKey, JobTiming, StreamWork
 from ..coding.layout import Layout, Schedule
-from ..coding.rows import IDENTITY, ROW_MODELS, Coder, StopCoding, row_model_factory
+from ..coding.rows import IDENTITY, ROW_MODELS, Coder, RowModelFactory, StopCoding, row_model_spec
 from ..config import CodingSchedule
 from ..envelope import model_name
 from ..errors import CannotEncode, DataLoss, PreconditionFailed
 from ..events import CodingJobEnded, ModelCallEnded
 from ..stages import StageClock
+from ..tokens import ExactTokenizer, Tokenized
 from . import CompressOptions, Decoded, Encoded
 
 log = logging.getLogger(__name__)
@@ -193,8 +195,8 @@ _FINGERPRINT_LABELS = {
 
 
 class LosslessCodec:
-    """MODE_LOSSLESS on the embedded engine's coding engine; `CannotEncode` when a round
-    trip is not exact (the pipeline then stores ZSTD)."""
+    """MODE_LOSSLESS on the embedded engine's coding engine; `CannotEncode` when verify finds
+    a mismatch or the vocabulary cannot reproduce a byte (the pipeline then stores ZSTD)."""
 
     mode = pb.MODE_LOSSLESS
 
@@ -212,9 +214,13 @@ class LosslessCodec:
         self.slide = cfg.coding_schedule is CodingSchedule.SLIDE
         self.schedule = self._schedule(self.width)
         self.narrow_when_idle = cfg.coding_narrow_when_idle and self.width > 1
-        self.row_model = IDENTITY
+        self.row_model = cfg.coding_row_model
         self._fingerprint = self._fingerprint_for(self.width)
         self._narrow_fingerprint = self._fingerprint_for(1)
+        # Built on first use from the engine's tokenizer model (~0.3 s over the vocabulary).
+        self._tokenizer: ExactTokenizer | None = None
+        self._tokenizer_lock = threading.Lock()
+        self._row_models: dict[int, RowModelFactory] = {}
 
     def _schedule(self, width: int) -> Schedule:
         if self.slide:
@@ -257,16 +263,31 @@ class LosslessCodec:
 
     # -- tokens: the one place text becomes tokens and back -------------------------------
 
-    async def tokenize(self, data: bytes) -> tuple[list[int], bool]:
-        """`data` as tokens, and whether they detokenize to `data` exactly."""
+    def _exact_tokenizer(self) -> ExactTokenizer:
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                self._tokenizer = ExactTokenizer(self.engine.tokenizer)
+            return self._tokenizer
+
+    async def tokenize(self, data: bytes) -> Tokenized:
+        """Tokens that detokenize to exactly `data` (`Unrepresentable` when none can)."""
         await self.engine.start()
         llama = self.engine.tokenizer
 
-        def run() -> tuple[list[int], bool]:
-            tokens: list[int] = llama.tokenize(data, add_bos=False, special=False)
-            return tokens, llama.detokenize(tokens, special=False) == data
+        def run() -> Tokenized:
+            return self._exact_tokenizer().tokenize(llama, data)
 
         return await asyncio.to_thread(run)
+
+    async def row_models(self, model_id: int) -> RowModelFactory:
+        """The per-stream factory of row model `model_id` for this model's vocabulary
+        (built once); PreconditionFailed naming an id this server does not have."""
+        spec = row_model_spec(model_id)
+        factory = self._row_models.get(model_id)
+        if factory is None:
+            pieces = (await asyncio.to_thread(self._exact_tokenizer)).pieces
+            factory = self._row_models.setdefault(model_id, spec(pieces))
+        return factory
 
     async def detokenize(self, tokens: list[int]) -> bytes:
         llama = self.engine.tokenizer
@@ -330,7 +351,7 @@ class LosslessCodec:
         stream decodes with. A coder that has all it needs raises `StopCoding`."""
         await self.engine.start()
         key, fingerprint, layout = self._placement(1)
-        factory = row_model_factory(self.row_model)
+        factory = await self.row_models(self.row_model)
 
         async def work() -> tuple[None, JobTiming]:
             work = StreamWork(coder, factory(), n_tokens)
@@ -348,7 +369,7 @@ class LosslessCodec:
         # Enough streams to fill every lane's slots (lanes run the same contexts).
         count = layout.stream_count(len(tokens), self.width * self.engine.config.coding_engines)
         key, fingerprint, layout = self._placement(count)
-        factory = row_model_factory(self.row_model)
+        factory = await self.row_models(self.row_model)
 
         async def work() -> tuple[list[bytes], JobTiming]:
             return await coded_text.encode_tokens(
@@ -376,8 +397,9 @@ class LosslessCodec:
         layout = Layout(schedule, self.n_ctx)
         key = ContextKey(width, self.threads, self.n_ctx)
         count = layout.stream_count(len(tokens), width)
+        factory = await self.row_models(self.row_model)
         timing = await coded_text.evaluate_tokens(
-            self.engine.coding, key, layout, tokens, row_model_factory(self.row_model), count
+            self.engine.coding, key, layout, tokens, factory, count
         )
         self._report_coding(len(tokens), timing.coding_s)
         return timing
@@ -410,7 +432,7 @@ class LosslessCodec:
             streams.append(body.stream[at : at + 4 * w])
             at += 4 * w
         key = ContextKey(fp.width or 1, fp.threads, fp.n_ctx)
-        factory = row_model_factory(fp.row_model)
+        factory = await self.row_models(fp.row_model)
 
         async def work() -> tuple[list[int], JobTiming]:
             return await coded_text.decode_tokens(
@@ -451,10 +473,10 @@ class LosslessCodec:
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded:
         data = text.encode("utf-8")
         await self.engine.start()
-        with clock.stage("lossless.tokenize", **{"llmc.bytes": len(data)}):
-            tokens, round_trips = await self.tokenize(data)
-        if not round_trips:
-            raise CannotEncode("the tokenizer does not reproduce this text byte for byte")
+        with clock.stage("lossless.tokenize", **{"llmc.bytes": len(data)}) as span:
+            tokenized = await self.tokenize(data)
+            span.set_attribute("llmc.piecewise_bytes", tokenized.piecewise_bytes)
+        tokens = tokenized.tokens
         with clock.stage("lossless.encode", **{"llmc.tokens": len(tokens)}):
             body = await self.encode_tokens(tokens)
         if opts.verify:
@@ -472,6 +494,7 @@ class LosslessCodec:
             envelope=pb.Envelope(mode=pb.MODE_LOSSLESS, lossless=body),
             model=self.engine.identity,
             backend=self.engine.name,
+            piecewise_bytes=tokenized.piecewise_bytes,
         )
 
     def check_compatible(self, env: pb.Envelope) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataLoss, PreconditionFailed
+from .mixer import mixer_v1
 
 Probs = npt.NDArray[np.float32]
 Weights = npt.NDArray[np.floating[Any]]
@@ -46,13 +47,23 @@ class IdentityRowModel:
 
 
 IDENTITY = 0
+MIXER_V1 = 1  # coding/mixer.py, parameters as named there
+
+# A row model's per-stream factory, built once from the vocabulary's token pieces.
+RowModelSpec = Callable[[Sequence[bytes]], RowModelFactory]
+
+
+def _identity(pieces: Sequence[bytes]) -> RowModelFactory:
+    return IdentityRowModel
+
 
 # Row models by the id envelopes store (EngineFingerprint): only ever add; a
-# change of behaviour takes a new id, and old ids keep decoding.
-ROW_MODELS: dict[int, RowModelFactory] = {IDENTITY: IdentityRowModel}
+# change of behaviour takes a new id, and old ids keep decoding. The names
+# configuration takes are config.ROW_MODEL_IDS.
+ROW_MODELS: dict[int, RowModelSpec] = {IDENTITY: _identity, MIXER_V1: mixer_v1}
 
 
-def row_model_factory(model_id: int) -> RowModelFactory:
+def row_model_spec(model_id: int) -> RowModelSpec:
     try:
         return ROW_MODELS[model_id]
     except KeyError:

@@ -208,7 +208,10 @@ async def fit_coded(
     plain.extractive = extractive
     body = pb.SemanticBody(coded=body_of(best), extractive=extractive)
     encoded = Encoded(
-        envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body), model=model, backend=backend
+        envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body),
+        model=model,
+        backend=backend,
+        piecewise_bytes=sum(found.piecewise[: best.pieces]),
     )
     return encoded, plain
 

@@ -23,6 +23,7 @@ from llmcompress.v1 import compression_pb2 as pb
 from ...coding.rows import StopCoding
 from ...entities import Entity
 from ...errors import DataLoss
+from ...tokens import Tokenized, Unrepresentable
 from ..lossless import LosslessCodec
 
 # Starts the facts after the summary; a control byte, so no summary contains it.
@@ -117,13 +118,13 @@ class PrefixEncoder:
         return token
 
 
-async def _tokenize_pieces(coder: LosslessCodec, pieces: Sequence[str]) -> list[list[int]] | None:
+async def _tokenize_pieces(coder: LosslessCodec, pieces: Sequence[str]) -> list[Tokenized] | None:
     out = []
     for piece in pieces:
-        tokens, exact = await coder.tokenize(piece.encode("utf-8"))
-        if not exact:
+        try:
+            out.append(await coder.tokenize(piece.encode("utf-8")))
+        except Unrepresentable:
             return None
-        out.append(tokens)
     return out
 
 
@@ -135,6 +136,8 @@ class CodedPrefixes:
     tokens: list[int]
     prefixes: list[Prefix]
     fingerprint: pb.EngineFingerprint
+    # Per piece, bytes carried by non-canonical tokens (see `tokens.ExactTokenizer`).
+    piecewise: list[int]
 
 
 async def code_prefixes(
@@ -147,10 +150,10 @@ async def code_prefixes(
     split = await _tokenize_pieces(coder, pieces)
     if split is None:
         return None
-    tokens = [t for part in split for t in part]
+    tokens = [t for part in split for t in part.tokens]
     if len(tokens) > coder.n_ctx:
         return None
-    ends = list(np.cumsum([len(part) for part in split]))
+    ends = list(np.cumsum([len(part.tokens) for part in split]))
     encoder = PrefixEncoder(tokens, ends, limit)
     fingerprint = await coder.code_stream(encoder, len(tokens))
     prefixes = [Prefix(0, 0, b"")]
@@ -159,7 +162,7 @@ async def code_prefixes(
         for k, end in enumerate(ends)
         if int(end) in encoder.streams and end > 0
     ]
-    return CodedPrefixes(tokens, prefixes, fingerprint)
+    return CodedPrefixes(tokens, prefixes, fingerprint, [p.piecewise_bytes for p in split])
 
 
 async def decodes_to(coder: LosslessCodec, body: pb.LosslessBody, tokens: Sequence[int]) -> bool:
