@@ -23,7 +23,8 @@ from llmcompress_server.backends.embedded import EmbeddedEngine, default_model_p
 from llmcompress_server.codecs.lossless import LosslessCodec
 from llmcompress_server.codecs.semantic import summary_coding
 from llmcompress_server.domain import Mode
-from llmcompress_server.tokens import ExactTokenizer, Unrepresentable
+from llmcompress_server.errors import DataLoss
+from llmcompress_server.tokens import ExactTokenizer, Unrepresentable, escape, unescape
 
 from .conftest import CORPUS, StartServer, make_config
 
@@ -121,24 +122,52 @@ def test_every_server_source_file_is_tokenized_exactly(vocab: Any, exact: ExactT
 
 
 def test_a_byte_without_a_token_is_named(vocab: Any, exact: ExactTokenizer) -> None:
+    """Without escapes (SEMANTIC's coded bodies, which then pack with brotli)."""
     with pytest.raises(Unrepresentable, match=r"byte 0x04 at offset 5"):
         exact.tokenize(vocab, b"start\x04end")
 
 
+def test_a_byte_without_a_token_is_escaped(vocab: Any, exact: ExactTokenizer) -> None:
+    """Every byte the vocabulary lacks that valid UTF-8 can hold, escaped and put back."""
+    lacking = "".join(chr(b) for b in sorted(MISSING) if b < 0x80) + "\U00040000\U000bfffd"
+    data = f"a{lacking}b\x04\x04c".encode()
+    out = exact.tokenize(vocab, data, escapes=True)
+    assert out.escapes
+    coded = vocab.detokenize(out.tokens, special=False)
+    assert coded != data and len(coded) == len(data)
+    assert coded.decode("utf-8")  # the stand-ins keep the text UTF-8
+    assert unescape(coded, out.escapes) == data
+
+
+def test_escapes_are_small_and_checked() -> None:
+    missing = frozenset(MISSING)
+    data = b"x" * 300 + b"\x04" + b"y\x06"
+    escaped, table = escape(data, missing)
+    assert table == bytes([0xAC, 0x02, 0x04, 0x01, 0x06])  # gap 300 as a varint, gap 1
+    assert unescape(escaped, table) == data
+    assert escape(b"plain text", missing) == (b"plain text", b"")
+    with pytest.raises(DataLoss, match="do not fit"):
+        unescape(escaped[:250], table)
+    with pytest.raises(DataLoss, match="malformed"):
+        unescape(escaped, b"\xff\xff")
+
+
 WHITESPACE = [" ", "\t", "\n", "\r\n", "\u3000", "\xa0", "-", "#"]
+LACKING = ["\x04", "\x06", "\x13", "\x14", "\x16", "\x1d", "\U00040000", "\U000a1234"]
 segments = st.one_of(
     st.text(st.characters(codec="utf-8"), max_size=20),
+    st.sampled_from(LACKING),
     st.builds(lambda ch, n: ch * n, st.sampled_from(WHITESPACE), st.integers(1, 120)),
 )
 texts = st.lists(segments, max_size=12).map("".join)
 
 
-def test_random_unicode_with_runs_is_exact_or_names_a_missing_byte(
-    vocab: Any, exact: ExactTokenizer
-) -> None:
-    """Any text comes back exactly, unless it holds a byte no token reproduces; the
-    examples include texts the tokenizer alone does not reproduce (counted)."""
+def test_random_unicode_with_runs_is_always_exact(vocab: Any, exact: ExactTokenizer) -> None:
+    """Any text comes back exactly, bytes no token reproduces included (escaped); the
+    examples include texts the tokenizer alone does not reproduce, and texts with bytes
+    the vocabulary lacks (both counted)."""
     tokenizer_failed: list[str] = []
+    escaped: list[str] = []
 
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(texts)
@@ -147,16 +176,16 @@ def test_random_unicode_with_runs_is_exact_or_names_a_missing_byte(
         data = text.encode()
         if not canonical_round_trips(vocab, data):
             tokenizer_failed.append(text)
-        try:
-            out = exact.tokenize(vocab, data)
-        except Unrepresentable:
-            assert MISSING & set(data)
-            return
-        assert vocab.detokenize(out.tokens, special=False) == data
+        out = exact.tokenize(vocab, data, escapes=True)
+        if out.escapes:
+            escaped.append(text)
+        assert bool(out.escapes) == bool(MISSING & set(data))
+        assert unescape(vocab.detokenize(out.tokens, special=False), out.escapes) == data
         assert out.piecewise_bytes <= len(data)
 
     check()
     assert len(tokenizer_failed) >= 10
+    assert len(escaped) >= 10
 
 
 # ---- through the real server and model ------------------------------------------------
@@ -207,18 +236,25 @@ async def test_hard_texts_round_trip_losslessly_with_no_fallback(
 
 
 @pytest.mark.model
-async def test_a_text_with_a_byte_no_token_holds_is_stored_as_zstd_saying_why(
+async def test_a_text_with_bytes_no_token_holds_is_lossless_with_escapes(
     start_server: StartServer,
 ) -> None:
+    """Control bytes and a plane-4 character the vocabulary lacks: LOSSLESS, not ZSTD; the
+    body's escapes put them back; a body whose escapes are cut is DATA_LOSS."""
     app = await start_server()
-    text = "ack\x06 and eot\x04 are not in the vocabulary"
+    text = "ack\x06 and eot\x04 are not in the vocabulary, nor is \U00040001; the rest is"
     async with grpc.aio.insecure_channel(app.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         resp = await _compress(stub, text)
-        assert resp.stats.mode == pb.MODE_ZSTD and resp.stats.degraded
-        assert "byte 0x06 at offset 3 has no token" in resp.stats.reason
+        assert resp.stats.mode == pb.MODE_LOSSLESS and not resp.stats.degraded
+        env = pb.Envelope.FromString(resp.envelope)
+        assert len(env.lossless.escapes) == 2 * 3  # three bytes, each a one-byte gap + byte
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
         assert back.exact and back.text == text
+        env.lossless.escapes = env.lossless.escapes[:2]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Reconstruct(pb.ReconstructRequest(envelope=env.SerializeToString()))
+        assert err.value.code() == grpc.StatusCode.DATA_LOSS
 
 
 @pytest.mark.model

@@ -8,9 +8,10 @@ as a newline plus 48 spaces, or 64 dashes), and bytes no token holds are
 dropped. `ExactTokenizer` keeps the tokenizer's tokens wherever they
 reproduce the bytes, tokenizes only the failing spans on their own, and halves
 a span that still fails, down to single-byte tokens. A byte no token
-reproduces at all raises `Unrepresentable` (on SmolLM2: the control characters
-0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, and 0xF1, 0xF2, which lead the UTF-8 of the
-unassigned planes 4-11).
+reproduces at all (on SmolLM2: the control characters 0x04, 0x06, 0x13, 0x14,
+0x16, 0x1D, and 0xF1, 0xF2, which lead the UTF-8 of planes 4-11) raises
+`Unrepresentable`, or for LOSSLESS is escaped: coded as a stand-in byte, and put
+back from a small table in the body (`LosslessBody.escapes`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import llama_cpp
 
-from .errors import CannotEncode
+from .errors import CannotEncode, DataLoss
 
 # Longer than any token piece of a byte-level BPE vocabulary (SmolLM2's longest: 81).
 _PIECE_BUFFER = 1024
@@ -36,6 +37,69 @@ class Tokenized:
     tokens: list[int]
     # Bytes coded by tokens the tokenizer itself would not have produced there.
     piecewise_bytes: int
+    # Bytes no token spells, with where they go (`escape`); the tokens hold stand-ins.
+    escapes: bytes = b""
+
+
+# Stand-ins for bytes the vocabulary cannot spell. 0xF1 and 0xF2 lead the UTF-8 of
+# planes 4-11; 0xF3 leads planes 12-15 with the same continuation bytes, so the text
+# keeps its UTF-8 shape and the tokenizer sees a character, not garbage. Other bytes
+# (SmolLM2: six C0 controls) become 0x01, another control.
+_STAND_INS = {0xF1: 0xF3, 0xF2: 0xF3}
+_STAND_IN = 0x01
+
+
+def escape(data: bytes, missing: frozenset[int]) -> tuple[bytes, bytes]:
+    """`data` with each byte in `missing` replaced by a stand-in, and the escapes that put
+    them back: per replaced byte, the gap since the previous one (a varint) and the byte."""
+    if not missing.intersection(data):
+        return data, b""
+    out = bytearray(data)
+    table = bytearray()
+    last = -1
+    for at, byte in enumerate(data):
+        if byte in missing:
+            out[at] = _STAND_INS.get(byte, _STAND_IN)
+            table += _varint(at - last - 1) + bytes([byte])
+            last = at
+    return bytes(out), bytes(table)
+
+
+def unescape(data: bytes, escapes: bytes) -> bytes:
+    """Put back the bytes `escape` replaced; DataLoss when the escapes do not fit `data`."""
+    if not escapes:
+        return data
+    out = bytearray(data)
+    at, i = -1, 0
+    while i < len(escapes):
+        gap, i = _read_varint(escapes, i)
+        at += gap + 1
+        if i >= len(escapes) or at >= len(out):
+            raise DataLoss("the LOSSLESS body's escaped bytes do not fit its text: it is corrupted")
+        out[at] = escapes[i]
+        i += 1
+    return bytes(out)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while i < len(data) and shift < 64:
+        byte = data[i]
+        i += 1
+        n |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return n, i
+        shift += 7
+    raise DataLoss("the LOSSLESS body's escaped bytes are malformed: it is corrupted")
 
 
 class ExactTokenizer:
@@ -74,8 +138,13 @@ class ExactTokenizer:
         """Byte values no token reproduces on its own."""
         return frozenset(range(256)) - self._byte_token.keys()
 
-    def tokenize(self, llama: Any, data: bytes) -> Tokenized:
-        """Tokens that detokenize to `data`; `Unrepresentable` when none can."""
+    def tokenize(self, llama: Any, data: bytes, *, escapes: bool = False) -> Tokenized:
+        """Tokens that detokenize to `data`. A byte no token spells raises `Unrepresentable`,
+        or with `escapes` is replaced by a stand-in and recorded (`escape`), so the tokens
+        detokenize to the escaped text."""
+        table = b""
+        if escapes:
+            data, table = escape(data, self.missing_bytes)
         canonical = _tokenize(llama, data)
         tokens = self._exact(llama, data, 0, len(data), canonical)
         # The decoder's own detokenize has the last word.
@@ -83,7 +152,7 @@ class ExactTokenizer:
             raise CannotEncode(
                 "exact tokenization did not reproduce the text (a bug; please report it)"
             )
-        return Tokenized(tokens, self._piecewise_bytes(canonical, tokens))
+        return Tokenized(tokens, self._piecewise_bytes(canonical, tokens), table)
 
     def _exact(
         self, llama: Any, data: bytes, lo: int, hi: int, tokens: list[int] | None = None

@@ -945,10 +945,19 @@ class LosslessBody(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     N_TOKENS_FIELD_NUMBER: _builtins.int
     CHUNK_WORDS_FIELD_NUMBER: _builtins.int
+    ESCAPES_FIELD_NUMBER: _builtins.int
     stream: _builtins.bytes
     """The range coder's compressed words, little-endian uint32."""
     n_tokens: _builtins.int
     """Number of tokens in the text."""
+    escapes: _builtins.bytes
+    """Bytes the model's vocabulary has no token for (SmolLM2: six C0 controls,
+    and 0xF1/0xF2, which lead the UTF-8 of planes 4-11). The tokens code a
+    stand-in byte there; per escaped byte, in text order: a varint of the
+    bytes since the previous escaped one, then the original byte. Empty for
+    almost every text. A server older than this field decodes the stand-ins
+    and refuses the result by the envelope's hash (DATA_LOSS).
+    """
     @_builtins.property
     def fingerprint(self) -> Global___EngineFingerprint:
         """What the decoder must reproduce exactly."""
@@ -967,10 +976,11 @@ class LosslessBody(_message.Message):
         stream: _builtins.bytes = ...,
         n_tokens: _builtins.int = ...,
         chunk_words: _abc.Iterable[_builtins.int] | None = ...,
+        escapes: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_words", b"chunk_words", "fingerprint", b"fingerprint", "n_tokens", b"n_tokens", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_words", b"chunk_words", "escapes", b"escapes", "fingerprint", b"fingerprint", "n_tokens", b"n_tokens", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

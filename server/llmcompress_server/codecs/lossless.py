@@ -46,7 +46,7 @@ from ..envelope import model_name
 from ..errors import CannotEncode, DataLoss, PreconditionFailed
 from ..events import CodingJobEnded, ModelCallEnded
 from ..stages import StageClock
-from ..tokens import ExactTokenizer, Tokenized
+from ..tokens import ExactTokenizer, Tokenized, unescape
 from . import CompressOptions, Decoded, Encoded
 
 log = logging.getLogger(__name__)
@@ -269,13 +269,14 @@ class LosslessCodec:
                 self._tokenizer = ExactTokenizer(self.engine.tokenizer)
             return self._tokenizer
 
-    async def tokenize(self, data: bytes) -> Tokenized:
-        """Tokens that detokenize to exactly `data` (`Unrepresentable` when none can)."""
+    async def tokenize(self, data: bytes, *, escapes: bool = False) -> Tokenized:
+        """Tokens that detokenize to exactly `data`; a byte no token spells raises
+        `Unrepresentable`, or with `escapes` is escaped (`tokens.escape`)."""
         await self.engine.start()
         llama = self.engine.tokenizer
 
         def run() -> Tokenized:
-            return self._exact_tokenizer().tokenize(llama, data)
+            return self._exact_tokenizer().tokenize(llama, data, escapes=escapes)
 
         return await asyncio.to_thread(run)
 
@@ -474,11 +475,12 @@ class LosslessCodec:
         data = text.encode("utf-8")
         await self.engine.start()
         with clock.stage("lossless.tokenize", **{"llmc.bytes": len(data)}) as span:
-            tokenized = await self.tokenize(data)
+            tokenized = await self.tokenize(data, escapes=True)
             span.set_attribute("llmc.piecewise_bytes", tokenized.piecewise_bytes)
         tokens = tokenized.tokens
         with clock.stage("lossless.encode", **{"llmc.tokens": len(tokens)}):
             body = await self.encode_tokens(tokens)
+        body.escapes = tokenized.escapes
         if opts.verify:
             with clock.stage("lossless.verify", **{"llmc.tokens": len(tokens)}):
                 try:
@@ -542,7 +544,7 @@ class LosslessCodec:
         with clock.stage("lossless.decode", **{"llmc.tokens": body.n_tokens}):
             tokens = await self.decode_tokens(body, env.original_length)
         with clock.stage("lossless.detokenize"):
-            data = await self.detokenize(tokens)
+            data = unescape(await self.detokenize(tokens), body.escapes)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
