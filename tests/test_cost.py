@@ -91,8 +91,14 @@ async def test_semantic_calls_count_reported_tokens_times_prices(priced: Priced)
     async with grpc.aio.insecure_channel(app.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         for text in passages:
+            # Target 2: at the default 10 these ~400-byte passages leave no room for a
+            # sentence and are stored exactly, with no model call to count.
             request = pb.CompressRequest(
-                text=text, mode=pb.MODE_SEMANTIC, evaluate_quality=True, skip_cache=True
+                text=text,
+                mode=pb.MODE_SEMANTIC,
+                target_ratio=2.0,
+                evaluate_quality=True,
+                skip_cache=True,
             )
             done = await stub.Compress(request)
             assert done.stats.mode == pb.MODE_SEMANTIC, done.stats.reason
@@ -146,7 +152,9 @@ async def test_unpriced_model_costs_zero_and_no_reference_no_saving(
         async with grpc.aio.insecure_channel(app.address) as channel:
             stub = pb_grpc.CompressionServiceStub(channel)
             text = load_corpus()[0]["text"]
-            await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC))
+            await stub.Compress(
+                pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC, target_ratio=2.0)
+            )
             stats = await stub.GetStats(pb.GetStatsRequest())
     finally:
         await app.stop(grace=0)
