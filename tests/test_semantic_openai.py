@@ -76,7 +76,7 @@ async def test_summary_expansion_and_gate_over_the_server(
         q = resp.stats.quality
         assert q.embedding_model == "all-MiniLM-L6-v2" and 0.0 < q.similarity <= 1.0
         assert q.chrf > 0.0 and q.overall > 0.0
-        assert [s.name for s in resp.stats.stages].count("semantic.gate") == 1
+        assert [s.stage for s in resp.stats.stages].count("semantic.gate") == 1
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
     assert not back.exact and back.model == MODEL_ALIAS
     assert len(body_of(back.text).split()) >= 4  # the expansion holds sentences, not facts alone
@@ -134,6 +134,12 @@ async def test_batch_of_50_over_the_server(
     semantic = [s for s in stats if s.mode == pb.MODE_SEMANTIC]
     # Every SEMANTIC item was summarized by the server's model; a summary the 135M model
     # botches goes down the fallback chain, marked degraded, and says why.
-    assert all(s.backend == "openai" and s.model == MODEL_ALIAS for s in semantic)
-    assert all(s.degraded and s.reason for s in stats if s.mode != pb.MODE_SEMANTIC)
+    assert all(s.backend == "openai" and s.model == MODEL_ALIAS for s in semantic), [
+        (s.backend, s.model) for s in semantic
+    ]
+    # A text too short for its target is stored exactly by choice (not degraded).
+    others = [s for s in stats if s.mode != pb.MODE_SEMANTIC]
+    assert all(s.reason and (s.degraded or "stored exactly" in s.reason) for s in others), [
+        (s.degraded, s.reason) for s in others
+    ]
     assert len(semantic) >= 40, [s.reason for s in stats if s.mode != pb.MODE_SEMANTIC]
