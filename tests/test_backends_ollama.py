@@ -239,6 +239,35 @@ async def test_cancelled_callers_leave_no_backend_request(sim_ollama: SimFactory
         await pool.close()
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_second_cancel_during_cleanup_still_closes_the_connection(
+    sim_ollama: SimFactory, stream: bool
+) -> None:
+    # Our timeout fires, then the gRPC deadline cancels the handler while httpcore is
+    # closing the connection; the backend must still see the caller go away.
+    sim = await sim_ollama(latency=30.0, slots=4)
+    endpoint = OllamaEndpoint(sim.url, max_connections=2, stream=stream)
+    try:
+        for round_ in range(1, 4):
+            call = asyncio.create_task(endpoint.chat(HELLO, MODEL))
+            await wait_until(lambda: sim.stats.in_flight == 1)
+            call.cancel()
+            for _ in range(3):  # land the second cancel inside the first one's cleanup
+                await asyncio.sleep(0)
+                call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            # Against the 30 s the request would otherwise hold (10x slack for load).
+            await wait_until(lambda: sim.stats.in_flight == 0, within=10.0)
+            assert sim.stats.cancelled == round_
+        # The cancelled slots were replaced: the endpoint still answers.
+        sim.options.latency = 0.0
+        result = await endpoint.chat(HELLO, MODEL)
+        assert result.text
+    finally:
+        await endpoint.close()
+
+
 async def test_in_flight_limit_and_least_loaded_routing(sim_ollama: SimFactory) -> None:
     a = await sim_ollama(latency=0.05, slots=8)
     b = await sim_ollama(latency=0.05, slots=8)

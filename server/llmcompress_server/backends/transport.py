@@ -14,6 +14,7 @@ service's `BackendError` tree. What is retryable is decided here too:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -73,14 +74,37 @@ class ClientSlots:
     """
 
     def __init__(self, slots: int, headers: dict[str, str] | None = None) -> None:
-        transports = [_single_connection() for _ in range(slots)]
-        self._free = [(new_client(1, headers, t), t) for t in transports]
+        self._headers = headers
+        self._free = [self._new_slot() for _ in range(slots)]
         self._all = [client for client, _ in self._free]
+        self._closing: set[asyncio.Task[None]] = set()
         # Health probes, and calls made past the pool's limit (direct use).
         self.spare = new_client(slots, headers)
         # The client's default headers (user agent, accept, ...) plus ours, for post_json.
         self._json_headers = httpx.Headers(self.spare.headers)
         self._json_headers["Content-Type"] = "application/json"
+
+    def _new_slot(self) -> tuple[httpx.AsyncClient, httpx.AsyncHTTPTransport]:
+        transport = _single_connection()
+        return new_client(1, self._headers, transport), transport
+
+    def _retire(
+        self, slot: tuple[httpx.AsyncClient, httpx.AsyncHTTPTransport]
+    ) -> tuple[httpx.AsyncClient, httpx.AsyncHTTPTransport]:
+        """Close a cancelled call's connection in a task of its own; the slot gets a fresh one.
+
+        httpcore closes a cancelled request's connection inside the cancelled task,
+        so a second cancel (our timeout, then the gRPC deadline a moment later)
+        interrupts the close and leaves the socket open, and the backend goes on
+        generating for nobody. Seen under load in test_flow_semantic's deadline test.
+        """
+        old = slot[0]
+        closing = asyncio.get_running_loop().create_task(old.aclose())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        fresh = self._new_slot()
+        self._all[self._all.index(old)] = fresh[0]
+        return fresh
 
     @asynccontextmanager
     async def client(self) -> AsyncIterator[httpx.AsyncClient]:
@@ -90,6 +114,9 @@ class ClientSlots:
         slot = self._free.pop()
         try:
             yield slot[0]
+        except asyncio.CancelledError:
+            slot = self._retire(slot)
+            raise
         finally:
             self._free.append(slot)
 
@@ -114,6 +141,9 @@ class ClientSlots:
                 body = await response.aread()
             finally:
                 await response.aclose()
+        except asyncio.CancelledError:
+            slot = self._retire(slot)
+            raise
         finally:
             self._free.append(slot)
         return response.status_code, body
@@ -121,6 +151,8 @@ class ClientSlots:
     async def aclose(self) -> None:
         for client in [*self._all, self.spare]:
             await client.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 def split_address(url: str) -> tuple[str, int]:
