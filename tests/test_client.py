@@ -32,7 +32,7 @@ from llmcompress import (
     ServerStats,
     Unavailable,
 )
-from llmcompress._errors import from_status, retry_hint
+from llmcompress._errors import from_rpc_error, from_status, retry_hint
 from llmcompress_server.app import App
 
 from .conftest import ROOT, SimFactory, StartServer, semantic_server, slow_text
@@ -371,3 +371,21 @@ async def test_a_message_size_limit_is_not_retried(server: App) -> None:
     assert not info.value.retryable
     # No backoff was slept: retries would sleep 5 + 10 + 10 + 10 s (10x slack for load).
     assert time.monotonic() - t0 < 10.0
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "retryable"),
+    [
+        # grpc.aio's status for a write on a call whose connection just broke (a replica
+        # killed mid-stream): local, so the stream reopens instead of failing the run.
+        (grpc.StatusCode.INTERNAL, "Internal error from Core", True),
+        (grpc.StatusCode.INTERNAL, "the engine failed: out of memory", False),
+        (grpc.StatusCode.UNAVAILABLE, "Socket closed", True),
+        (grpc.StatusCode.INVALID_ARGUMENT, "text is empty", False),
+    ],
+)
+def test_which_rpc_failures_are_retried(
+    code: grpc.StatusCode, details: str, retryable: bool
+) -> None:
+    err = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    assert from_rpc_error(err).retryable is retryable

@@ -23,6 +23,11 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+# grpc.aio's own status for a message written to a call whose connection broke a moment
+# before (its cython layer's set_internal_error): a local transport failure, like
+# UNAVAILABLE, not anything the server said. Seen when a replica dies mid-stream.
+CORE_SEND_FAILURE = "Internal error from Core"
+
 
 class LLMCompressError(Exception):
     """An RPC failed; `code` and `details` are the gRPC status, `retry_after` the
@@ -38,9 +43,10 @@ class LLMCompressError(Exception):
 
     @property
     def retryable(self) -> bool:
-        """Whether the same call may succeed later: UNAVAILABLE, and RESOURCE_EXHAUSTED
-        unless it is a message-size limit (grpc reports those with the same code)."""
-        if self.code == grpc.StatusCode.UNAVAILABLE:
+        """Whether the same call may succeed later: UNAVAILABLE (and grpc's local
+        send failure, which is one), and RESOURCE_EXHAUSTED unless it is a
+        message-size limit (grpc reports those with the same code)."""
+        if self.code == grpc.StatusCode.UNAVAILABLE or self.details == CORE_SEND_FAILURE:
             return True
         return (
             self.code == grpc.StatusCode.RESOURCE_EXHAUSTED
