@@ -139,12 +139,13 @@ class EmbeddedConfig(_Section):
     coding_threads: int = Field(1, ge=1, le=64)
     coding_engines: int = Field(2, ge=1, le=16)
     coding_schedule: CodingSchedule = CodingSchedule.RESET
-    # A text of one stream that finds fewer coding jobs than lanes is coded at
-    # width 1 (the format of before the engine) on a lane's own width-1
-    # context: a lone short Compress then costs one row per token, not
-    # coding_width rows (~10x less latency at width 16), and so do two at once
-    # on two lanes. Whatever arrives beyond that goes wide; decoding runs the
-    # width the envelope names, so both kinds reconstruct anywhere.
+    # A text of few streams (under 2/3 of coding_width) that finds fewer coding
+    # jobs than lanes is coded at width 1 (the format of before the engine) on a
+    # lane's own width-1 context: a lone Compress then costs one row per token,
+    # not coding_width rows (a 4.6 KB passage of 2 streams: 30 s instead of 160
+    # s), and so do two at once on two lanes. Whatever arrives beyond that goes
+    # wide; decoding runs the width the envelope names, so both kinds
+    # reconstruct anywhere.
     coding_narrow_when_idle: bool = True
     # The stage between the model's row and the range coder for new envelopes, by
     # name or id (ROW_MODEL_IDS); envelopes record it, so decoding runs theirs.

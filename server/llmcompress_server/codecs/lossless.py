@@ -14,9 +14,10 @@ so one long text fills the width; short texts (under 2 x 512 tokens) stay one
 stream, since every stream starts without context (about 20 coded bytes per
 start, measured on a 4 KB passage). A width-1 RESET server writes exactly the
 format of before the engine (schedule t1: chunks of n_ctx tokens), which
-every older server reads; so does a wide one for a text of one stream that
-finds fewer jobs than lanes (`coding_narrow_when_idle`): it gets a lane's
-width-1 context, where padding the other rows would only add latency.
+every older server reads; so does a wide one for a text of few streams (under
+2/3 of the width) that finds fewer jobs than lanes (`coding_narrow_when_idle`):
+it gets a lane's width-1 context, where padding the other rows would only add
+latency (`_placement`).
 """
 
 from __future__ import annotations
@@ -336,9 +337,16 @@ class LosslessCodec:
         )
 
     def _placement(self, count: int) -> tuple[ContextKey, pb.EngineFingerprint, Layout]:
-        """Where `count` streams of one text are coded: a lone stream on an idle engine at
-        width 1, everything else at this server's width."""
-        if count == 1 and self.narrow_when_idle and self.engine.coding.lane_free:
+        """Where `count` streams of one text are coded: on an idle engine, a text whose
+        streams would fill under 2/3 of the width at width 1 (as one T1 text), everything
+        else at this server's width.
+
+        A wide step of k live rows codes a text at k/W of the engine's full-width
+        rate: 72 tok/s at width 16 against 48 at width 1 (config.py), so width 1
+        is faster for k < 16 x 48/72 ~ 10.7. Before, only k = 1 went narrow, and a
+        lone 5 KB Compress (2 streams) ran ~5x slower than at width 1.
+        """
+        if self.narrow_when_idle and 3 * count < 2 * self.width and self.engine.coding.lane_free:
             return (
                 self.engine.narrow_key,
                 self._narrow_fingerprint,
@@ -370,6 +378,8 @@ class LosslessCodec:
         # Enough streams to fill every lane's slots (lanes run the same contexts).
         count = layout.stream_count(len(tokens), self.width * self.engine.config.coding_engines)
         key, fingerprint, layout = self._placement(count)
+        if key.width != self.width:
+            count = layout.stream_count(len(tokens), key.width)
         factory = await self.row_models(self.row_model)
 
         async def work() -> tuple[list[bytes], JobTiming]:
