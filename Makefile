@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless clean stubs proto-baseline
+.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-alice29 clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -128,6 +128,10 @@ bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min)
 
 bench-lossless: install ## LOSSLESS over the whole corpus (exact/total, ratio) and the engine at its width vs width 1; writes $(BENCH_OUT)/lossless.{md,json}
 	$(PY) -m bench.lossless --every 1 --out $(BENCH_OUT) $(BENCH_ARGS)
+
+ALICE29 ?= ../shared/corpus/alice29.txt
+bench-alice29: install ## the whole alice29.txt as one LOSSLESS text: bits per byte and the share coded piecewise; writes $(BENCH_OUT)/alice29/lossless.{md,json}
+	$(PY) -m bench.lossless --text $(ALICE29) --no-speed --out $(BENCH_OUT)/alice29 $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and the committed stubs)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
