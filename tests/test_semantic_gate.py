@@ -151,5 +151,6 @@ async def test_no_empty_body_over_short_passages(corpus: list[dict[str, str]]) -
         await asyncio.gather(*(one(row["text"], t) for row in short for t in (8.0, 16.0)))
     finally:
         await engine.close()
+    print(f"{len(short)} passages under 1.5 KB x targets 8 and 16: {outcomes}")
     assert sum(outcomes.values()) == 2 * len(short)
     assert outcomes["semantic"] > 0, outcomes
