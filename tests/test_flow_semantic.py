@@ -105,7 +105,7 @@ async def test_performance_batch_size_is_the_batchcompress_window(
     app = await start_server(config)
     answers = await batch(app, 40)
     assert len(answers) == 40 and not any(a.HasField("error") for a in answers)
-    assert 1 <= sim.stats.max_in_flight <= 3
+    assert 0 < sim.stats.max_in_flight <= 3
 
 
 async def test_503s_are_retried_until_every_item_completes(

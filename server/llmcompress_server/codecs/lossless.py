@@ -338,8 +338,8 @@ class LosslessCodec:
 
     def _placement(self, count: int) -> tuple[ContextKey, pb.EngineFingerprint, Layout]:
         """Where `count` streams of one text are coded: on an idle engine, a text whose
-        streams would fill under 2/3 of the width at width 1 (as one T1 text), everything
-        else at this server's width.
+        streams would fill under 2/3 of the width goes to width 1 (re-laid out for it by
+        the caller), everything else to this server's width.
 
         A wide step of k live rows codes a text at k/W of the engine's full-width
         rate: 72 tok/s at width 16 against 48 at width 1 (config.py), so width 1
