@@ -46,7 +46,9 @@ class LLMCompressError(Exception):
         """Whether the same call may succeed later: UNAVAILABLE (and grpc's local
         send failure, which is one), and RESOURCE_EXHAUSTED unless it is a
         message-size limit (grpc reports those with the same code)."""
-        if self.code == grpc.StatusCode.UNAVAILABLE or self.details == CORE_SEND_FAILURE:
+        if self.code == grpc.StatusCode.UNAVAILABLE:
+            return True
+        if self.code == grpc.StatusCode.INTERNAL and self.details == CORE_SEND_FAILURE:
             return True
         return (
             self.code == grpc.StatusCode.RESOURCE_EXHAUSTED
