@@ -84,6 +84,9 @@ class Profile:
     zstd: Subset  # the ZSTD mode and the zstd/brotli baselines
     model_modes: Subset  # LOSSLESS and SEMANTIC through the server, per bucket
     lossless_section: Subset  # bench.lossless (LOSSLESS vs raw engine speed)
+    # bench.lossless's speed sections (default width against width 1, the 32 KB text, row
+    # models): tens of minutes of the model, so not in the quick profile CI runs.
+    lossless_speed: bool
     cache_section: Subset
     overhead_items: int  # BatchCompress items against the simulated Ollama
     overhead_sequential: int
@@ -96,6 +99,7 @@ PROFILES = {
         zstd=Subset(),
         model_modes=Subset(shortest=2),
         lossless_section=Subset(shortest=2),
+        lossless_speed=False,
         cache_section=Subset(shortest=8),
         overhead_items=200,
         overhead_sequential=5,
@@ -109,6 +113,7 @@ PROFILES = {
         # passage per core in three token-by-token passes (compress, reconstruct,
         # raw engine), about 15 min on an idle 2-core machine.
         lossless_section=Subset(step=4),
+        lossless_speed=True,
         cache_section=Subset(),
         overhead_items=2000,
         overhead_sequential=20,
@@ -119,6 +124,7 @@ PROFILES = {
         zstd=Subset(),
         model_modes=Subset(),
         lossless_section=Subset(),
+        lossless_speed=True,
         cache_section=Subset(),
         overhead_items=20000,
         overhead_sequential=50,
@@ -183,8 +189,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def optional_section(module: str, *args: Any) -> dict[str, Any]:
-    """Run `<module>.measure(*args)` when the module is on this build; never fail the run."""
+async def optional_section(module: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run `<module>.measure(*args, **kwargs)` when the module is on this build; never fail
+    the run."""
     if importlib.util.find_spec(module) is None:
         path = module.replace(".", "/") + ".py"
         return {
@@ -194,9 +201,9 @@ async def optional_section(module: str, *args: Any) -> dict[str, Any]:
     measure: Callable[..., Any] = importlib.import_module(module).measure
     try:
         if inspect.iscoroutinefunction(measure):
-            result = await measure(*args)
+            result = await measure(*args, **kwargs)
         else:  # may load a model or start its own event loop: keep it off ours
-            result = await asyncio.to_thread(measure, *args)
+            result = await asyncio.to_thread(measure, *args, **kwargs)
     except Exception as exc:
         traceback.print_exc()
         return {"available": False, "failed": True, "reason": f"{module}.measure failed: {exc!r}"}
@@ -386,6 +393,10 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         elif name == "semantic":
             # Its own fixed set (bench/semantic_eval), not the corpus subsets.
             results[name] = await optional_section("bench.semantic", profile.name)
+        elif name == "lossless":
+            results[name] = await optional_section(
+                "bench.lossless", subsets[name].pick(rows), speed=profile.lossless_speed
+            )
         else:
             results[name] = await optional_section(f"bench.{name}", subsets[name].pick(rows))
     results["machine"]["loadavg_end"] = list(os.getloadavg())

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import functools
 import json
+import re
 import statistics
 import sys
 import time
@@ -25,18 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import constriction
-import numpy as np
-import numpy.typing as npt
-
 from bench.openai_server import llama_openai_server, server_config
 from bench.semantic_eval import EvalText, attribution, kept_facts, load
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.app import build_codecs
-from llmcompress_server.backends.embedded import EmbeddedEngine, Worker
+from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.backends.router import build_text_backend
 from llmcompress_server.codecs import CompressOptions
-from llmcompress_server.codecs.lossless import LosslessCodec, _run_schedule
+from llmcompress_server.codecs.lossless import LosslessCodec
 from llmcompress_server.codecs.semantic import SemanticCodec, pack_body, summary_coding
 from llmcompress_server.config import Config, load_config
 from llmcompress_server.domain import Mode
@@ -129,58 +124,30 @@ def _pct(values: Sequence[float], q: float) -> float | None:
 # ---- the lead baseline --------------------------------------------------------------------
 
 
-def _lead_coded_job(
-    coder: LosslessCodec, tokens: list[int], cap_bytes: int, worker: Worker
-) -> list[tuple[int, bytes]]:
-    """(tokens, coded stream) at every word boundary of one token-by-token coding pass of
-    the text's start, up to `cap_bytes` of stream: a prefix of one pass codes exactly like
-    the prefix alone, so each snapshot is that prefix's body."""
-    pieces = [worker.llama.detokenize([t], special=False) for t in tokens]
-    encoder = constriction.stream.queue.RangeEncoder()
-    family = constriction.stream.model.Categorical(perfect=False)
-    symbol = np.empty(1, dtype=np.int32)
-    snaps: list[tuple[int, bytes]] = []
-
-    class _Enough(Exception):
-        pass
-
-    def step(i: int, probs: npt.NDArray[np.float32]) -> int:
-        symbol[0] = tokens[i]
-        encoder.encode(symbol, family, probs)
-        if i + 1 == len(tokens) or pieces[i + 1][:1].isspace():
-            words: npt.NDArray[np.uint32] = encoder.get_compressed()
-            snaps.append((i + 1, words.astype("<u4").tobytes()))
-            if 4 * len(words) > cap_bytes:
-                raise _Enough
-        return tokens[i]
-
-    with contextlib.suppress(_Enough):
-        _run_schedule(worker, coder.threads, coder.engine.threads, len(tokens), step)
-    return snaps
-
-
 async def lead_coded(coder: LosslessCodec, text: str, budgets: Sequence[float]) -> dict[float, str]:
     """Per envelope budget, the longest word-boundary start of `text` whose model-coded
-    SEMANTIC envelope fits it (one coding pass for all budgets)."""
+    SEMANTIC envelope fits it, coded as an extract is (pieces tokenized alone, one coding pass
+    on the engine for all budgets: `summary_coding.code_prefixes`)."""
     data = text.encode("utf-8")
-    tokens, _ = await coder.engine.run(functools.partial(coder.tokenize, data))
     model = coder.engine.identity
-    snaps = await coder.engine.run(
-        functools.partial(_lead_coded_job, coder, tokens, int(max(budgets)) + 8)
-    )
+    cap = int(max(budgets)) + 8
+    # A start the coder cannot squeeze under `cap` (text codes at under 8x), within a context.
+    words = re.findall(r"\s*\S+", text[: min(8 * cap, 3 * coder.n_ctx)])
+    found = await summary_coding.code_prefixes(coder, words, cap)
+    if found is None:
+        return {budget: "" for budget in budgets}
 
-    def size(n: int, stream: bytes) -> int:
-        body = pb.LosslessBody(fingerprint=coder.fingerprint, stream=stream, n_tokens=n)
-        env = pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=pb.SemanticBody(coded=body))
-        return len(seal(data, env, model))
+    def size(prefix: summary_coding.Prefix) -> int:
+        body = pb.LosslessBody(
+            fingerprint=found.fingerprint, stream=prefix.stream, n_tokens=prefix.tokens
+        )
+        semantic = pb.SemanticBody(coded=body, extractive=True)
+        return len(seal(data, pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=semantic), model))
 
     out: dict[float, str] = {}
     for budget in budgets:
-        fit = [n for n, stream in snaps if size(n, stream) <= budget]
-        n = max(fit, default=0)
-        out[budget] = (
-            await coder.engine.run(lambda w, n=n: w.llama.detokenize(tokens[:n], special=False))
-        ).decode("utf-8", "replace")
+        fit = max((p.pieces for p in found.prefixes if size(p) <= budget), default=0)
+        out[budget] = "".join(words[:fit])
     return out
 
 
@@ -315,7 +282,7 @@ async def _lossless_pass(codec: SemanticCodec, blob: bytes) -> float:
     body = await codec._open(open_envelope(blob), StageClock())
     kept = summary_coding.coded_text(body.summary, [Entity(f.kind, f.text) for f in body.facts])
     assert kept is not None
-    tokens, _ = await coder.engine.run(functools.partial(coder.tokenize, kept.encode("utf-8")))
+    tokens = (await coder.tokenize(kept.encode("utf-8"))).tokens
     t0 = time.perf_counter()
     await coder.encode_tokens(tokens)
     return time.perf_counter() - t0
