@@ -119,9 +119,17 @@ async def _corpus(
     finally:
         await app.stop(grace=0)
     rows = []
+    # The baselines' own speed on the same texts (one core, one text at a time).
+    baseline_seconds = {"zstd19": 0.0, "brotli11": 0.0}
     for p, r, b in zip(passages, sent, back, strict=True):
         data = p["text"].encode("utf-8")
         env = pb.Envelope.FromString(r.envelope)
+        tz = time.perf_counter()
+        zstd19 = len(zstd.compress(data))
+        tb = time.perf_counter()
+        brotli11 = len(brotli.compress(data, quality=11))
+        baseline_seconds["zstd19"] += tb - tz
+        baseline_seconds["brotli11"] += time.perf_counter() - tb
         rows.append(
             {
                 "id": p.get("id", ""),
@@ -134,8 +142,8 @@ async def _corpus(
                 # Bytes coded through split spans or byte tokens (tokens.ExactTokenizer).
                 "piecewise": r.stats.piecewise_bytes,
                 "exact": b.exact and b.text == p["text"],
-                "zstd19": len(zstd.compress(data)),
-                "brotli11": len(brotli.compress(data, quality=11)),
+                "zstd19": zstd19,
+                "brotli11": brotli11,
             }
         )
     total = sum(r["bytes"] for r in rows)
@@ -166,6 +174,8 @@ async def _corpus(
         "compress_bytes_per_s": total / (t1 - t0),
         "reconstructed": reconstruct,
         "reconstruct_bytes_per_s": total / (t2 - t1) if reconstruct else 0.0,
+        "zstd19_bytes_per_s": total / baseline_seconds["zstd19"],
+        "brotli11_bytes_per_s": total / baseline_seconds["brotli11"],
         "engine": fp["engine"],
         "width": fp["width"],
         "threads": fp["threads"],
@@ -460,7 +470,9 @@ def table(result: dict[str, Any]) -> str:
             for name, g in c["by_size"].items()
         ),
         f"  all at once         compress {c['compress_bytes_per_s']:.0f} B/s (verify="
-        f"{c['verify']}), reconstruct {c['reconstruct_bytes_per_s']:.0f} B/s",
+        f"{c['verify']}), reconstruct {c['reconstruct_bytes_per_s']:.0f} B/s; on the same "
+        f"texts zstd -19 {c['zstd19_bytes_per_s']:,.0f} B/s, brotli -11 "
+        f"{c['brotli11_bytes_per_s']:,.0f} B/s (one core)",
     ]
     s = result.get("speed")
     if s:
@@ -503,6 +515,21 @@ def table(result: dict[str, Any]) -> str:
             f"{a['stream_bits_per_byte']:.4f} bits per byte ({m['stream_gain']:.2%} fewer)",
         ]
     return "\n".join(lines)
+
+
+def _commit() -> str:
+    """The measured code's commit, with `+dirty` when the work tree differs from it."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "diff", "--quiet", "HEAD", "--", "server", "bench"]
+        ).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def load_passages(path: Path, every: int, limit: int | None) -> list[dict[str, str]]:
@@ -577,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         reconstruct=args.reconstruct,
     )
     result["command"] = "python -m bench.lossless " + " ".join(argv or sys.argv[1:])
+    result["commit"] = _commit()
     result["subset"] = (
         f"the whole of {args.text.name}"
         if args.text
@@ -588,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "lossless.json").write_text(text + "\n", encoding="utf-8")
         (args.out / "lossless.md").write_text(
-            f"# LOSSLESS benchmark\n\n`{result['command']}` ({result['subset']}), load average "
+            f"# LOSSLESS benchmark\n\n`{result['command']}` ({result['subset']}), commit "
+            f"{result['commit']}, load average "
             f"{result['loadavg_start']} at start, {result['loadavg_end']} at end, "
             f"{result['wall_seconds']:.0f} s.\n\n```\n{summary}\n```\n",
             encoding="utf-8",
