@@ -329,6 +329,7 @@ async def measure_server(
 
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
     profile = PROFILES[opts.profile]
+    semantic_plan = opts.semantic_plan or profile.name
     rows = load_passages(opts.corpus)
     started = datetime.datetime.now(datetime.UTC)
     t_start = time.perf_counter()
@@ -353,7 +354,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             "zstd and baselines": profile.zstd.describe(),
             "lossless/semantic through the server": profile.model_modes.describe(),
             "bench.lossless": profile.lossless_section.describe(),
-            "bench.semantic": f"the evaluation set bench/semantic_eval (PLANS[{profile.name!r}] "
+            "bench.semantic": f"the evaluation set bench/semantic_eval (PLANS[{semantic_plan!r}] "
             "in bench/semantic.py)",
             "bench.cache": profile.cache_section.describe(),
             "bench.grouping": "the first 25 (8 on the 2-slot simulator) passages of at least "
@@ -392,7 +393,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             results[name] = await optional_section("bench.grouping", rows)
         elif name == "semantic":
             # Its own fixed set (bench/semantic_eval), not the corpus subsets.
-            results[name] = await optional_section("bench.semantic", profile.name)
+            results[name] = await optional_section("bench.semantic", semantic_plan)
         elif name == "lossless":
             results[name] = await optional_section(
                 "bench.lossless", subsets[name].pick(rows), speed=profile.lossless_speed
@@ -474,6 +475,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=ROOT / "docs" / "benchmarks",
         help="output directory for report.md, results.json and plots (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--semantic-plan",
+        choices=["quick", "acceptance", "standard", "full"],
+        help="bench.semantic's plan (PLANS in bench/semantic.py) instead of the profile's own; "
+        "`acceptance` is target 8 alone over the whole evaluation set",
     )
     add_connection_arguments(parser)  # for --server
 

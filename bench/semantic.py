@@ -100,6 +100,15 @@ PLANS = {
             Run(ON_SERVER, (ACCEPTANCE_TARGET,), EVERY_THIRD),
         )
     ),
+    # Issue 14's acceptance point alone (the extract and its brotli twin at target 8), every
+    # text of the set: `python -m bench.run --semantic-plan acceptance` when the whole curve
+    # does not fit the time at hand.
+    "acceptance": Plan(
+        (
+            Run(DEFAULT_VARIANT, (ACCEPTANCE_TARGET,)),
+            Run("extractive+brotli", (ACCEPTANCE_TARGET,)),
+        )
+    ),
     "full": Plan(
         (
             Run(DEFAULT_VARIANT, TARGETS),
