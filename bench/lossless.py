@@ -594,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         passages = [{"id": args.text.name, "text": args.text.read_bytes().decode("utf-8")}]
     else:
         passages = load_passages(args.corpus, args.every, args.limit)
+    commit = _commit()  # at the start: the code measured, not what was committed meanwhile
     result = measure(
         passages,
         verify=args.verify,
@@ -606,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         reconstruct=args.reconstruct,
     )
     result["command"] = "python -m bench.lossless " + " ".join(argv or sys.argv[1:])
-    result["commit"] = _commit()
+    result["commit"] = commit
     result["subset"] = (
         f"the whole of {args.text.name}"
         if args.text
