@@ -515,8 +515,12 @@ class CodingEngine:
             for job in jobs:
                 job.steps += 1
             for job in set(finished):  # a job can finish two streams in one step
-                if job.done == len(job.streams):
-                    self._jobs.remove(job)
+                # A job cancelled or failed while this step ran outside the lock may
+                # already be out of `_jobs` (another lane's admit took it out while it
+                # still held slots); its last slot is freed here, so it settles here.
+                if job.done == len(job.streams) or (job.dead and job.active == 0):
+                    if job in self._jobs:
+                        self._jobs.remove(job)
                     self._settle(job)
 
     def _settle(self, job: _Job) -> None:
