@@ -96,6 +96,17 @@ async def similarity(
     return cosine(original_vector, rebuilt), embedder.name
 
 
+def _text_scores(
+    original: str, reconstruction: str, entities: Sequence[Entity]
+) -> tuple[float, float, float]:
+    """Entity recall (whole and body only) and chrF."""
+    return (
+        entity_recall(reconstruction, entities),
+        entity_recall(body_of(reconstruction), entities),
+        chrf(reconstruction, original),
+    )
+
+
 async def score(
     original: str,
     reconstruction: str,
@@ -105,9 +116,8 @@ async def score(
     original_vector: npt.NDArray[np.float32] | None = None,
 ) -> pb.QualityScores:
     sim, model = await similarity(original, reconstruction, backend, embedder, original_vector)
-    recall = entity_recall(reconstruction, entities)
-    in_body = entity_recall(body_of(reconstruction), entities)
-    ch = chrf(reconstruction, original)
+    # chrF is pure Python over character n-grams (tens of ms on a few KB): off the loop too.
+    recall, in_body, ch = await asyncio.to_thread(_text_scores, original, reconstruction, entities)
     return pb.QualityScores(
         similarity=sim,
         entity_recall=recall,
