@@ -12,7 +12,7 @@ import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import build_codecs
+from llmcompress_server.app import build_codecs, short_text_store
 from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.codecs import CompressOptions, TooShort
 from llmcompress_server.codecs.semantic import SemanticCodec
@@ -21,7 +21,7 @@ from llmcompress_server.envelope import open_envelope, seal
 from llmcompress_server.extractive import read_structure
 from llmcompress_server.quality import body_of
 from llmcompress_server.stages import StageClock
-from tests.conftest import StartServer, make_config
+from tests.conftest import SimFactory, StartServer, make_config, semantic_server
 from tests.test_semantic import GarbageBackend, passage
 
 
@@ -82,6 +82,45 @@ async def test_too_short_for_its_target(corpus: list[dict[str, str]]) -> None:
             await codec.encode(text, CompressOptions(target_ratio=target), clock)
         assert "too few for a whole sentence" in short.value.reason
         assert ("semantic.rank" in [n for n, _ in clock.timings]) == ranked
+
+
+@pytest.mark.parametrize(
+    ("choice", "local", "stored"),
+    [
+        ("auto", True, Mode.LOSSLESS),
+        ("auto", False, Mode.ZSTD),
+        ("lossless", False, Mode.LOSSLESS),
+        ("zstd", True, Mode.ZSTD),
+    ],
+)
+def test_short_text_store_resolves_auto_by_where_the_model_runs(
+    choice: str, local: bool, stored: Mode
+) -> None:
+    config = make_config(compression={"short_text_store": choice})
+    engine, remote = object(), object()
+    backend = engine if local else remote
+    assert short_text_store(config, engine, backend) is stored  # type: ignore[arg-type]
+
+
+async def test_behind_a_remote_model_a_short_text_is_stored_as_zstd_not_coded_here(
+    start_server: StartServer, sim_ollama: SimFactory, corpus: list[dict[str, str]]
+) -> None:
+    """With an Ollama backend and the embedded engine beside it (so LOSSLESS is offered), a
+    text too short for its target goes to ZSTD under `auto`: LOSSLESS would code it on this
+    CPU at a few hundred bytes per second while the remote model answers the rest."""
+    sim = await sim_ollama()
+    app = await semantic_server(start_server, sim.url, fallback_embedded=True)
+    assert Mode.LOSSLESS in app.pipeline.codecs
+    text = passage(corpus, "alice29-0136")  # 301 B: no sentence fits in 30 B at target 10
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        resp = await stub.Compress(
+            pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC, target_ratio=10.0)
+        )
+        back = await stub.Reconstruct(pb.ReconstructRequest(envelope=resp.envelope))
+    assert resp.stats.mode == pb.MODE_ZSTD, resp.stats.reason
+    assert "stored exactly as ZSTD" in resp.stats.reason and not resp.stats.degraded
+    assert back.text == text and back.exact
 
 
 # ---- the real model --------------------------------------------------------------------------

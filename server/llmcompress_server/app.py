@@ -31,7 +31,7 @@ from .codecs import Codec
 from .codecs.lossless import LosslessCodec
 from .codecs.semantic import SemanticCodec
 from .codecs.zstd import ZstdCodec
-from .config import Config
+from .config import Config, ShortTextStore
 from .cost import Pricing, UsageLedger
 from .domain import Mode
 from .events import Events, EventSink
@@ -111,6 +111,17 @@ def build_codecs(
     return codecs
 
 
+def short_text_store(
+    config: Config, engine: EmbeddedEngine | None, backend: TextBackend | None
+) -> Mode:
+    """Where SEMANTIC stores a text too short for its target (`compression.short_text_store`)."""
+    choice = config.compression.short_text_store
+    if choice is ShortTextStore.AUTO:
+        # Behind a remote model, LOSSLESS on this CPU would be the batch's slowest step.
+        return Mode.LOSSLESS if engine is not None and backend is engine else Mode.ZSTD
+    return Mode(choice.value)
+
+
 async def create_server(
     config: Config, telemetry: Telemetry | None = None, sinks: Sequence[EventSink] = ()
 ) -> App:
@@ -129,7 +140,12 @@ async def create_server(
     events = Events(every, telemetry.tracer if telemetry is not None else None)
     engine = EmbeddedEngine(config.model.embedded, events)
     backend = build_text_backend(config, engine, events=events)
-    pipeline = Pipeline(config, build_codecs(config, engine, backend), events=events)
+    pipeline = Pipeline(
+        config,
+        build_codecs(config, engine, backend),
+        events=events,
+        short_store=short_text_store(config, engine, backend),
+    )
     window = config.performance.batch_window
     batch = BatchRunner(
         functools.partial(pipeline.compress, wait=True),

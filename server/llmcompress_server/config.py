@@ -47,6 +47,15 @@ class SemanticFallback(StrEnum):
     NONE = "none"  # keep the low-quality SEMANTIC envelope, marked degraded
 
 
+class ShortTextStore(StrEnum):
+    # auto: LOSSLESS when the embedded engine is SEMANTIC's backend, ZSTD when a remote
+    # model is: there LOSSLESS would code short texts on this CPU at a few hundred bytes
+    # per second and set the pace of a batch that the remote model answers in milliseconds.
+    AUTO = "auto"
+    LOSSLESS = "lossless"  # ZSTD when this server has no LOSSLESS codec
+    ZSTD = "zstd"
+
+
 class SemanticSummary(StrEnum):
     # auto: extractive on the embedded engine (its 135M model's abstractive
     # summaries measure poorly), abstractive on Ollama/OpenAI.
@@ -274,6 +283,8 @@ class CompressionConfig(_Section):
     semantic_coder: SemanticCoder = SemanticCoder.AUTO
     # SEMANTIC: when results are scored against model.quality_threshold.
     quality_gate: QualityGate = QualityGate.ALWAYS
+    # SEMANTIC: how a text too short for its target ratio is stored exactly.
+    short_text_store: ShortTextStore = ShortTextStore.AUTO
 
 
 class ModelPrice(_Section):

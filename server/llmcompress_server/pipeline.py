@@ -43,9 +43,13 @@ class Pipeline:
         admission: Admission | None = None,
         cache: ResultCache | None = None,
         events: Events | None = None,
+        short_store: Mode | None = None,
     ) -> None:
+        """`short_store`: where a text too short for SEMANTIC's target is stored exactly,
+        as resolved from `compression.short_text_store` (LOSSLESS, or ZSTD when given)."""
         self.config = config
         self.codecs = dict(codecs)
+        self.short_store = short_store or Mode.LOSSLESS
         self.events = events if events is not None else Events()
         self.admission = admission or Admission(config.performance.max_queue)
         if cache is None and config.cache.enabled:
@@ -219,7 +223,7 @@ class Pipeline:
     ) -> Encoded:
         """A text too short for its target ratio, stored exactly: a chosen mode, not a
         fallback, so not degraded (unless LOSSLESS then fails and ZSTD stores it)."""
-        exact = [m for m in self.chain(Mode.LOSSLESS) if m in self.codecs]
+        exact = [m for m in self.chain(self.short_store) if m in self.codecs]
         encoded = await self.encode(exact[0], text, opts, clock)
         stored = Mode.from_pb(encoded.envelope.mode)
         note = f"{short.reason}: stored exactly as {stored.name}"
