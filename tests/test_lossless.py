@@ -97,28 +97,35 @@ def _edited(envelope: bytes, edit: str, value: object) -> bytes:
 
 
 async def test_the_default_engine_and_a_lone_text_at_width_1(start_server: StartServer) -> None:
-    text = "Width sixteen, one thread, two engines."
-    wide = await start_server(model={"embedded": {"coding_narrow_when_idle": False}})
+    text = "Width one by default; sixteen when asked for."
+    # The default (config.py, measured): width 1 in 2 engines, the format of before
+    # the engine (schedule t1), which every older server reads.
+    app = await start_server()
+    one = await _compress(app.address, text)
+    fp = pb.Envelope.FromString(one.envelope).lossless.fingerprint
+    assert (fp.width, fp.schedule_id, fp.threads) == (0, 1, 1)
+    assert fingerprint_fields(fp)["engine"] == engine_version()
+    assert app.config.model.embedded.coding_engines == 2
+    wide_cfg = {"coding_width": 16, "coding_narrow_when_idle": False}
+    wide = await start_server(model={"embedded": wide_cfg})
     resp = await _compress(wide.address, text, verify=False)
     env = pb.Envelope.FromString(resp.envelope)
     assert resp.stats.mode == pb.MODE_LOSSLESS
     fp = env.lossless.fingerprint
     assert (fp.width, fp.threads, fp.n_ctx) == (16, 1, 2048)
     assert (fp.schedule_id, fp.row_model, fp.gpu_layers) == (2, 0, 0)
-    assert fingerprint_fields(fp)["engine"] == engine_version()
     assert env.version == FORMAT_VERSION and not env.model.name  # a packaged model: no name
     await wide.stop(grace=0)
-    # The default: a text of one stream on an idle engine is coded at width 1, in the
-    # format of before the engine, and the wide server reads it like any other.
-    app = await start_server()
-    lone = await _compress(app.address, text)
-    fp = pb.Envelope.FromString(lone.envelope).lossless.fingerprint
-    assert (fp.width, fp.schedule_id, fp.threads) == (0, 1, 1)
+    # The default server reads the wide envelope, running width 16 for it.
     back = await _reconstruct(app.address, resp.envelope)
     assert back.exact and back.text == text
-    # So does a text of a few streams: a wide step with k of 16 rows live codes it at
-    # k/16 of 72 tok/s, against 48 at width 1; only from 11 streams does wide win.
-    codec = app.pipeline.codecs[Mode.LOSSLESS]
+    # A wide server with narrow_when_idle (its default) codes a text of a few streams
+    # at width 1 on an idle engine: a wide step with k of 16 rows live codes it at k/16
+    # of 72 tok/s, against 48 at width 1; only from 11 streams does wide win.
+    wide = await start_server(model={"embedded": {"coding_width": 16}})
+    assert wide.engine is not None
+    await wide.engine.start()
+    codec = wide.pipeline.codecs[Mode.LOSSLESS]
     assert isinstance(codec, LosslessCodec)
     widths = {n: codec._placement(n)[0].width for n in (1, 2, 10, 11, 16, 32)}
     assert widths == {1: 1, 2: 1, 10: 1, 11: 16, 16: 16, 32: 16}

@@ -135,16 +135,22 @@ class EmbeddedConfig(_Section):
     # `coding_threads` threads, in `coding_engines` engines of their own
     # thread and context. Width and threads are recorded in every envelope and
     # a reconstructing server runs them for it, so changing them strands
-    # nothing. Measured on this 2-core box (raw tok/s, every slot busy; the
-    # issue's quiet figures, then ours under load 12-15 from other jobs):
-    # quiet, one engine of width 16 does 72 tok/s on 1 thread and 132 on 2,
-    # width 1 does 48 / 77; under load, 2 threads per step collapse (0-5
-    # tok/s at every width: the threads wait on each other at each barrier)
-    # while 1 thread keeps 5-20, and two engines of 1 thread at width 16 gave
-    # 19-24 tok/s against 11 for one. So: one engine per core, 1 thread each,
-    # width 16 (32 was slower in both conditions). Each engine's context holds
-    # 16 x n_ctx KV cells, ~730 MB at n_ctx 2048.
-    coding_width: int = Field(16, ge=1, le=64)
+    # nothing. The default is width 1 in 2 engines of 1 thread, chosen by
+    # measurement on a 2-core AMD EPYC (AVX2): in the committed
+    # docs/benchmarks/lossless report, width 16 (2 engines of 1 thread) ran
+    # BatchCompress of 12 passages at 0.24x of width 1 (0.30x beside a busy
+    # loop; its rows only 22% live: a window of items fills few of 32 slots), a
+    # 32 KB text at 0.63x to compress (15 streams of at least 512 tokens fill
+    # under half of them). Every row live (docs/benchmarks/engine_widths: raw
+    # steps, no coding), width 16 in 2 engines reaches 1.42x of width 1, width
+    # 8 1.34x: wide pays only when about 30 streams run at once, more than a
+    # BatchCompress window (2 x performance.max_concurrent = 16 items) brings.
+    # Wide steps pay where a step's rows are cheap beside its fixed cost (more
+    # cores, a GPU) or many streams run at once: measure with
+    # `python -m bench.engine_widths` and
+    # `python -m bench.lossless`. Each context holds width x n_ctx KV cells
+    # (~730 MB at 16 x 2048).
+    coding_width: int = Field(1, ge=1, le=64)
     coding_threads: int = Field(1, ge=1, le=64)
     coding_engines: int = Field(2, ge=1, le=16)
     coding_schedule: CodingSchedule = CodingSchedule.RESET

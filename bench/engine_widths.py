@@ -1,0 +1,131 @@
+"""The coding engine's raw speed with every row live, for several (width, threads, engines).
+
+`python -m bench.engine_widths [--tokens-per-stream 200] [--out DIR]`: on the packaged
+model, each setting evaluates (no range coding) width x engines streams of the same
+corpus tokens, fed so every slot of every engine is busy from the first step to the
+last. This is the ceiling of a wide step on this CPU; whether a workload reaches it
+depends on how many streams run at once (bench.lossless measures real ones). Choose
+`model.embedded.coding_width`, `coding_threads` and `coding_engines` from both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.lossless import _commit, long_text
+from llmcompress_server.backends.embedded import default_model_path
+from llmcompress_server.coding.engine import CodingEngine, ContextKey
+from llmcompress_server.coding.layout import Layout, Schedule
+from llmcompress_server.coding.rows import IdentityRowModel
+from llmcompress_server.coding.text import evaluate_tokens
+
+# (width, threads per step, engines); (1, 1, 2) is the default (config.py).
+SETTINGS = ((1, 1, 2), (8, 1, 2), (16, 1, 2), (16, 2, 1), (32, 2, 1), (1, 2, 1))
+N_CTX = 2048
+
+
+async def _rate(
+    model: Any, tokens: list[int], setting: tuple[int, int, int], per: int
+) -> dict[str, Any]:
+    width, threads, engines = setting
+    key = ContextKey(width, threads, N_CTX)
+    engine = CodingEngine(model, key, lanes=engines, queue_size=64)
+    engine.start()
+    layout = Layout(Schedule.RESET, N_CTX)
+    size = width * per
+    # One job of `width` streams per engine: every lane fills its own context.
+    parts = [tokens[i * size : (i + 1) * size] for i in range(engines)]
+    if any(len(p) < size for p in parts):
+        raise SystemExit(f"{setting}: the text has too few tokens; lower --tokens-per-stream")
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(
+            *(evaluate_tokens(engine, key, layout, p, IdentityRowModel, width) for p in parts)
+        )
+        seconds = time.perf_counter() - t0
+        occupancy = engine.stats.rows / engine.stats.slot_steps
+    finally:
+        engine.close()
+    n = sum(len(p) for p in parts)
+    return {
+        "width": width,
+        "threads": threads,
+        "engines": engines,
+        "tokens": n,
+        "seconds": seconds,
+        "tokens_per_s": n / seconds,
+        "occupancy": occupancy,
+    }
+
+
+def measure(per: int) -> dict[str, Any]:
+    from llama_cpp import Llama
+
+    llama = Llama(model_path=str(default_model_path()), n_ctx=256, verbose=False)
+    try:
+        tokens = llama.tokenize(long_text().encode("utf-8"), add_bos=False, special=False)
+        start = list(os.getloadavg())
+        rows = [asyncio.run(_rate(llama.model, tokens, s, per)) for s in SETTINGS]
+    finally:
+        llama.close()
+    base = rows[0]["tokens_per_s"]
+    for row in rows:
+        row["against_default"] = row["tokens_per_s"] / base
+    return {
+        "commit": _commit(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "tokens_per_stream": per,
+        "loadavg_start": start,
+        "loadavg_end": list(os.getloadavg()),
+        "settings": rows,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"Raw engine, every row live, {result['tokens_per_stream']} tokens per stream "
+        f"(commit {result['commit']}, {result['machine']}, load "
+        f"{result['loadavg_start'][0]:.1f} -> {result['loadavg_end'][0]:.1f})",
+        "| width | threads per step | engines | tok/s | against the default | occupancy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["settings"]:
+        lines.append(
+            f"| {r['width']} | {r['threads']} | {r['engines']} | {r['tokens_per_s']:.1f} "
+            f"| {r['against_default']:.2f}x | {r['occupancy']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--tokens-per-stream", type=int, default=200, help="tokens in each stream (200)"
+    )
+    parser.add_argument("--out", type=Path, help="write engine_widths.{md,json} here")
+    args = parser.parse_args(argv)
+    result = measure(args.tokens_per_stream)
+    text = table(result)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "engine_widths.json").write_text(json.dumps(result, indent=2) + "\n")
+        command = "python -m bench.engine_widths " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        (args.out / "engine_widths.md").write_text(
+            f"# Coding engine widths\n\n`{command.strip()}`\n\n{text}\n"
+        )
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
