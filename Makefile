@@ -126,8 +126,11 @@ bench-full: install ## the whole corpus in every mode, however long it takes
 bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min)
 	$(PY) -m bench.run --profile quick --out $(BENCH_OUT) $(BENCH_ARGS)
 
-bench-lossless: install ## LOSSLESS over the whole corpus (exact/total, ratio) and the engine at its width vs width 1; writes $(BENCH_OUT)/lossless.{md,json}
+bench-lossless: install ## LOSSLESS over the whole corpus (exact/total, ratio) and the wide engine (its default width, or 16) vs width 1; writes $(BENCH_OUT)/lossless.{md,json}
 	$(PY) -m bench.lossless --every 1 --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-widths: install ## the coding engine's raw speed with every row live, per width/threads/engines (a few minutes); writes $(BENCH_OUT)/engine_widths/engine_widths.{md,json}
+	$(PY) -m bench.engine_widths --out $(BENCH_OUT)/engine_widths $(BENCH_ARGS)
 
 ALICE29 ?= ../shared/corpus/alice29.txt
 bench-alice29: install ## the whole alice29.txt as one LOSSLESS text: bits per byte and the share coded piecewise; writes $(BENCH_OUT)/alice29/lossless.{md,json}

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,24 +42,29 @@ async def _rate(
     engine.start()
     layout = Layout(Schedule.RESET, N_CTX)
     size = width * per
-    # One job of `width` streams per engine: every lane fills its own context.
+    # Rounds of one job of `width` streams per engine (every lane fills its own context),
+    # until about as many tokens as the widest setting codes: a narrow setting's figure
+    # then spans as long a run, not a few seconds.
+    rounds = max(1, max(w * e for w, _, e in SETTINGS) // (width * engines))
     parts = [tokens[i * size : (i + 1) * size] for i in range(engines)]
     if any(len(p) < size for p in parts):
         raise SystemExit(f"{setting}: the text has too few tokens; lower --tokens-per-stream")
     try:
         t0 = time.perf_counter()
-        await asyncio.gather(
-            *(evaluate_tokens(engine, key, layout, p, IdentityRowModel, width) for p in parts)
-        )
+        for _ in range(rounds):
+            await asyncio.gather(
+                *(evaluate_tokens(engine, key, layout, p, IdentityRowModel, width) for p in parts)
+            )
         seconds = time.perf_counter() - t0
         occupancy = engine.stats.rows / engine.stats.slot_steps
     finally:
         engine.close()
-    n = sum(len(p) for p in parts)
+    n = rounds * sum(len(p) for p in parts)
     return {
         "width": width,
         "threads": threads,
         "engines": engines,
+        "rounds": rounds,
         "tokens": n,
         "seconds": seconds,
         "tokens_per_s": n / seconds,
@@ -66,16 +72,31 @@ async def _rate(
     }
 
 
-def measure(per: int) -> dict[str, Any]:
+def measure(per: int, repeats: int = 2) -> dict[str, Any]:
+    """Every setting `repeats` times, in order then in reverse order, so a drift in the
+    machine's load falls on every setting alike; each figure is the median."""
     from llama_cpp import Llama
 
     llama = Llama(model_path=str(default_model_path()), n_ctx=256, verbose=False)
     try:
         tokens = llama.tokenize(long_text().encode("utf-8"), add_bos=False, special=False)
         start = list(os.getloadavg())
-        rows = [asyncio.run(_rate(llama.model, tokens, s, per)) for s in SETTINGS]
+        runs: dict[tuple[int, int, int], list[dict[str, Any]]] = {s: [] for s in SETTINGS}
+        for r in range(repeats):
+            for setting in SETTINGS if r % 2 == 0 else SETTINGS[::-1]:
+                runs[setting].append(asyncio.run(_rate(llama.model, tokens, setting, per)))
     finally:
         llama.close()
+    rows = []
+    for setting in SETTINGS:
+        rates = [run["tokens_per_s"] for run in runs[setting]]
+        rows.append(
+            {
+                **runs[setting][0],
+                "tokens_per_s": statistics.median(rates),
+                "tokens_per_s_each": rates,
+            }
+        )
     base = rows[0]["tokens_per_s"]
     for row in rows:
         row["against_default"] = row["tokens_per_s"] / base
@@ -83,6 +104,7 @@ def measure(per: int) -> dict[str, Any]:
         "commit": _commit(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "tokens_per_stream": per,
+        "repeats": repeats,
         "loadavg_start": start,
         "loadavg_end": list(os.getloadavg()),
         "settings": rows,
@@ -91,16 +113,19 @@ def measure(per: int) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"Raw engine, every row live, {result['tokens_per_stream']} tokens per stream "
-        f"(commit {result['commit']}, {result['machine']}, load "
-        f"{result['loadavg_start'][0]:.1f} -> {result['loadavg_end'][0]:.1f})",
-        "| width | threads per step | engines | tok/s | against the default | occupancy |",
+        f"Raw engine, every row live, {result['tokens_per_stream']} tokens per stream, "
+        f"median of {result['repeats']} runs per setting (in order, then reversed; commit "
+        f"{result['commit']}, {result['machine']}, load {result['loadavg_start'][0]:.1f} -> "
+        f"{result['loadavg_end'][0]:.1f})",
+        "",
+        "| width | threads per step | engines | tok/s | each run | against the default |",
         "|---|---|---|---|---|---|",
     ]
     for r in result["settings"]:
+        each = " / ".join(f"{x:.1f}" for x in r["tokens_per_s_each"])
         lines.append(
             f"| {r['width']} | {r['threads']} | {r['engines']} | {r['tokens_per_s']:.1f} "
-            f"| {r['against_default']:.2f}x | {r['occupancy']:.2f} |"
+            f"| {each} | {r['against_default']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -110,9 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tokens-per-stream", type=int, default=200, help="tokens in each stream (200)"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs per setting, alternating order (2)"
+    )
     parser.add_argument("--out", type=Path, help="write engine_widths.{md,json} here")
     args = parser.parse_args(argv)
-    result = measure(args.tokens_per_stream)
+    result = measure(args.tokens_per_stream, args.repeats)
     text = table(result)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
