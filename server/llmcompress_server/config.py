@@ -143,7 +143,7 @@ class EmbeddedConfig(_Section):
     # 32 KB text at 0.63x to compress (15 streams of at least 512 tokens fill
     # under half of them). Every row live (docs/benchmarks/engine_widths: raw
     # steps, no coding), width 16 in 2 engines reaches 1.42x of width 1, width
-    # 8 1.34x: wide pays only when about 30 streams run at once, more than a
+    # 8 1.37x: wide pays only when about 30 streams run at once, more than a
     # BatchCompress window (2 x performance.max_concurrent = 16 items) brings.
     # Wide steps pay where a step's rows are cheap beside its fixed cost (more
     # cores, a GPU) or many streams run at once: measure with
