@@ -478,9 +478,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--semantic-plan",
-        choices=["quick", "acceptance", "standard", "full"],
+        choices=["quick", "acceptance", "curve", "standard", "full"],
         help="bench.semantic's plan (PLANS in bench/semantic.py) instead of the profile's own; "
-        "`acceptance` is target 8 alone over the whole evaluation set",
+        "`acceptance` is target 8 alone over the whole evaluation set, `curve` the default "
+        "path at every target",
     )
     add_connection_arguments(parser)  # for --server
 

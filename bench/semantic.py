@@ -109,6 +109,8 @@ PLANS = {
             Run("extractive+brotli", (ACCEPTANCE_TARGET,)),
         )
     ),
+    # The ratio-quality curve of the default path alone: every target, every text.
+    "curve": Plan((Run(DEFAULT_VARIANT, TARGETS),)),
     "full": Plan(
         (
             Run(DEFAULT_VARIANT, TARGETS),
