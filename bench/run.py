@@ -478,10 +478,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--semantic-plan",
-        choices=["quick", "acceptance", "curve", "standard", "full"],
+        choices=["quick", "acceptance", "curve", "server", "standard", "full"],
         help="bench.semantic's plan (PLANS in bench/semantic.py) instead of the profile's own; "
         "`acceptance` is target 8 alone over the whole evaluation set, `curve` the default "
-        "path at every target",
+        "path at every target, `server` the abstractive path on a real OpenAI-compatible server",
     )
     add_connection_arguments(parser)  # for --server
 

@@ -111,6 +111,8 @@ PLANS = {
     ),
     # The ratio-quality curve of the default path alone: every target, every text.
     "curve": Plan((Run(DEFAULT_VARIANT, TARGETS),)),
+    # The abstractive path on a real OpenAI-compatible server (standard's third run) alone.
+    "server": Plan((Run(ON_SERVER, (ACCEPTANCE_TARGET,), EVERY_THIRD),)),
     "full": Plan(
         (
             Run(DEFAULT_VARIANT, TARGETS),
