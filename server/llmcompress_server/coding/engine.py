@@ -458,7 +458,8 @@ class CodingEngine:
         build: ContextKey | None = None
         for key, ctx in lane.contexts.items():
             free = ctx.free_slots()
-            while free:
+            share = self._share(key)
+            while free and ctx.active < share:
                 waiting = [j for j in self._jobs if j.key == key and j.pending]
                 if not waiting:
                     break
@@ -477,6 +478,16 @@ class CodingEngine:
                     build = job.key
                     self._building.add(build)
         return build
+
+    def _share(self, key: ContextKey) -> int:
+        """Under the lock: the streams of `key` one lane's context should hold, so the
+        lanes that run `key` split its live and waiting streams evenly. The first lane to
+        wake after a submit would otherwise take every stream while the others idle, and
+        lanes run on their own cores."""
+        lanes = [lane.contexts[key] for lane in self._lanes if key in lane.contexts]
+        live = sum(ctx.active for ctx in lanes)
+        waiting = sum(len(j.streams) - j.next_stream for j in self._jobs if j.key == key)
+        return -(-(live + waiting) // max(1, len(lanes)))
 
     def _build_extra(self, lane: _Lane, key: ContextKey) -> None:
         try:
