@@ -72,7 +72,46 @@ async def _rate(
     }
 
 
-def measure(per: int, repeats: int = 2) -> dict[str, Any]:
+# Partial load (--jobs N): the default against the widest two-engine setting.
+PARTIAL_SETTINGS = ((1, 1, 2), (16, 1, 2))
+
+
+async def _jobs_rate(
+    model: Any, tokens: list[int], setting: tuple[int, int, int], per: int, jobs: int
+) -> dict[str, Any]:
+    """`jobs` jobs of one `per`-token stream each, submitted at once (as a BatchCompress
+    window of short texts arrives): tok/s and the share of rows live."""
+    width, threads, engines = setting
+    key = ContextKey(width, threads, N_CTX)
+    engine = CodingEngine(model, key, lanes=engines, queue_size=max(64, jobs))
+    engine.start()
+    layout = Layout(Schedule.RESET, N_CTX)
+    parts = [tokens[i * per : (i + 1) * per] for i in range(jobs)]
+    if any(len(p) < per for p in parts):
+        raise SystemExit(f"{setting}: the text has too few tokens; lower --tokens-per-stream")
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(
+            *(evaluate_tokens(engine, key, layout, p, IdentityRowModel, 1) for p in parts)
+        )
+        seconds = time.perf_counter() - t0
+        occupancy = engine.stats.rows / engine.stats.slot_steps
+    finally:
+        engine.close()
+    n = jobs * per
+    return {
+        "width": width,
+        "threads": threads,
+        "engines": engines,
+        "jobs": jobs,
+        "tokens": n,
+        "seconds": seconds,
+        "tokens_per_s": n / seconds,
+        "occupancy": occupancy,
+    }
+
+
+def measure(per: int, repeats: int = 2, jobs: int = 0) -> dict[str, Any]:
     """Every setting `repeats` times, in order then in reverse order, so a drift in the
     machine's load falls on every setting alike; each figure is the median."""
     from llama_cpp import Llama
@@ -81,14 +120,20 @@ def measure(per: int, repeats: int = 2) -> dict[str, Any]:
     try:
         tokens = llama.tokenize(long_text().encode("utf-8"), add_bos=False, special=False)
         start = list(os.getloadavg())
-        runs: dict[tuple[int, int, int], list[dict[str, Any]]] = {s: [] for s in SETTINGS}
+        settings = PARTIAL_SETTINGS if jobs else SETTINGS
+        runs: dict[tuple[int, int, int], list[dict[str, Any]]] = {s: [] for s in settings}
         for r in range(repeats):
-            for setting in SETTINGS if r % 2 == 0 else SETTINGS[::-1]:
-                runs[setting].append(asyncio.run(_rate(llama.model, tokens, setting, per)))
+            for setting in settings if r % 2 == 0 else settings[::-1]:
+                run = (
+                    _jobs_rate(llama.model, tokens, setting, per, jobs)
+                    if jobs
+                    else _rate(llama.model, tokens, setting, per)
+                )
+                runs[setting].append(asyncio.run(run))
     finally:
         llama.close()
     rows = []
-    for setting in SETTINGS:
+    for setting in settings:
         rates = [run["tokens_per_s"] for run in runs[setting]]
         rows.append(
             {
@@ -104,6 +149,7 @@ def measure(per: int, repeats: int = 2) -> dict[str, Any]:
         "commit": _commit(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "tokens_per_stream": per,
+        "jobs": jobs,
         "repeats": repeats,
         "loadavg_start": start,
         "loadavg_end": list(os.getloadavg()),
@@ -112,20 +158,26 @@ def measure(per: int, repeats: int = 2) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
+    load = (
+        f"{result['jobs']} jobs of one stream each, submitted at once"
+        if result.get("jobs")
+        else "every row live"
+    )
     lines = [
-        f"Raw engine, every row live, {result['tokens_per_stream']} tokens per stream, "
+        f"Raw engine, {load}, {result['tokens_per_stream']} tokens per stream, "
         f"median of {result['repeats']} runs per setting (in order, then reversed; commit "
         f"{result['commit']}, {result['machine']}, load {result['loadavg_start'][0]:.1f} -> "
         f"{result['loadavg_end'][0]:.1f})",
         "",
-        "| width | threads per step | engines | tok/s | each run | against the default |",
-        "|---|---|---|---|---|---|",
+        "| width | threads per step | engines | tok/s | each run | against the default "
+        "| rows live |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["settings"]:
         each = " / ".join(f"{x:.1f}" for x in r["tokens_per_s_each"])
         lines.append(
             f"| {r['width']} | {r['threads']} | {r['engines']} | {r['tokens_per_s']:.1f} "
-            f"| {each} | {r['against_default']:.2f}x |"
+            f"| {each} | {r['against_default']:.2f}x | {r['occupancy']:.0%} |"
         )
     return "\n".join(lines)
 
@@ -138,9 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=2, help="runs per setting, alternating order (2)"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="instead of every row live: N jobs of one stream each at once, width 1 against "
+        "width 16 (both in 2 engines)",
+    )
     parser.add_argument("--out", type=Path, help="write engine_widths.{md,json} here")
     args = parser.parse_args(argv)
-    result = measure(args.tokens_per_stream, args.repeats)
+    result = measure(args.tokens_per_stream, args.repeats, args.jobs)
     text = table(result)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
