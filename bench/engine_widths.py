@@ -33,43 +33,60 @@ SETTINGS = ((1, 1, 2), (8, 1, 2), (16, 1, 2), (16, 2, 1), (32, 2, 1), (1, 2, 1))
 N_CTX = 2048
 
 
-async def _rate(
-    model: Any, tokens: list[int], setting: tuple[int, int, int], per: int
+async def _timed(
+    model: Any, setting: tuple[int, int, int], jobs: list[list[int]], streams: int, rounds: int
 ) -> dict[str, Any]:
+    """`rounds` times, every job of `jobs` at once, each split into `streams` streams on a
+    fresh engine of `setting`: tok/s and the share of rows live."""
     width, threads, engines = setting
     key = ContextKey(width, threads, N_CTX)
-    engine = CodingEngine(model, key, lanes=engines, queue_size=64)
+    engine = CodingEngine(model, key, lanes=engines, queue_size=max(64, len(jobs)))
     engine.start()
     layout = Layout(Schedule.RESET, N_CTX)
-    size = width * per
-    # Rounds of one job of `width` streams per engine (every lane fills its own context),
-    # until about as many tokens as the widest setting codes: a narrow setting's figure
-    # then spans as long a run, not a few seconds.
-    rounds = max(1, max(w * e for w, _, e in SETTINGS) // (width * engines))
-    parts = [tokens[i * size : (i + 1) * size] for i in range(engines)]
-    if any(len(p) < size for p in parts):
-        raise SystemExit(f"{setting}: the text has too few tokens; lower --tokens-per-stream")
     try:
         t0 = time.perf_counter()
         for _ in range(rounds):
             await asyncio.gather(
-                *(evaluate_tokens(engine, key, layout, p, IdentityRowModel, width) for p in parts)
+                *(evaluate_tokens(engine, key, layout, j, IdentityRowModel, streams) for j in jobs)
             )
         seconds = time.perf_counter() - t0
         occupancy = engine.stats.rows / engine.stats.slot_steps
     finally:
         engine.close()
-    n = rounds * sum(len(p) for p in parts)
+    n = rounds * sum(len(j) for j in jobs)
     return {
         "width": width,
         "threads": threads,
         "engines": engines,
+        "jobs": len(jobs),
         "rounds": rounds,
         "tokens": n,
         "seconds": seconds,
         "tokens_per_s": n / seconds,
         "occupancy": occupancy,
     }
+
+
+def _slices(
+    tokens: list[int], count: int, size: int, setting: tuple[int, int, int]
+) -> list[list[int]]:
+    parts = [tokens[i * size : (i + 1) * size] for i in range(count)]
+    if any(len(p) < size for p in parts):
+        raise SystemExit(f"{setting}: the text has too few tokens; lower --tokens-per-stream")
+    return parts
+
+
+async def _rate(
+    model: Any, tokens: list[int], setting: tuple[int, int, int], per: int
+) -> dict[str, Any]:
+    """Every row live: one job of `width` streams per engine (each lane fills its own
+    context), in rounds until about as many tokens as the widest setting codes, so a
+    narrow setting's figure spans as long a run, not a few seconds."""
+    width, _, engines = setting
+    rounds = max(1, max(w * e for w, _, e in SETTINGS) // (width * engines))
+    return await _timed(
+        model, setting, _slices(tokens, engines, width * per, setting), width, rounds
+    )
 
 
 # Partial load (--jobs N): the default against the widest two-engine setting.
@@ -80,35 +97,8 @@ async def _jobs_rate(
     model: Any, tokens: list[int], setting: tuple[int, int, int], per: int, jobs: int
 ) -> dict[str, Any]:
     """`jobs` jobs of one `per`-token stream each, submitted at once (as a BatchCompress
-    window of short texts arrives): tok/s and the share of rows live."""
-    width, threads, engines = setting
-    key = ContextKey(width, threads, N_CTX)
-    engine = CodingEngine(model, key, lanes=engines, queue_size=max(64, jobs))
-    engine.start()
-    layout = Layout(Schedule.RESET, N_CTX)
-    parts = [tokens[i * per : (i + 1) * per] for i in range(jobs)]
-    if any(len(p) < per for p in parts):
-        raise SystemExit(f"{setting}: the text has too few tokens; lower --tokens-per-stream")
-    try:
-        t0 = time.perf_counter()
-        await asyncio.gather(
-            *(evaluate_tokens(engine, key, layout, p, IdentityRowModel, 1) for p in parts)
-        )
-        seconds = time.perf_counter() - t0
-        occupancy = engine.stats.rows / engine.stats.slot_steps
-    finally:
-        engine.close()
-    n = jobs * per
-    return {
-        "width": width,
-        "threads": threads,
-        "engines": engines,
-        "jobs": jobs,
-        "tokens": n,
-        "seconds": seconds,
-        "tokens_per_s": n / seconds,
-        "occupancy": occupancy,
-    }
+    window of short texts arrives)."""
+    return await _timed(model, setting, _slices(tokens, jobs, per, setting), 1, 1)
 
 
 def measure(per: int, repeats: int = 2, jobs: int = 0) -> dict[str, Any]:
