@@ -117,7 +117,7 @@ fmt: install ## apply ruff format and fixes
 BENCH_OUT ?= docs/benchmarks
 BENCH_ARGS ?=
 
-bench: install ## measure modes, baselines and overhead (<30 min); report in $(BENCH_OUT)
+bench: install ## measure modes, baselines and overhead (over an hour on 2 cores: bench.lossless's speed sections took 47 min with 12 batch items); report in $(BENCH_OUT)
 	$(PY) -m bench.run --profile standard --out $(BENCH_OUT) $(BENCH_ARGS)
 
 bench-full: install ## the whole corpus in every mode, however long it takes
