@@ -22,10 +22,11 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.openai_server import llama_openai_server, server_config
-from bench.semantic_eval import EvalText, attribution, kept_facts, load
+from bench.semantic_eval import DEV_FACTS, FACTS, EvalText, attribution, kept_facts, load
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.app import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
@@ -408,8 +409,10 @@ def variant_config(
     return load_config(environ={}, overrides=overrides)
 
 
-async def run_plan(plan: Plan, workers: int = 2, threshold: float | None = None) -> dict[str, Any]:
-    everything = load()
+async def run_plan(
+    plan: Plan, workers: int = 2, threshold: float | None = None, facts: Path = FACTS
+) -> dict[str, Any]:
+    everything = load(facts)
     base = variant_config(DEFAULT_VARIANT, workers, threshold)
     engine = EmbeddedEngine(base.model.embedded)
     await engine.start()
@@ -447,7 +450,7 @@ async def run_plan(plan: Plan, workers: int = 2, threshold: float | None = None)
     finally:
         await engine.close()
     return {
-        "eval_set": f"bench/semantic_eval ({len(everything)} texts, "
+        "eval_set": f"bench/{facts.parent.name} ({len(everything)} texts, "
         f"{sum(len(i.facts) for i in everything)} facts)",
         "model": base.model.embedded.model_name,
         "embedding_model": "all-MiniLM-L6-v2",
@@ -501,12 +504,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quality-threshold", type=float, help="model.quality_threshold (default: the server's)"
     )
+    parser.add_argument(
+        "--set",
+        choices=("eval", "dev"),
+        default="eval",
+        help="eval: the held-out evaluation set (bench/semantic_eval, what make bench reports); "
+        "dev: the development set (bench/semantic_dev), the one to tune SEMANTIC on",
+    )
     parser.add_argument("-o", "--output", help="write the JSON result (with every row) here")
     args = parser.parse_args(argv)
     targets = tuple(float(t) for t in args.targets.split(","))
     only = tuple(x for x in args.only.split(",") if x)
     plan = Plan(tuple(Run(v, targets, only) for v in args.variants.split(",")), not args.no_lead)
-    result = asyncio.run(run_plan(plan, args.workers, args.quality_threshold))
+    facts = DEV_FACTS if args.set == "dev" else FACTS
+    result = asyncio.run(run_plan(plan, args.workers, args.quality_threshold, facts))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FACTS = HERE / "facts.json"
+# The development set: the same format, for tuning SEMANTIC; this set stays held out.
+DEV_FACTS = HERE.parent / "semantic_dev" / "facts.json"
 CORPUS = HERE.parents[1].parent / "shared" / "corpus" / "passages.jsonl"
 
 # The line SEMANTIC's extractive reconstruction appends with the stored entities
@@ -132,9 +134,9 @@ def kept_facts(body: str, facts: tuple[Fact, ...]) -> list[bool]:
     return [normalize(f.answer) in flat for f in facts]
 
 
-def _load_text(entry: dict[str, str], corpus: dict[str, str]) -> str:
+def _load_text(entry: dict[str, str], corpus: dict[str, str], folder: Path) -> str:
     if "file" in entry:
-        return (HERE / entry["file"]).read_text(encoding="utf-8")
+        return (folder / entry["file"]).read_text(encoding="utf-8")
     text = corpus[entry["corpus"]]
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if digest != entry["sha256"]:
@@ -162,9 +164,10 @@ def validate(item: EvalText) -> None:
             raise ValueError(f"{where}: no turn of {f.speaker} holds {f.sentence!r}")
 
 
-def load(corpus_path: Path = CORPUS) -> list[EvalText]:
-    """The evaluation set, checked against its texts."""
-    spec = json.loads(FACTS.read_text(encoding="utf-8"))
+def load(facts: Path = FACTS, corpus_path: Path = CORPUS) -> list[EvalText]:
+    """The evaluation set (or another set in its format, such as the development set
+    `DEV_FACTS`), checked against its texts."""
+    spec = json.loads(facts.read_text(encoding="utf-8"))
     patterns = {k: re.compile(v) for k, v in spec["speaker_patterns"].items()}
     corpus: dict[str, str] = {}
     if any("corpus" in e for e in spec["texts"]):
@@ -174,11 +177,12 @@ def load(corpus_path: Path = CORPUS) -> list[EvalText]:
                 corpus[row["id"]] = row["text"]
     items = []
     for entry in spec["texts"]:
-        facts = tuple(
+        facts_of = tuple(
             Fact(f["q"], f["a"], f.get("speaker"), f.get("sentence")) for f in entry["facts"]
         )
         pattern = patterns[entry["speakers"]] if "speakers" in entry else None
-        item = EvalText(entry["id"], entry["kind"], _load_text(entry, corpus), facts, pattern)
+        text = _load_text(entry, corpus, facts.parent)
+        item = EvalText(entry["id"], entry["kind"], text, facts_of, pattern)
         validate(item)
         items.append(item)
     return items
