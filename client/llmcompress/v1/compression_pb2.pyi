@@ -749,7 +749,8 @@ class Envelope(_message.Message):
     """Format version; a reader refuses versions newer than it knows. 1: the
     first format. 2: adds the compact ModelRef and EngineFingerprint forms;
     written only by envelopes that carry a model (ZSTD envelopes stay v1, so
-    older servers still read them).
+    older servers still read them). 3: adds `ModelRef.known` and
+    `EngineFingerprint.build` (20 bytes off every model envelope's header).
     """
     mode: Global___Mode.ValueType
     """The mode of the body."""
@@ -807,6 +808,7 @@ class ModelRef(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     SHA256_PREFIX_FIELD_NUMBER: _builtins.int
+    KNOWN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Human-readable name, such as "SmolLM2-135M-Instruct-Q4_1". Format v2
     leaves it empty for a model in llmcompress's registry of packaged
@@ -817,15 +819,21 @@ class ModelRef(_message.Message):
     """First 8 bytes of the SHA-256 of the model file (GGUF), big-endian; for a
     remote backend, of its reported digest.
     """
+    known: _builtins.int
+    """Format v3: the model's number in llmcompress's registry of packaged
+    models (README, "Envelope format"; 1 is SmolLM2-135M-Instruct-Q4_1).
+    When set, `name` and `sha256_prefix` are empty: 2 bytes instead of 9.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         sha256_prefix: _builtins.int = ...,
+        known: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sha256_prefix", b"sha256_prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known", b"known", "name", b"name", "sha256_prefix", b"sha256_prefix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -873,6 +881,7 @@ class EngineFingerprint(_message.Message):
     WIDTH_FIELD_NUMBER: _builtins.int
     ROW_MODEL_FIELD_NUMBER: _builtins.int
     GPU_LAYERS_FIELD_NUMBER: _builtins.int
+    BUILD_FIELD_NUMBER: _builtins.int
     engine: _builtins.str
     """The llama-cpp-python, constriction and numpy versions, such as
     "0.3.36,0.5.0,2.4.6". Format v2 writers store `versions` instead when
@@ -907,6 +916,15 @@ class EngineFingerprint(_message.Message):
     """Model layers offloaded to a GPU (llama.cpp n_gpu_layers); 0 on a CPU.
     GPU kernels give other logits, so it must match.
     """
+    build: _builtins.int
+    """Compact build (format v3): the first 4 bytes, big-endian, of the SHA-256
+    of "engine|cpu_features|n_ctx|gpu_layers" (engine as in `engine`, the
+    numbers in decimal), the fields a reconstructing server must share with
+    the writer. Format v3 writers store it instead of those four fields (5
+    bytes instead of ~18, which is most of a short text's header); a reader
+    compares it with its own build's and takes the fields from its own. A
+    field stored beside it overrides the reader's.
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Compact `engine`: each version as major * 1000000 + minor * 1000 + patch,
@@ -926,10 +944,11 @@ class EngineFingerprint(_message.Message):
         width: _builtins.int = ...,
         row_model: _builtins.int = ...,
         gpu_layers: _builtins.int = ...,
+        build: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_features", b"cpu_features", "engine", b"engine", "gpu_layers", b"gpu_layers", "n_ctx", b"n_ctx", "row_model", b"row_model", "schedule", b"schedule", "schedule_id", b"schedule_id", "threads", b"threads", "versions", b"versions", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build", b"build", "cpu_features", b"cpu_features", "engine", b"engine", "gpu_layers", b"gpu_layers", "n_ctx", b"n_ctx", "row_model", b"row_model", "schedule", b"schedule", "schedule_id", b"schedule_id", "threads", b"threads", "versions", b"versions", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

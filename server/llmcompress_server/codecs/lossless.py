@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import importlib.metadata
 import logging
@@ -43,7 +44,7 @@ from ..coding.engine import ContextKey, JobTiming, StreamWork
 from ..coding.layout import Layout, Schedule
 from ..coding.rows import IDENTITY, ROW_MODELS, Coder, RowModelFactory, StopCoding, row_model_spec
 from ..config import CodingSchedule
-from ..envelope import model_name
+from ..envelope import model_name, model_prefix
 from ..errors import CannotEncode, DataLoss, PreconditionFailed
 from ..events import CodingJobEnded, ModelCallEnded
 from ..stages import StageClock
@@ -146,9 +147,9 @@ def compact_fingerprint(
     row_model: int = IDENTITY,
     gpu_layers: int = 0,
 ) -> pb.EngineFingerprint:
-    """The fingerprint as format v2 stores it: ~24 bytes instead of ~37. Width 1, row
-    model 0 and no GPU layers are left out (proto3 defaults), so a width-1 envelope is
-    byte for byte what servers before the coding engine wrote; a wider one costs 2 bytes."""
+    """The full fingerprint in format v2's form, which readers compare field by field
+    (format v3 writes `written(...)` of it). Width 1, row model 0 and no GPU layers are left
+    out (proto3 defaults); a wider one costs 2 bytes."""
     fp = pb.EngineFingerprint(
         threads=threads,
         schedule_id=schedule.value,
@@ -164,6 +165,26 @@ def compact_fingerprint(
     else:
         fp.versions.extend(packed)
     return fp
+
+
+def build_of(fp: pb.EngineFingerprint) -> int:
+    """Format v3's `EngineFingerprint.build` of a full (v1 or v2) fingerprint: the first 4
+    bytes of SHA-256 over the fields a reconstructing server must share with the writer."""
+    fields = fingerprint_fields(fp)
+    key = f"{fields['engine']}|{fp.cpu_features}|{fp.n_ctx}|{fp.gpu_layers}"
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "big") or 1
+
+
+def written(full: pb.EngineFingerprint) -> pb.EngineFingerprint:
+    """The fingerprint as format v3 stores it: the build's fields as their digest (~20 bytes
+    instead of ~38 with the model's; a width-1 envelope's header is 44 bytes)."""
+    return pb.EngineFingerprint(
+        threads=full.threads,
+        schedule_id=full.schedule_id,
+        width=full.width,
+        row_model=full.row_model,
+        build=build_of(full),
+    )
 
 
 def fingerprint_fields(fp: pb.EngineFingerprint) -> dict[str, str | int]:
@@ -216,8 +237,12 @@ class LosslessCodec:
         self.schedule = self._schedule(self.width)
         self.narrow_when_idle = cfg.coding_narrow_when_idle and self.width > 1
         self.row_model = cfg.coding_row_model
-        self._fingerprint = self._fingerprint_for(self.width)
-        self._narrow_fingerprint = self._fingerprint_for(1)
+        # What this server runs, in full (v2 form: compared field by field with an
+        # envelope's), and what it writes (v3: the build as a digest).
+        self._full = self._fingerprint_for(self.width)
+        self._build = build_of(self._full)
+        self._fingerprint = written(self._full)
+        self._narrow_fingerprint = written(self._fingerprint_for(1))
         # Built on first use from the engine's tokenizer model (~0.3 s over the vocabulary).
         self._tokenizer: ExactTokenizer | None = None
         self._tokenizer_lock = threading.Lock()
@@ -420,7 +445,7 @@ class LosslessCodec:
         PreconditionFailed when this server cannot run it, DataLoss when its layout
         cannot be right."""
         await self.engine.start()
-        fp = body.fingerprint
+        fp = self.expanded(body.fingerprint)
         schedule = self._runnable(fp)
         n = body.n_tokens
         # Every text token is at least one byte, which also bounds the work
@@ -517,16 +542,48 @@ class LosslessCodec:
     def check_model(self, ref: pb.ModelRef) -> None:
         ident = self.engine.identity
         if not ident.matches(ref):
-            name = model_name(ref) or "a model this server does not know by name"
+            prefix = model_prefix(ref)
+            if prefix:
+                name = model_name(ref) or "a model this server does not know by name"
+                theirs = f"{name} (sha256 {prefix:016x}...)"
+            else:  # a registry number from a newer server
+                theirs = f"packaged model number {ref.known}, which this server does not know"
             raise PreconditionFailed(
-                f"model: envelope {name} (sha256 "
-                f"{ref.sha256_prefix:016x}...), this server {ident.name} (sha256 "
+                f"model: envelope {theirs}, this server {ident.name} (sha256 "
                 f"{ident.sha256[:16]}...); reconstruct it on a server with the model that "
                 "compressed it"
             )
 
+    def expanded(self, theirs: pb.EngineFingerprint) -> pb.EngineFingerprint:
+        """A v3 fingerprint with its build's fields taken from this server's (fields stored
+        beside the build win); PreconditionFailed when the build is not this server's. Other
+        forms as they are."""
+        if not theirs.build:
+            return theirs
+        ours = self._full
+        if theirs.build != self._build:
+            fields = fingerprint_fields(ours)
+            raise PreconditionFailed(
+                "this server cannot decode the envelope exactly, its LOSSLESS engine build "
+                f"differs: envelope build {theirs.build:08x}, this server {self._build:08x} "
+                f"({_FINGERPRINT_LABELS['engine']} {fields['engine']}; cpu_features "
+                f"{cpu_feature_names(ours.cpu_features)}; n_ctx {ours.n_ctx}; gpu_layers "
+                f"{ours.gpu_layers}). Reconstruct it on a server with the same package "
+                "versions, model.embedded.n_ctx, model.embedded.n_gpu_layers and CPU type"
+            )
+        out = pb.EngineFingerprint()
+        out.CopyFrom(theirs)
+        out.build = 0
+        if not (out.engine or out.versions):
+            out.engine, out.versions[:] = ours.engine, ours.versions
+        out.cpu_features = out.cpu_features or ours.cpu_features
+        out.n_ctx = out.n_ctx or ours.n_ctx
+        out.gpu_layers = out.gpu_layers or ours.gpu_layers
+        return out
+
     def check_fingerprint(self, theirs: pb.EngineFingerprint) -> None:
-        ours = self._fingerprint
+        ours = self._full
+        theirs = self.expanded(theirs)
         diffs: list[str] = []
         their_fields, our_fields = fingerprint_fields(theirs), fingerprint_fields(ours)
         for name, label in _FINGERPRINT_LABELS.items():
@@ -575,8 +632,10 @@ def _first_difference(want: Sequence[int], got: Sequence[int]) -> str:
 
 __all__ = [
     "LosslessCodec",
+    "build_of",
     "cpu_feature_bits",
     "engine_version",
     "fingerprint_fields",
     "pack_versions",
+    "written",
 ]
