@@ -94,6 +94,7 @@ async def _corpus(
     passages: list[dict[str, str]], verify: bool, row_model: str | None, reconstruct: bool = True
 ) -> dict[str, Any]:
     app = await _server(row_model=row_model)
+    codec = _codec(app)
     zstd = zstandard.ZstdCompressor(level=19)
     try:
         # A client window under the engine's queue bound (model.embedded.queue_size).
@@ -149,7 +150,9 @@ async def _corpus(
             }
         )
     total = sum(r["bytes"] for r in rows)
-    fp = fingerprint_fields(pb.Envelope.FromString(sent[0].envelope).lossless.fingerprint)
+    # Format v3 stores the build as a digest: the fields are this server's.
+    written = pb.Envelope.FromString(sent[0].envelope).lossless.fingerprint
+    fp = fingerprint_fields(codec.expanded(written))
 
     def ratio(key: str) -> float:
         return total / sum(r[key] for r in rows)
