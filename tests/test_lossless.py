@@ -100,8 +100,8 @@ def _edited(envelope: bytes, edit: str, value: object) -> bytes:
 
 async def test_the_default_engine_and_a_lone_text_at_width_1(start_server: StartServer) -> None:
     text = "Width one by default; sixteen when asked for."
-    # The default (config.py, measured): width 1 in 2 engines, the format of before
-    # the engine (schedule t1), which every older server reads.
+    # The default (config.py, measured): width 1 in 2 engines, the layout of before
+    # the engine (schedule t1).
     app = await start_server()
     one = await _compress(app.address, text)
     fp = pb.Envelope.FromString(one.envelope).lossless.fingerprint
@@ -253,7 +253,7 @@ async def test_width_1_and_wide_servers_reconstruct_each_others_envelopes(
     wide = await start_server(model={"embedded": NARROW})
     from_wide = await _compress(wide.address, text, verify=False)
     await wide.stop(grace=0)
-    # Width 1 writes the format of before the engine: older servers read it.
+    # Width 1 lays out streams as before the engine (schedule t1).
     fp = pb.Envelope.FromString(from_one.envelope).lossless.fingerprint
     assert (fp.schedule_id, fp.width) == (1, 0)
     assert pb.Envelope.FromString(from_wide.envelope).lossless.fingerprint.width == 4

@@ -155,7 +155,7 @@ class EmbeddedConfig(_Section):
     coding_engines: int = Field(2, ge=1, le=16)
     coding_schedule: CodingSchedule = CodingSchedule.RESET
     # A text of few streams (under 2/3 of coding_width) that finds fewer coding
-    # jobs than lanes is coded at width 1 (the format of before the engine) on a
+    # jobs than lanes is coded at width 1 (the stream layout of before the engine) on a
     # lane's own width-1 context: a lone Compress then costs one row per token,
     # not coding_width rows (a 4.6 KB passage of 2 streams: 30 s instead of 160
     # s), and so do two at once on two lanes. Whatever arrives beyond that goes

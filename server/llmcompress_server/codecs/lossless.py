@@ -12,9 +12,10 @@ thread count are run for the envelope, whatever this server's own.
 Stream layout (coding/layout.py): a text splits into streams, one per slot,
 so one long text fills the width; short texts (under 2 x 512 tokens) stay one
 stream, since every stream starts without context (about 20 coded bytes per
-start, measured on a 4 KB passage). A width-1 RESET server writes exactly the
-format of before the engine (schedule t1: chunks of n_ctx tokens), which
-every older server reads; so does a wide one for a text of few streams (under
+start, measured on a 4 KB passage). A width-1 RESET server lays streams out
+as before the engine (schedule t1: chunks of n_ctx tokens; format v3 headers
+are refused by servers older than v3, by version); so does a wide one for a
+text of few streams (under
 2/3 of the width) that finds fewer jobs than lanes (`coding_narrow_when_idle`):
 it gets a lane's width-1 context, where padding the other rows would only add
 latency (`_placement`).
@@ -231,8 +232,7 @@ class LosslessCodec:
         self.n_ctx = cfg.n_ctx
         self.width = cfg.coding_width
         self.threads = cfg.coding_threads
-        # Width 1 with RESET is the format of before the engine (t1), which older
-        # servers read too.
+        # Width 1 with RESET is the stream layout of before the engine (t1).
         self.slide = cfg.coding_schedule is CodingSchedule.SLIDE
         self.schedule = self._schedule(self.width)
         self.narrow_when_idle = cfg.coding_narrow_when_idle and self.width > 1
