@@ -7,8 +7,11 @@ scored: ratio, similarity (all-MiniLM-L6-v2), chrF, **fact retention outside the
 body), misattributed sentences on the dialogue texts, the quality gate's diversions and the
 time it adds. Beside each row, the **lead baseline**: the text's first bytes within the same
 envelope size, coded the same way (model-coded, or brotli); the selector's value is the
-difference. `make bench` calls `measure(profile)`; `python -m bench.semantic` runs it from the
-command line (`--targets`, `--variants`, `--only`).
+difference. And for model-coded variants, the **fact ceiling**: the facts an extract chosen by
+an oracle that knows the questions keeps in the same room (bench/semantic_ceiling.py); no
+selector can know them, so it bounds what a fact-retention goal can ask. `make bench` calls
+`measure(profile)`; `python -m bench.semantic` runs it from the command line (`--targets`,
+`--variants`, `--only`, `--set dev`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.openai_server import llama_openai_server, server_config
+from bench.semantic_ceiling import Oracle
 from bench.semantic_eval import DEV_FACTS, FACTS, EvalText, attribution, kept_facts, load
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.app import build_codecs
@@ -39,6 +43,7 @@ from llmcompress_server.domain import Mode
 from llmcompress_server.embedder import cosine
 from llmcompress_server.entities import Entity
 from llmcompress_server.envelope import open_envelope, seal
+from llmcompress_server.extractive import read_structure
 from llmcompress_server.pipeline import Pipeline
 from llmcompress_server.quality import body_of, chrf
 from llmcompress_server.stages import StageClock
@@ -82,10 +87,12 @@ class Run:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one profile measures: its runs, with or without the lead baseline."""
+    """What one profile measures: its runs, with or without the lead baseline and the fact
+    ceiling (model-coded variants only)."""
 
     runs: tuple[Run, ...]
     lead: bool = True
+    ceiling: bool = True
 
 
 # The abstractive path is slow (a schema-constrained summary, then an expansion for the gate
@@ -93,7 +100,10 @@ class Plan:
 EVERY_THIRD = tuple(i.id for i in load()[::3])
 PLANS = {
     # CI-sized: two short texts at the acceptance point.
-    "quick": Plan((Run(DEFAULT_VARIANT, (ACCEPTANCE_TARGET,), ("lines-hosts", "chat-book-club")),)),
+    "quick": Plan(
+        (Run(DEFAULT_VARIANT, (ACCEPTANCE_TARGET,), ("lines-hosts", "chat-book-club")),),
+        ceiling=False,
+    ),
     "standard": Plan(
         (
             Run(DEFAULT_VARIANT, TARGETS),
@@ -228,8 +238,12 @@ async def _measure_text(
     pipeline: Pipeline,
     codec: SemanticCodec,
     lead: bool,
+    ceiling: bool,
 ) -> list[dict[str, Any]]:
     data = item.text.encode("utf-8")
+    oracle = None
+    if ceiling and codec.coder is not None:
+        oracle = Oracle(codec.coder, item, read_structure(item.text))
     embedder = codec.embedder
     original_vector = await asyncio.to_thread(embedder.embed_one, item.text)
     leads: dict[float, str] = {}
@@ -284,9 +298,13 @@ async def _measure_text(
             row["reconstruction"] = decoded.text
             if target in leads:
                 row["lead"] = _scores(item, leads[target], original_vector, embedder)
+            if oracle is not None:
+                row["ceiling"] = await oracle.ceiling(target)
         rows.append(row)
         brief = {k: row.get(k) for k in ("id", "target", "ratio", "mode", "facts_kept", "facts")}
-        print(json.dumps(brief | {"lead": row.get("lead", {}).get("facts_kept")}), file=sys.stderr)
+        brief["lead"] = row.get("lead", {}).get("facts_kept")
+        brief["ceiling"] = row.get("ceiling", {}).get("facts_kept")
+        print(json.dumps(brief), file=sys.stderr)
     return rows
 
 
@@ -314,6 +332,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sem = [r for r in rows if r["mode"] == "MODE_SEMANTIC"]
     facts = sum(r["facts"] for r in sem)
     lead = [r["lead"] for r in sem if "lead" in r]
+    ceiling = [r["ceiling"] for r in sem if "ceiling" in r]
     dialogue = [r for r in sem if "misattributed" in r]
     out: dict[str, Any] = {
         "texts": len(rows),
@@ -358,13 +377,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["lead_median_similarity"] = _median([r["similarity"] for r in lead])
         out["lead_median_chrf"] = _median([r["chrf"] for r in lead])
         out["lead_misattributed"] = sum(r.get("misattributed", 0) for r in lead)
+    if ceiling and len(ceiling) == len(sem):
+        out["ceiling_facts_kept"] = sum(int(r["facts_kept"]) for r in ceiling)
+        out["ceiling_fact_retention"] = out["ceiling_facts_kept"] / facts if facts else None
     by_kind: dict[str, list[int]] = {}
     for r in sem:
-        k = by_kind.setdefault(r["kind"], [0, 0, 0])
+        k = by_kind.setdefault(r["kind"], [0, 0, 0, 0])
         k[0] += r["facts_kept"]
         k[1] += r["facts"]
         k[2] += r.get("lead", {}).get("facts_kept", 0)
-    out["facts_by_kind"] = {k: {"kept": v[0], "of": v[1], "lead": v[2]} for k, v in by_kind.items()}
+        k[3] += int(r.get("ceiling", {}).get("facts_kept", 0))
+    out["facts_by_kind"] = {
+        k: {"kept": v[0], "of": v[1], "lead": v[2], **({"ceiling": v[3]} if ceiling else {})}
+        for k, v in by_kind.items()
+    }
     return out
 
 
@@ -377,6 +403,7 @@ async def _over_texts(
     pipeline: Pipeline,
     codec: SemanticCodec,
     lead: bool,
+    ceiling: bool,
     workers: int,
 ) -> list[dict[str, Any]]:
     """Every text at every target, one text per engine worker at a time (each codes with
@@ -385,7 +412,7 @@ async def _over_texts(
 
     async def one(item: EvalText) -> list[dict[str, Any]]:
         async with gate:
-            return await _measure_text(item, targets, pipeline, codec, lead)
+            return await _measure_text(item, targets, pipeline, codec, lead, ceiling)
 
     groups = await asyncio.gather(*(one(i) for i in items))
     return [r for group in groups for r in group]
@@ -431,7 +458,9 @@ async def run_plan(
                 codec = codecs[Mode.SEMANTIC]
                 assert isinstance(codec, SemanticCodec)
                 pipeline = Pipeline(config, codecs)
-                rows = await _over_texts(items, run.targets, pipeline, codec, plan.lead, workers)
+                rows = await _over_texts(
+                    items, run.targets, pipeline, codec, plan.lead, plan.ceiling, workers
+                )
             partial = run.only and len(items) < len(everything)
             # The default variant keeps its name on any texts: the report reads it.
             named = partial and run.variant != DEFAULT_VARIANT
@@ -483,7 +512,7 @@ async def _on_server(
         try:
             # The server answers one request at a time.
             return await _over_texts(
-                items, run.targets, Pipeline(config, codecs), codec, True, workers=1
+                items, run.targets, Pipeline(config, codecs), codec, True, False, workers=1
             )
         finally:
             await backend.close()
@@ -500,6 +529,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=DEFAULT_VARIANT, help=",".join(VARIANTS))
     parser.add_argument("--only", default="", help="comma-separated text ids of the set")
     parser.add_argument("--no-lead", action="store_true", help="skip the lead baseline")
+    parser.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the fact ceiling (bench/semantic_ceiling.py)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="texts at a time")
     parser.add_argument(
         "--quality-threshold", type=float, help="model.quality_threshold (default: the server's)"
@@ -515,7 +549,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     targets = tuple(float(t) for t in args.targets.split(","))
     only = tuple(x for x in args.only.split(",") if x)
-    plan = Plan(tuple(Run(v, targets, only) for v in args.variants.split(",")), not args.no_lead)
+    runs = tuple(Run(v, targets, only) for v in args.variants.split(","))
+    plan = Plan(runs, not args.no_lead, not args.no_ceiling)
     facts = DEV_FACTS if args.set == "dev" else FACTS
     result = asyncio.run(run_plan(plan, args.workers, args.quality_threshold, facts))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
