@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -12,9 +11,9 @@ import grpc
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
-from ._client import DEFAULT_TARGET, channel_options, compress_request
+from ._client import DEFAULT_TARGET, ClientSettings, channel_options, compress_request
 from ._errors import from_rpc_error
-from ._options import TLS, Deadline, RetryPolicy, bearer_metadata
+from ._options import TLS, Deadline, RetryPolicy
 from ._results import BatchResult, CompressResult, Mode, ReconstructResult, ServerStats
 from ._stream import (
     CONNECT_WAIT_SECONDS,
@@ -29,11 +28,10 @@ from ._stream import (
     StreamRun,
 )
 
-log = logging.getLogger("llmcompress")
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(ClientSettings):
     """asyncio client for CompressionService; options as for `Client`.
 
     Use `async with AsyncClient(...) as client:` or call `await client.close()`."""
@@ -49,10 +47,7 @@ class AsyncClient:
         max_message_bytes: int = 64 * 1024 * 1024,
         load_balancing: str = "round_robin",
     ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._metadata = bearer_metadata(token)
+        super().__init__(target, timeout, token, retry)
         options = channel_options(tls, max_message_bytes, load_balancing)
         if tls is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
@@ -74,19 +69,12 @@ class AsyncClient:
         rpc: Callable[[float | None], Awaitable[T]],
         timeout: float | None,  # noqa: ASYNC109 (a gRPC deadline, passed to each call)
     ) -> tuple[T, int]:
-        deadline = Deadline(self.timeout if timeout is None else timeout)
-        attempt = 1
+        attempts = self._attempts(timeout)
         while True:
             try:
-                return await rpc(deadline.remaining()), attempt
+                return await rpc(attempts.deadline.remaining()), attempts.number
             except grpc.RpcError as err:
-                error = from_rpc_error(err)
-            wait = self.retry.backoff(error, attempt, deadline)
-            if wait is None:
-                raise error
-            log.info("%s; retry %d in %.2fs", error, attempt, wait)
-            await asyncio.sleep(wait)
-            attempt += 1
+                await asyncio.sleep(attempts.failed(err))
 
     async def compress(
         self,

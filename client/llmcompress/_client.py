@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -15,7 +14,7 @@ from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
 from ._errors import from_rpc_error
-from ._options import TLS, Deadline, RetryPolicy, bearer_metadata
+from ._options import TLS, Attempts, Deadline, RetryPolicy, bearer_metadata
 from ._results import (
     BatchResult,
     CompressResult,
@@ -37,7 +36,6 @@ from ._stream import (
     StreamRun,
 )
 
-log = logging.getLogger("llmcompress")
 DEFAULT_TARGET = "127.0.0.1:50051"
 T = TypeVar("T")
 
@@ -72,7 +70,23 @@ def channel_options(
     return opts
 
 
-class Client:
+class ClientSettings:
+    """What the blocking and the asyncio client hold besides their channel."""
+
+    def __init__(
+        self, target: str, timeout: float | None, token: str | None, retry: RetryPolicy | None
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._metadata = bearer_metadata(token)
+
+    def _attempts(self, timeout: float | None) -> Attempts:
+        """A unary call's attempts: `timeout`, or the client's, bounds them all."""
+        return Attempts(self.retry, self.timeout if timeout is None else timeout)
+
+
+class Client(ClientSettings):
     """Blocking client for CompressionService.
 
     `timeout` is each unary call's deadline in seconds, retries included;
@@ -95,10 +109,7 @@ class Client:
         max_message_bytes: int = 64 * 1024 * 1024,
         load_balancing: str = "round_robin",
     ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._metadata = bearer_metadata(token)
+        super().__init__(target, timeout, token, retry)
         options = channel_options(tls, max_message_bytes, load_balancing)
         if tls is None:
             self._channel = grpc.insecure_channel(target, options=options)
@@ -116,19 +127,12 @@ class Client:
         self._channel.close()
 
     def _call(self, rpc: Callable[[float | None], T], timeout: float | None) -> tuple[T, int]:
-        deadline = Deadline(self.timeout if timeout is None else timeout)
-        attempt = 1
+        attempts = self._attempts(timeout)
         while True:
             try:
-                return rpc(deadline.remaining()), attempt
+                return rpc(attempts.deadline.remaining()), attempts.number
             except grpc.RpcError as err:
-                error = from_rpc_error(err)
-            wait = self.retry.backoff(error, attempt, deadline)
-            if wait is None:
-                raise error
-            log.info("%s; retry %d in %.2fs", error, attempt, wait)
-            time.sleep(wait)
-            attempt += 1
+                time.sleep(attempts.failed(err))
 
     def compress(
         self,

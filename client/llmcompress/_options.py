@@ -6,6 +6,7 @@ every other status means the same call would fail the same way again.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import grpc
 
-from ._errors import LLMCompressError
+from ._errors import LLMCompressError, from_rpc_error
+
+log = logging.getLogger("llmcompress")
 
 
 @dataclass(frozen=True)
@@ -110,3 +113,24 @@ class Deadline:
 
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class Attempts:
+    """One unary call's attempts under a retry policy and one deadline for them all: the
+    retry loop the blocking and the asyncio client share (each sleeps its own way)."""
+
+    def __init__(self, retry: RetryPolicy, timeout: float | None) -> None:
+        self.retry = retry
+        self.deadline = Deadline(timeout)
+        self.number = 1
+
+    def failed(self, err: grpc.RpcError) -> float:
+        """Seconds to wait before the next attempt; raises the call's `LLMCompressError`
+        when the failure is final."""
+        error = from_rpc_error(err)
+        wait = self.retry.backoff(error, self.number, self.deadline)
+        if wait is None:
+            raise error
+        log.info("%s; retry %d in %.2fs", error, self.number, wait)
+        self.number += 1
+        return wait
