@@ -298,8 +298,8 @@ async def _measure_text(
             row["reconstruction"] = decoded.text
             if target in leads:
                 row["lead"] = _scores(item, leads[target], original_vector, embedder)
-            if oracle is not None:
-                row["ceiling"] = await oracle.ceiling(target)
+            if oracle is not None and (best := await oracle.ceiling(target)) is not None:
+                row["ceiling"] = best
         rows.append(row)
         brief = {k: row.get(k) for k in ("id", "target", "ratio", "mode", "facts_kept", "facts")}
         brief["lead"] = row.get("lead", {}).get("facts_kept")

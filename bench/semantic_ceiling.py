@@ -36,6 +36,10 @@ _STREAM_FIELD = 3
 _ROUNDS = 40
 
 
+class ContextOverflow(ValueError):
+    """The pieces are longer than one context."""
+
+
 class _Bits:
     """A coder for `code_stream` that codes nothing: it records each known token's ideal
     code length under the model's weights."""
@@ -57,7 +61,7 @@ async def piece_bits(coder: LosslessCodec, rendered: Sequence[str]) -> list[floa
     split = [await coder.tokenize(p.encode("utf-8"), escapes=True) for p in rendered]
     tokens = [t for part in split for t in part.tokens]
     if len(tokens) > coder.n_ctx:
-        raise ValueError(f"{len(tokens)} tokens: longer than one context ({coder.n_ctx})")
+        raise ContextOverflow(f"{len(tokens)} tokens: longer than one context ({coder.n_ctx})")
     bits = _Bits(tokens)
     await coder.code_stream(bits, len(tokens))
     out, at = [], 0
@@ -97,12 +101,16 @@ class Oracle:
         ]
         self._bits: list[float] | None = None
 
-    async def ceiling(self, target: float) -> dict[str, Any]:
+    async def ceiling(self, target: float) -> dict[str, Any] | None:
         """{"facts_kept", "room_bytes", "units", "extract"}: the facts the best fitting
-        extract keeps, the coded room it fits, and the extract."""
+        extract keeps, the coded room it fits, and the extract; None for a text longer than
+        one context (its in-context costs cannot be had in one pass)."""
         if self._bits is None:
             everything = pieces(self.structure, range(len(self.structure.units)))
-            self._bits = await piece_bits(self.coder, everything)
+            try:
+                self._bits = await piece_bits(self.coder, everything)
+            except ContextOverflow:
+                return None
         data = self.item.text.encode("utf-8")
         room = body_room(data, len(data) / target, self.coder.engine.identity, self.coder)
         room = max(room - _STREAM_FIELD, 0.0)
