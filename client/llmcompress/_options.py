@@ -130,7 +130,8 @@ class Attempts:
         error = from_rpc_error(err)
         wait = self.retry.backoff(error, self.number, self.deadline)
         if wait is None:
-            raise error
+            # Called while handling `err`: the error carries all of it, so no chained trace.
+            raise error from None
         log.info("%s; retry %d in %.2fs", error, self.number, wait)
         self.number += 1
         return wait
