@@ -377,8 +377,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["lead_median_similarity"] = _median([r["similarity"] for r in lead])
         out["lead_median_chrf"] = _median([r["chrf"] for r in lead])
         out["lead_misattributed"] = sum(r.get("misattributed", 0) for r in lead)
-    if ceiling and len(ceiling) == len(sem):
-        out["ceiling_facts_kept"] = sum(int(r["facts_kept"]) for r in ceiling)
+    # A ceiling only over every SEMANTIC text (a text longer than one context has none).
+    whole_ceiling = bool(ceiling) and len(ceiling) == len(sem)
+    if whole_ceiling:
+        out["ceiling_facts_kept"] = sum(r["facts_kept"] for r in ceiling)
         out["ceiling_fact_retention"] = out["ceiling_facts_kept"] / facts if facts else None
     by_kind: dict[str, list[int]] = {}
     for r in sem:
@@ -386,9 +388,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         k[0] += r["facts_kept"]
         k[1] += r["facts"]
         k[2] += r.get("lead", {}).get("facts_kept", 0)
-        k[3] += int(r.get("ceiling", {}).get("facts_kept", 0))
+        k[3] += r.get("ceiling", {}).get("facts_kept", 0)
     out["facts_by_kind"] = {
-        k: {"kept": v[0], "of": v[1], "lead": v[2], **({"ceiling": v[3]} if ceiling else {})}
+        k: {"kept": v[0], "of": v[1], "lead": v[2], **({"ceiling": v[3]} if whole_ceiling else {})}
         for k, v in by_kind.items()
     }
     return out
