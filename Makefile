@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-alice29 clean stubs proto-baseline
+.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-widths bench-alice29 clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -69,7 +69,7 @@ run: install ## serve with the embedded model on $(HOST):$(PORT)
 test: install node ## run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install ## tests that neither load the model nor run the load tests
+test-fast: install node ## tests that neither load the model nor run the load tests
 	$(PY) -m pytest -m "not model and not load" $(PYTEST_ARGS)
 
 FUZZ_RUNS ?= 100000
@@ -113,28 +113,36 @@ fmt: install ## apply ruff format and fixes
 	$(VENV)/bin/ruff check --fix .
 
 # Benchmarks (bench/run.py). Subsets are fixed and listed in the report: `bench`
-# runs the model modes on every 16th passage and bench.lossless on every 4th.
-BENCH_OUT ?= docs/benchmarks
+# runs the model modes on every 16th passage and bench.lossless on every 4th. Each
+# target writes its own folder under docs/benchmarks/ (indexed in its README.md);
+# BENCH_OUT=DIR sends any of them elsewhere.
+BENCH_OUT ?=
 BENCH_ARGS ?=
+bench: OUT = $(or $(BENCH_OUT),docs/benchmarks/standard)
+bench-full: OUT = $(or $(BENCH_OUT),docs/benchmarks/full)
+bench-quick: OUT = $(or $(BENCH_OUT),docs/benchmarks/quick)
+bench-lossless: OUT = $(or $(BENCH_OUT),docs/benchmarks/lossless-all)
+bench-widths: OUT = $(or $(BENCH_OUT),docs/benchmarks/engine_widths)
+bench-alice29: OUT = $(or $(BENCH_OUT),docs/benchmarks/alice29)
 
-bench: install ## measure modes, baselines and overhead (over an hour on 2 cores: bench.lossless's speed sections took 47 min with 12 batch items); report in $(BENCH_OUT)
-	$(PY) -m bench.run --profile standard --out $(BENCH_OUT) $(BENCH_ARGS)
+bench: install ## measure modes, baselines and overhead (over an hour on 2 cores); report in docs/benchmarks/standard
+	$(PY) -m bench.run --profile standard --out $(OUT) $(BENCH_ARGS)
 
-bench-full: install ## the whole corpus in every mode, however long it takes
-	$(PY) -m bench.run --profile full --out $(BENCH_OUT) $(BENCH_ARGS)
+bench-full: install ## the whole corpus in every mode, however long it takes; docs/benchmarks/full
+	$(PY) -m bench.run --profile full --out $(OUT) $(BENCH_ARGS)
 
-bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min)
-	$(PY) -m bench.run --profile quick --out $(BENCH_OUT) $(BENCH_ARGS)
+bench-quick: install ## ZSTD + baselines + echo + a tiny model sample (<3 min); docs/benchmarks/quick
+	$(PY) -m bench.run --profile quick --out $(OUT) $(BENCH_ARGS)
 
-bench-lossless: install ## LOSSLESS over the whole corpus (exact/total, ratio) and the wide engine (its default width, or 16) vs width 1; writes $(BENCH_OUT)/lossless.{md,json}
-	$(PY) -m bench.lossless --every 1 --out $(BENCH_OUT) $(BENCH_ARGS)
+bench-lossless: install ## LOSSLESS over the whole corpus (exact/total, ratio) and the wide engine vs width 1; docs/benchmarks/lossless-all
+	$(PY) -m bench.lossless --every 1 --out $(OUT) $(BENCH_ARGS)
 
-bench-widths: install ## the coding engine's raw speed with every row live, per width/threads/engines (a few minutes); writes $(BENCH_OUT)/engine_widths/engine_widths.{md,json}
-	$(PY) -m bench.engine_widths --out $(BENCH_OUT)/engine_widths $(BENCH_ARGS)
+bench-widths: install ## the coding engine's raw speed with every row live, per width/threads/engines (a few minutes); docs/benchmarks/engine_widths
+	$(PY) -m bench.engine_widths --out $(OUT) $(BENCH_ARGS)
 
-ALICE29 ?= ../shared/corpus/alice29.txt
-bench-alice29: install ## the whole alice29.txt as one LOSSLESS text: bits per byte and the share coded piecewise; writes $(BENCH_OUT)/alice29/lossless.{md,json}
-	$(PY) -m bench.lossless --text $(ALICE29) --no-speed --out $(BENCH_OUT)/alice29 $(BENCH_ARGS)
+ALICE29 ?= corpus/alice29.txt
+bench-alice29: install ## the whole alice29.txt as one LOSSLESS text: bits per byte and the share coded piecewise; docs/benchmarks/alice29
+	$(PY) -m bench.lossless --text $(ALICE29) --no-speed --out $(OUT) $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and the committed stubs)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

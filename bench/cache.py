@@ -25,7 +25,7 @@ from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.app import create_server
 from llmcompress_server.config import load_config
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "passages.jsonl"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "passages.jsonl"
 ECHO_METHOD = "/llmcompress.bench.Echo/Call"
 TARGET_RATIO = 0.40
 
@@ -180,7 +180,7 @@ def measure(
     """Cache-hit Compress vs bare echo, side by side; see the module docstring.
 
     With `passages` (the harness's subset), the payload is the one closest to
-    `payload_bytes`; without, it comes from the shared corpus."""
+    `payload_bytes`; without, it comes from the corpus (corpus/passages.jsonl)."""
     text = None
     if passages:
         text = min(

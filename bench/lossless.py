@@ -43,8 +43,8 @@ from llmcompress_server.config import Config, EmbeddedConfig, load_config
 from llmcompress_server.domain import Mode
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpus" / "passages.jsonl"
-ALICE = ROOT.parent / "shared" / "corpus" / "alice29.txt"
+CORPUS = ROOT / "corpus" / "passages.jsonl"
+ALICE = ROOT / "corpus" / "alice29.txt"
 BATCH_ITEMS = 24  # passages per BatchCompress run: every 7th of the corpus
 TEXT_BYTES = 32 * 1024
 # The width measured against width 1 when the server's default is 1 (config.py).

@@ -40,7 +40,7 @@ from .baselines import compression_baselines, echo_throughput
 from .overhead import service_overhead
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "passages.jsonl"
+DEFAULT_CORPUS = ROOT / "corpus" / "passages.jsonl"
 DEFAULT_EDGES = [1024, 2048, 4096]
 # Sections beside the per-mode tables; all but "overhead" are bench.<name> modules.
 SECTIONS = ("lossless", "semantic", "cache", "overhead", "grouping")
@@ -345,7 +345,12 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             "iterations": opts.iterations,
         },
         "corpus": {
-            "path": str(opts.corpus),
+            # Relative to the checkout when inside it: a report names no machine's paths.
+            "path": str(
+                opts.corpus.resolve().relative_to(ROOT)
+                if opts.corpus.resolve().is_relative_to(ROOT)
+                else opts.corpus
+            ),
             "passages": len(rows),
             "bytes": sum(len(r["text"].encode("utf-8")) for r in rows),
             "sha256": hashlib.sha256(opts.corpus.read_bytes()).hexdigest(),
@@ -473,8 +478,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=ROOT / "docs" / "benchmarks",
-        help="output directory for report.md, results.json and plots (default: %(default)s)",
+        default=ROOT / "bench-out",
+        help="output directory for report.md, results.json and plots (default: %(default)s, "
+        "ignored by git; committed reports go to their own folder under docs/benchmarks/)",
     )
     parser.add_argument(
         "--semantic-plan",

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real aio server on 127.0.0.1:0, real channels, the shared corpus."""
+"""Shared fixtures: the real aio server on 127.0.0.1:0, real channels, the corpus."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from tests.sim_ollama import SimOllama
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpus" / "passages.jsonl"
+CORPUS = ROOT / "corpus" / "passages.jsonl"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -80,7 +80,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def load_corpus() -> list[dict[str, str]]:
     if not CORPUS.is_file():
-        pytest.fail(f"shared corpus missing at {CORPUS}")
+        pytest.fail(f"corpus missing at {CORPUS} (it is part of the repository)")
     return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
 
 

@@ -35,7 +35,7 @@ from llmcompress_server.errors import (
 from tests.conftest import ROOT, SimFactory, StartServer, make_config
 from tests.test_backends_ollama import HELLO, MODEL, pool_for
 
-SEED = ROOT.parent / "shared" / "examples" / "seed-config.yaml"
+SEED = ROOT / "examples" / "seed-config.yaml"
 
 
 # -- retry policy -----------------------------------------------------------------------

@@ -13,7 +13,7 @@ import yaml
 from llmcompress_server.config import ConfigError, load_config
 from llmcompress_server.domain import Mode
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "examples" / "seed-config.yaml"
+SEED = Path(__file__).resolve().parents[1] / "examples" / "seed-config.yaml"
 
 
 def test_seed_config_loads_unchanged() -> None:

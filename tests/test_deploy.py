@@ -28,7 +28,7 @@ from .conftest import ROOT, require_tool
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-SEED = ROOT.parent / "shared" / "examples" / "seed-config.yaml"
+SEED = ROOT / "examples" / "seed-config.yaml"
 
 
 def _yaml(path: Path) -> Any:

@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 FACTS = HERE / "facts.json"
 # The development set: the same format, for tuning SEMANTIC; this set stays held out.
 DEV_FACTS = HERE.parent / "semantic_dev" / "facts.json"
-CORPUS = HERE.parents[1].parent / "shared" / "corpus" / "passages.jsonl"
+CORPUS = HERE.parents[1] / "corpus" / "passages.jsonl"
 
 # The line SEMANTIC's extractive reconstruction appends with the stored entities
 # its sentences lack (codecs/semantic.py, keep_extract). It is a list of names
