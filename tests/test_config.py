@@ -24,7 +24,7 @@ def test_seed_config_loads_unchanged() -> None:
     assert config.model.ollama_endpoint == "http://localhost:11434"
     assert config.model.quality_threshold == 0.85
     assert config.compression.min_compress_length == 100
-    assert config.monitoring.prometheus_port == 9090
+    assert config.monitoring.prometheus_port == 9090  # the seed sets it; the default is 9464
     assert config.llm.rate_limit == 60
 
 

@@ -177,12 +177,12 @@ def test_grafana_panels_use_recorded_series() -> None:
 
 
 def test_quality_alert_uses_the_configured_threshold() -> None:
-    threshold = load_config(
-        DEPLOY / "config/llmcompress.yaml", environ={}
-    ).monitoring.alert_quality_threshold
+    # The rule reads the bar from the series the server exports (its value from the
+    # config is checked against a live /metrics below), never from a number of its own.
     rules = _yaml(DEPLOY / "prometheus/alerts.yml")["groups"]
     alert = next(r for g in rules for r in g["rules"] if r.get("alert") == "LLMCompressQualityLow")
-    assert alert["expr"].endswith(f"< {threshold}")
+    assert "max(llmc_quality_alert_threshold)" in alert["expr"]
+    assert not re.search(r"<\s*[0-9.]+\s*$", alert["expr"])
 
 
 def _run(*cmd: str, cwd: Path = DEPLOY) -> str:
@@ -362,7 +362,11 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
 
     sim = await sim_ollama(latency=0.01)
     config = make_config(
-        monitoring={"enable_prometheus": True, "prometheus_port": 0},
+        monitoring={
+            "enable_prometheus": True,
+            "prometheus_port": 0,
+            "alert_quality_threshold": 0.61,
+        },
         model={"backend": "ollama", "ollama": {"endpoints": [sim.url]}},
         llm={"health_interval": 0, "max_retries": 0, "fallback_embedded": False},
     )
@@ -400,9 +404,14 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
         provider.shutdown()
 
     exported: dict[str, list[dict[str, str]]] = {}
+    bars = []
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
             exported.setdefault(sample.name, []).append(sample.labels)
+            if sample.name == "llmc_quality_alert_threshold":
+                bars.append(sample.value)
+    # The quality alert's bar is the configured one (alerts.yml reads this series).
+    assert bars == [config.monitoring.alert_quality_threshold]
     # The README's list of series, with their labels.
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     listed = readme[readme.index("- **Metrics**") : readme.index("- **Logs**")]

@@ -14,6 +14,7 @@ import sys
 import sysconfig
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,12 +32,12 @@ def free_port() -> int:
 
 def serve_process(port: int, **env: str) -> subprocess.Popen[str]:
     """`llmc serve` on `port` as a child process, once it listens; `env` adds LLMC_ keys."""
-    environ = dict(
-        os.environ,
-        LLMC_MONITORING__ENABLE_PROMETHEUS="false",
-        LLMC_MODEL__EMBEDDED__PRELOAD="false",
+    environ = {
+        **os.environ,
+        "LLMC_MONITORING__ENABLE_PROMETHEUS": "false",
+        "LLMC_MODEL__EMBEDDED__PRELOAD": "false",
         **env,
-    )
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmcompress.cli", "serve", "--port", str(port)],
         env=environ,
@@ -201,3 +202,49 @@ def test_cli_bad_config_names_the_key(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "performance.max_concurrent" in done.stderr
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def test_default_metrics_port_beside_prometheus_and_a_second_server() -> None:
+    """Metrics default to 9464, so a Prometheus on its own 9090 is no conflict; a second
+    default server fails naming the setting, and serves once the setting differs."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 9464))
+        except OSError:
+            pytest.skip("port 9464 is in use on this machine: the default cannot be tried")
+    prometheus = socket.socket()
+    try:  # stands in for a Prometheus on 9090 (if one already holds it, that one does)
+        prometheus.bind(("127.0.0.1", 9090))
+        prometheus.listen()
+    except OSError:
+        pass
+    metrics_on = {"LLMC_MONITORING__ENABLE_PROMETHEUS": "true"}
+    first = serve_process(free_port(), **metrics_on)
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=10) as page:
+            assert b"target_info" in page.read()  # the OTel exporter's resource series
+        second = subprocess.run(
+            [sys.executable, "-m", "llmcompress.cli", "serve", "--port", str(free_port())],
+            env={**os.environ, **metrics_on, "LLMC_MODEL__EMBEDDED__PRELOAD": "false"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode != 0
+        assert "monitoring.prometheus_port" in second.stdout + second.stderr
+        assert "9464" in second.stdout + second.stderr
+        third = serve_process(
+            free_port(), **metrics_on, LLMC_MONITORING__PROMETHEUS_PORT=str(free_port())
+        )
+        assert first.poll() is None and third.poll() is None  # both serve
+        _stop(third)
+    finally:
+        _stop(first)
+        prometheus.close()

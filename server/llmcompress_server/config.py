@@ -330,7 +330,8 @@ class CacheConfig(_Section):
 
 class MonitoringConfig(_Section):
     enable_prometheus: bool = True
-    prometheus_port: int = Field(9090, ge=0, le=65535)
+    # 9464: the OpenTelemetry Prometheus exporter's port (9090 is Prometheus's own).
+    prometheus_port: int = Field(9464, ge=0, le=65535)
     prometheus_host: str = "127.0.0.1"
     # Alert when the 15-minute mean overall score of lossy items drops below this: between
     # the gate's bar (model.quality_threshold) and the ~0.7 extracts score at target 8.

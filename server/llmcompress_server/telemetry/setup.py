@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
@@ -143,6 +144,13 @@ def setup_telemetry(
         readers.append(PrometheusMetricReader(registry=registry))
     meter_provider = MeterProvider(metric_readers=readers, resource=service_resource(env))
     metrics = Metrics(meter_provider, Pricing.from_config(config.cost))
+    # deploy/prometheus/alerts.yml compares quality with this series: the configured bar fires.
+    threshold = monitoring.alert_quality_threshold
+    meter_provider.get_meter("llmcompress_server").create_observable_gauge(
+        "llmc_quality_alert_threshold",
+        callbacks=[lambda options: [Observation(threshold)]],
+        description="monitoring.alert_quality_threshold: LLMCompressQualityLow fires below it",
+    )
     tracer = trace.get_tracer(TRACER_NAME, tracer_provider=provider)
     telemetry = Telemetry(monitoring, provider, meter_provider, metrics, tracer)
     telemetry._owned_tracer_provider = owned
