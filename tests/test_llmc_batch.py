@@ -155,3 +155,46 @@ async def test_failed_items_exit_nonzero_and_resume_retries_them(
     assert sorted(str(r["id"]) for r in lines(out) if "envelope" in r) == sorted(
         i["id"] for i in load_corpus()
     )
+
+
+async def test_target_ratio_flag_and_per_line(start_server: StartServer, tmp_path: Path) -> None:
+    # A SEMANTIC text whose target leaves no room for one whole sentence is stored exactly,
+    # and the reason names the target the server used: so the flag and each line's own
+    # value reach it. (Stored as ZSTD here, so no model is loaded.)
+    server = await start_server(compression={"short_text_store": "zstd"})
+    short = (
+        "The committee met on Tuesday to review the proposal for the new library wing. "
+        "After a long discussion it asked the architects for a cheaper design by March."
+    )
+    src, out = tmp_path / "corpus.jsonl", tmp_path / "out.jsonl"
+    src.write_text(
+        json.dumps({"id": "flag", "text": short, "mode": "semantic"})
+        + "\n"
+        + json.dumps({"id": "own", "text": short, "mode": "semantic", "target_ratio": 9.5})
+        + "\n"
+    )
+    code, err = await llmc(
+        "batch", str(src), "-o", str(out), "--target-ratio", "7.5", "--server", server.address
+    )
+    assert code == 0, err
+    reasons = {str(r["id"]): str(r["stats"]["reason"]) for r in lines(out)}  # type: ignore[index]
+    assert "at target ratio 7.5" in reasons["flag"], reasons
+    assert "at target ratio 9.5" in reasons["own"], reasons
+
+    text = tmp_path / "short.txt"
+    text.write_text(short)
+    code, err = await llmc(
+        "compress", str(text), "-o", str(tmp_path / "short.llmc"), "--mode", "semantic",
+        "--target-ratio", "6", "--server", server.address,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "at target ratio 6" in err
+
+    for bad in ("1", "x"):
+        code, err = await llmc("compress", str(text), "--target-ratio", bad)
+        assert code == 2 and "--target-ratio" in err
+    src.write_text(json.dumps({"id": "bad", "text": short, "target_ratio": 0.5}) + "\n")
+    code, err = await llmc(
+        "batch", str(src), "-o", str(tmp_path / "bad.jsonl"), "--server", server.address
+    )
+    assert code == 2 and "target_ratio must be a number above 1" in err

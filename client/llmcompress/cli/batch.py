@@ -23,7 +23,7 @@ from .batch_files import (
     read_out,
     result_line,
 )
-from .envelopes import MODES
+from .envelopes import MODES, TARGET_RATIO_HELP, target_ratio
 from .files import human, open_text_output
 
 
@@ -85,6 +85,7 @@ def batch(args: argparse.Namespace) -> int:
             for answer in client.compress_stream(
                 items,
                 mode=args.mode,
+                target_ratio=args.target_ratio,
                 in_order=args.in_order,
                 on_progress=on_progress,
                 streams=args.streams,
@@ -194,7 +195,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("input", metavar="IN.jsonl", help="corpus, one JSON object per line")
     p.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="results")
-    p.add_argument("--mode", choices=MODES, default="default")
+    p.add_argument(
+        "--mode", choices=MODES, default="default", help='for lines without their own "mode"'
+    )
+    p.add_argument(
+        "--target-ratio",
+        type=target_ratio,
+        metavar="R",
+        help=TARGET_RATIO_HELP + ' (for lines without their own "target_ratio")',
+    )
     p.add_argument(
         "--resume",
         action="store_true",

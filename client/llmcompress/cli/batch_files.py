@@ -1,7 +1,8 @@
 """The JSONL files of `llmc batch` / `llmc unbatch`: corpus in, envelopes out, resume.
 
 Corpus lines are `{"id": ..., "text": ...}`, optionally with `"mode"` (zstd, lossless,
-semantic, default) for that item instead of `--mode`. Output lines are
+semantic, default) and `"target_ratio"` (a number above 1) for that item instead of
+`--mode` and `--target-ratio`. Output lines are
 `{"id", "envelope" (base64), "stats": {...}}` or `{"id", "error": {"code", "message"}}`,
 one per item, flushed as written, so a killed run leaves at most one torn
 last line, which `--resume` cuts off.
@@ -46,9 +47,16 @@ def read_corpus(stream: IO[str], name: str, skip: set[str]) -> Iterator[BatchIte
             raise CorpusError(
                 f"{name}:{lineno}: mode {mode!r} is not one of {', '.join(sorted(MODE_NAMES))}"
             )
+        ratio = obj.get("target_ratio")
+        if ratio is not None and (
+            isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio > 1
+        ):
+            raise CorpusError(
+                f"{name}:{lineno}: target_ratio must be a number above 1, got {ratio!r}"
+            )
         ident = str(obj["id"])
         if ident not in skip:
-            yield BatchItem(ident, obj["text"], mode=mode)
+            yield BatchItem(ident, obj["text"], mode=mode, target_ratio=ratio)
 
 
 def count_lines(path: Path) -> int:

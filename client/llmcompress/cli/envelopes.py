@@ -10,6 +10,21 @@ from ..connect import add_server_arguments, connect
 from .files import human, read_input, write_output
 
 MODES = ["zstd", "lossless", "semantic", "default"]
+TARGET_RATIO_HELP = (
+    "SEMANTIC: the ratio to aim for (above 1; server default: compression.target_ratio, 10). "
+    "Lower keeps more of the text"
+)
+
+
+def target_ratio(value: str) -> float:
+    """argparse type: a ratio above 1, as the server accepts."""
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not ratio > 1:
+        raise argparse.ArgumentTypeError(f"must be above 1, got {value}")
+    return ratio
 
 
 def compress(args: argparse.Namespace) -> int:
@@ -21,7 +36,9 @@ def compress(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     with connect(args) as client:
-        result = client.compress(text, args.mode, verify=args.verify)
+        result = client.compress(
+            text, args.mode, verify=args.verify, target_ratio=args.target_ratio
+        )
     write_output(args.output, result.envelope)
     s = result.stats
     extra = f", degraded: {s.reason}" if s.degraded else (f" ({s.reason})" if s.reason else "")
@@ -41,6 +58,8 @@ def reconstruct(args: argparse.Namespace) -> int:
         result = client.reconstruct(envelope)
     data = result.text.encode("utf-8")
     write_output(args.output, data)
+    if args.output in (None, "-") and data and not data.endswith(b"\n"):
+        print(file=sys.stderr)  # the status line on a line of its own; stdout stays exact
     print(
         f"{human(len(envelope))} -> {human(len(data))}, "
         f"{'exact' if result.exact else 'lossy'}, {time.perf_counter() - t0:.2f}s",
@@ -66,6 +85,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="zstd: exact, no model; lossless: exact, model-coded; semantic: lossy summary; "
         "default: the server's default mode",
     )
+    p.add_argument("--target-ratio", type=target_ratio, metavar="R", help=TARGET_RATIO_HELP)
     verify = p.add_mutually_exclusive_group()
     verify.add_argument(
         "--verify",
