@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-widths bench-alice29 clean stubs proto-baseline
+.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-widths bench-alice29 roundtrip clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -124,6 +124,7 @@ bench-quick: OUT = $(or $(BENCH_OUT),docs/benchmarks/quick)
 bench-lossless: OUT = $(or $(BENCH_OUT),docs/benchmarks/lossless-all)
 bench-widths: OUT = $(or $(BENCH_OUT),docs/benchmarks/engine_widths)
 bench-alice29: OUT = $(or $(BENCH_OUT),docs/benchmarks/alice29)
+roundtrip: OUT = $(or $(BENCH_OUT),docs/benchmarks/roundtrip)
 
 bench: install ## measure modes, baselines and overhead (over an hour on 2 cores); report in docs/benchmarks/standard
 	$(PY) -m bench.run --profile standard --out $(OUT) $(BENCH_ARGS)
@@ -143,6 +144,9 @@ bench-widths: install ## the coding engine's raw speed with every row live, per 
 ALICE29 ?= corpus/alice29.txt
 bench-alice29: install ## the whole alice29.txt as one LOSSLESS text: bits per byte and the share coded piecewise; docs/benchmarks/alice29
 	$(PY) -m bench.lossless --text $(ALICE29) --no-speed --out $(OUT) $(BENCH_ARGS)
+
+roundtrip: install ## the README's round trip: llmc serve with defaults, then one llmc round trip per mode, as typed; docs/benchmarks/roundtrip
+	$(PY) -m bench.roundtrip --out $(OUT) $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and the committed stubs)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
