@@ -412,9 +412,9 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
                 bars.append(sample.value)
     # The quality alert's bar is the configured one (alerts.yml reads this series).
     assert bars == [config.monitoring.alert_quality_threshold]
-    # The README's list of series, with their labels.
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    listed = readme[readme.index("- **Metrics**") : readme.index("- **Logs**")]
+    # The documented list of series (docs/production.md, "Observability"), with their labels.
+    guide = (ROOT / "docs" / "production.md").read_text(encoding="utf-8")
+    listed = guide[guide.index("- **Metrics**") : guide.index("- **Logs**")]
     documented = re.findall(
         r"`((?:compression|reconstruction|quality|llmc|gen_ai)_\w+)(\{[\w,]*\})?`", listed
     )
@@ -426,7 +426,7 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
             if sample_name in (name, f"{name}_bucket", f"{name}_count")
             for sample in samples
         ]
-        assert samples, f"README lists {name}, not exported"
+        assert samples, f"docs/production.md lists {name}, not exported"
         wanted = set(labels.strip("{}").split(",")) - {""}
         assert wanted <= {label for sample in samples for label in sample}, name
     rules = _yaml(DEPLOY / "prometheus/alerts.yml")["groups"]

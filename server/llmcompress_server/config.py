@@ -167,7 +167,7 @@ class EmbeddedConfig(_Section):
     # identity (0): the model's row as it is, the format of before the mixer.
     # mixer-v1 (1): coding/mixer.py, the row mixed with what the text repeats.
     # identity stays the default until the mixer's gain (and its 2 header bytes)
-    # is measured on the benchmark subsets in the product; see README.
+    # is measured on the benchmark subsets in the product; see docs/modes.md.
     coding_row_model: int = 0
     # Model layers on a GPU with a CUDA/Metal build of llama-cpp-python; 0 on
     # a CPU. Recorded in every envelope: GPU kernels give other logits.
@@ -229,8 +229,9 @@ class ModelConfig(_Section):
     ollama_endpoint: str = "http://localhost:11434"
     # The quality gate's bar for quality.overall_score (its docstring has the formula):
     # above every Facts-line-only reconstruction of the evaluation set (at most 0.39) and
-    # below every extract at target 8 (bench/semantic_eval, README "Quality gate"). The
-    # seed's 0.85 was a similarity bar on another score: here it rejects good extracts.
+    # below every extract at target 8 (bench/semantic_eval; docs/modes.md, "The quality
+    # gate"). The seed's 0.85 was a similarity bar on another score: here it rejects good
+    # extracts.
     quality_threshold: float = Field(0.4, ge=0.0, le=1.0)
     backend: BackendKind = BackendKind.AUTO
     embedded: EmbeddedConfig = EmbeddedConfig()
