@@ -28,7 +28,7 @@ from llmcompress_server.coding.layout import Layout, Schedule
 from llmcompress_server.coding.rows import IdentityRowModel
 from llmcompress_server.coding.text import evaluate_tokens
 
-# (width, threads per step, engines); (1, 1, 2) is the default (config.py).
+# (width, threads per step, engines); (1, 1, 2) is the default (core/config.py).
 SETTINGS = ((1, 1, 2), (8, 1, 2), (16, 1, 2), (16, 2, 1), (32, 2, 1), (1, 2, 1))
 N_CTX = 2048
 

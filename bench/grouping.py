@@ -31,8 +31,8 @@ import grpc
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import create_server
-from llmcompress_server.config import load_config
+from llmcompress_server.api.server import create_server
+from llmcompress_server.core.config import load_config
 
 from .overhead import SIMULATOR, _free_port, _wait_listening
 

@@ -37,10 +37,10 @@ import zstandard
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import App, create_server
+from llmcompress_server.api.server import App, create_server
 from llmcompress_server.codecs.lossless import LosslessCodec, fingerprint_fields
-from llmcompress_server.config import Config, EmbeddedConfig, load_config
-from llmcompress_server.domain import Mode
+from llmcompress_server.core.config import Config, EmbeddedConfig, load_config
+from llmcompress_server.core.domain import Mode
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "corpus" / "passages.jsonl"

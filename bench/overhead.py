@@ -23,12 +23,12 @@ import numpy as np
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import create_server
+from llmcompress_server.api.server import create_server
 from llmcompress_server.backends import ChatRequest
 from llmcompress_server.backends.ollama import OllamaEndpoint
-from llmcompress_server.config import OllamaConfig, load_config
-from llmcompress_server.events import ModelCallEnded, NullSink
-from llmcompress_server.summarize import summary_messages, summary_schema
+from llmcompress_server.codecs.semantic.summarize import summary_messages, summary_schema
+from llmcompress_server.core.config import OllamaConfig, load_config
+from llmcompress_server.core.events import ModelCallEnded, NullSink
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATOR = "tests.sim_ollama"

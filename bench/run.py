@@ -32,8 +32,8 @@ import grpc
 from llmcompress import TLS
 from llmcompress.connect import add_connection_arguments, connection, connection_problem
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import create_server
-from llmcompress_server.config import load_config
+from llmcompress_server.api.server import create_server
+from llmcompress_server.core.config import load_config
 
 from . import modes as mode_bench
 from .baselines import compression_baselines, echo_throughput

@@ -32,21 +32,21 @@ from bench.openai_server import llama_openai_server, server_config
 from bench.semantic_ceiling import Oracle
 from bench.semantic_eval import DEV_FACTS, FACTS, EvalText, attribution, kept_facts, load
 from llmcompress.v1 import compression_pb2 as pb
-from llmcompress_server.app import build_codecs
+from llmcompress_server.api.server import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.backends.router import build_text_backend
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.lossless import LosslessCodec
 from llmcompress_server.codecs.semantic import SemanticCodec, pack_body, summary_coding
-from llmcompress_server.config import Config, load_config
-from llmcompress_server.domain import Mode
-from llmcompress_server.embedder import cosine
-from llmcompress_server.entities import Entity
-from llmcompress_server.envelope import open_envelope, seal
-from llmcompress_server.extractive import read_structure
-from llmcompress_server.pipeline import Pipeline
-from llmcompress_server.quality import body_of, chrf
-from llmcompress_server.stages import StageClock
+from llmcompress_server.codecs.semantic.embedder import cosine
+from llmcompress_server.codecs.semantic.entities import Entity
+from llmcompress_server.codecs.semantic.extractive import read_structure
+from llmcompress_server.codecs.semantic.quality import body_of, chrf
+from llmcompress_server.core.config import Config, load_config
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.envelope import open_envelope, seal
+from llmcompress_server.flow.pipeline import Pipeline
+from llmcompress_server.telemetry.stages import StageClock
 
 # The naive-prompt baseline of issue 4 (SmolLM2-135M, held-out chat logs): QUOTED from
 # that issue, not measured by this harness.

@@ -25,9 +25,9 @@ import numpy as np
 
 from bench.semantic_eval import EvalText, kept_facts, normalize
 from llmcompress_server.codecs.lossless import LosslessCodec
+from llmcompress_server.codecs.semantic.extractive import Structure, pieces, render
 from llmcompress_server.codecs.semantic.fit import body_room
 from llmcompress_server.coding.rows import Weights
-from llmcompress_server.extractive import Structure, pieces, render
 
 # The coded stream's own field in the body (tag and length) and n_tokens' second byte:
 # what `body_room` (which seals an empty stream of one token) leaves out.

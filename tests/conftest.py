@@ -19,11 +19,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import App, create_server
+from llmcompress_server.api.server import App, create_server
 from llmcompress_server.backends.router import BackendRouter
-from llmcompress_server.config import Config, load_config
-from llmcompress_server.domain import Mode
-from llmcompress_server.events import EventSink
+from llmcompress_server.core.config import Config, load_config
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.events import EventSink
 
 if TYPE_CHECKING:
     from tests.sim_ollama import SimOllama

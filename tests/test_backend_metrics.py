@@ -15,10 +15,10 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
-from llmcompress_server.app import App, create_server
+from llmcompress_server.api.server import App, create_server
 from llmcompress_server.backends import ChatRequest
 from llmcompress_server.backends.router import BackendRouter
-from llmcompress_server.errors import BackendUnavailable
+from llmcompress_server.core.errors import BackendUnavailable
 from llmcompress_server.telemetry import setup_telemetry
 from tests.conftest import SimFactory, make_config
 from tests.sim_ollama import SimOllama, SimOptions

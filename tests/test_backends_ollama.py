@@ -14,8 +14,8 @@ from llmcompress_server.backends.ollama import OllamaEndpoint, normalise_host
 from llmcompress_server.backends.pool import EndpointPool
 from llmcompress_server.backends.ratelimit import TokenBucket
 from llmcompress_server.backends.retry import RetryPolicy
-from llmcompress_server.deadline import deadline_scope
-from llmcompress_server.errors import (
+from llmcompress_server.core.deadline import deadline_scope
+from llmcompress_server.core.errors import (
     BackendProtocolError,
     BackendTimeout,
     BackendUnavailable,

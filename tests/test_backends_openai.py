@@ -9,7 +9,7 @@ import pytest
 from llmcompress_server.backends import ChatRequest
 from llmcompress_server.backends.openai import OpenAIEndpoint
 from llmcompress_server.backends.router import BackendRouter, build_text_backend
-from llmcompress_server.errors import BackendError, ModelNotFound
+from llmcompress_server.core.errors import BackendError, ModelNotFound
 from tests.conftest import SimFactory, make_config
 from tests.test_backends_ollama import HELLO, MODEL, SCHEMA
 

@@ -22,9 +22,9 @@ from llmcompress_server.backends.router import (
     tier_order,
 )
 from llmcompress_server.backends.transport import status_error
-from llmcompress_server.config import BackendKind, ModelTiers, load_config
-from llmcompress_server.envelope import ModelIdentity
-from llmcompress_server.errors import (
+from llmcompress_server.core.config import BackendKind, ModelTiers, load_config
+from llmcompress_server.core.envelope import ModelIdentity
+from llmcompress_server.core.errors import (
     BackendError,
     BackendProtocolError,
     BackendTimeout,

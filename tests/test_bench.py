@@ -20,7 +20,7 @@ from bench.run import add_arguments, optional_section, problems, run
 from bench.run import main as bench_main
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.zstd import ZstdCodec
-from llmcompress_server.envelope import seal
+from llmcompress_server.core.envelope import seal
 
 EDGES = [1024, 2048, 4096]
 

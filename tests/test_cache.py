@@ -17,10 +17,15 @@ import redis.asyncio as aioredis
 from llmcompress.cli import main as llmc_main
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import App, build_codecs
+from llmcompress_server.api.server import App, build_codecs
 from llmcompress_server.backends import TextBackend
 from llmcompress_server.backends.router import build_text_backend
-from llmcompress_server.cache import (
+from llmcompress_server.codecs import CompressOptions, Decoded, Encoded
+from llmcompress_server.codecs.zstd import ZstdCodec
+from llmcompress_server.core.domain import CompressCommand, Mode
+from llmcompress_server.core.errors import BackendUnavailable
+from llmcompress_server.core.events import NullSink
+from llmcompress_server.flow.cache import (
     REDIS_NAMESPACE,
     CacheableCodec,
     CachedResult,
@@ -28,13 +33,8 @@ from llmcompress_server.cache import (
     SingleFlight,
     cache_key,
 )
-from llmcompress_server.codecs import CompressOptions, Decoded, Encoded
-from llmcompress_server.codecs.zstd import ZstdCodec
-from llmcompress_server.domain import CompressCommand, Mode
-from llmcompress_server.errors import BackendUnavailable
-from llmcompress_server.events import NullSink
-from llmcompress_server.pipeline import Pipeline
-from llmcompress_server.stages import StageClock
+from llmcompress_server.flow.pipeline import Pipeline
+from llmcompress_server.telemetry.stages import StageClock
 from tests.conftest import (
     RedisServer,
     SimFactory,
@@ -127,7 +127,7 @@ def test_entry_round_trip_and_rejections() -> None:
     data = TEXT.encode()
     codec = ZstdCodec(3)
     env = pb.Envelope(mode=pb.MODE_ZSTD, zstd=pb.ZstdBody(frame=codec.compress_bytes(data)))
-    from llmcompress_server.envelope import seal
+    from llmcompress_server.core.envelope import seal
 
     blob = seal(data, env)
     key = cache_key(data, Mode.ZSTD, codec.cache_params(CompressOptions()))
@@ -139,7 +139,7 @@ def test_entry_round_trip_and_rejections() -> None:
     assert back.mode is Mode.ZSTD
     assert back.reason == "r"
     assert back.quality is not None and back.quality.overall == 0.5
-    from llmcompress_server.cache import CorruptEntry
+    from llmcompress_server.flow.cache import CorruptEntry
 
     with pytest.raises(CorruptEntry):
         CachedResult.unpack(key, b"garbage", data)

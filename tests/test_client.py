@@ -33,7 +33,7 @@ from llmcompress import (
     Unavailable,
 )
 from llmcompress._errors import from_rpc_error, from_status, retry_hint
-from llmcompress_server.app import App
+from llmcompress_server.api.server import App
 
 from .conftest import ROOT, SimFactory, StartServer, semantic_server, slow_text
 

@@ -13,7 +13,7 @@ from google.rpc import status_pb2
 from llmcompress import AsyncClient, Client, Mode, Progress, RetryPolicy, Unavailable
 from llmcompress._stream import PULL, RESEND, StreamDefaults, StreamRun
 from llmcompress.v1 import compression_pb2 as pb
-from llmcompress_server.app import App
+from llmcompress_server.api.server import App
 
 from .conftest import StartServer
 

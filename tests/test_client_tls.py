@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from llmcompress import TLS, AsyncClient, Mode, RetryPolicy, Unauthenticated, Unavailable
-from llmcompress_server.app import App, create_server
+from llmcompress_server.api.server import App, create_server
 
 from .conftest import make_config, require_tool
 

@@ -21,7 +21,7 @@ from llmcompress_server.coding.engine import CodingEngine, ContextKey, StreamWor
 from llmcompress_server.coding.layout import Layout, Schedule
 from llmcompress_server.coding.rows import IdentityRowModel, StreamEncoder
 from llmcompress_server.coding.text import decode_tokens, encode_tokens
-from llmcompress_server.errors import DataLoss
+from llmcompress_server.core.errors import DataLoss
 
 pytestmark = pytest.mark.model
 

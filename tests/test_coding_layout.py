@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from llmcompress_server.coding.engine import CodingEngine, ContextKey, StreamWork
 from llmcompress_server.coding.layout import Layout, Schedule
 from llmcompress_server.coding.rows import IdentityRowModel, StreamEvaluator
-from llmcompress_server.errors import BackendError, Overloaded
+from llmcompress_server.core.errors import BackendError, Overloaded
 
 
 def test_t1_is_consecutive_chunks_of_n_ctx() -> None:

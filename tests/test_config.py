@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmcompress_server.config import ConfigError, load_config
-from llmcompress_server.domain import Mode
+from llmcompress_server.core.config import ConfigError, load_config
+from llmcompress_server.core.domain import Mode
 
 SEED = Path(__file__).resolve().parents[1] / "examples" / "seed-config.yaml"
 

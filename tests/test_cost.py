@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import App, create_server
+from llmcompress_server.api.server import App, create_server
 from llmcompress_server.telemetry import Telemetry, setup_telemetry
 from tests.conftest import SimFactory, StartServer, load_corpus, make_config
 from tests.sim_ollama import SimOllama

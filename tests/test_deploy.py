@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from llmcompress_server.config import Config, load_config
-from llmcompress_server.events import CodingJobEnded
+from llmcompress_server.core.config import Config, load_config
+from llmcompress_server.core.events import CodingJobEnded
 
 from .conftest import ROOT, require_tool
 
@@ -353,9 +353,9 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
 
     from llmcompress.v1 import compression_pb2 as pb
     from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-    from llmcompress_server.app import create_server
+    from llmcompress_server.api.server import create_server
     from llmcompress_server.backends import ChatRequest
-    from llmcompress_server.errors import BackendError
+    from llmcompress_server.core.errors import BackendError
     from llmcompress_server.telemetry import setup_telemetry
 
     from .conftest import make_config

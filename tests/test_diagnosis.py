@@ -9,7 +9,7 @@ import grpc
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import App
+from llmcompress_server.api.server import App
 from tests.conftest import SimFactory, StartServer, load_corpus, semantic_server, slow_text
 
 

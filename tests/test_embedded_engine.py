@@ -10,8 +10,8 @@ import pytest
 
 from llmcompress_server.backends import ChatRequest
 from llmcompress_server.backends.embedded import EmbeddedEngine, Worker, file_sha256
-from llmcompress_server.config import EmbeddedConfig
-from llmcompress_server.errors import Overloaded
+from llmcompress_server.core.config import EmbeddedConfig
+from llmcompress_server.core.errors import Overloaded
 
 pytestmark = pytest.mark.model
 

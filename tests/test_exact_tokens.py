@@ -22,9 +22,9 @@ from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.backends.embedded import EmbeddedEngine, default_model_path
 from llmcompress_server.codecs.lossless import LosslessCodec
 from llmcompress_server.codecs.semantic import summary_coding
-from llmcompress_server.domain import Mode
-from llmcompress_server.errors import DataLoss
-from llmcompress_server.tokens import ExactTokenizer, Unrepresentable, escape, unescape
+from llmcompress_server.coding.tokens import ExactTokenizer, Unrepresentable, escape, unescape
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.errors import DataLoss
 
 from .conftest import CORPUS, StartServer, make_config
 

@@ -12,10 +12,10 @@ import grpc
 import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
-from llmcompress_server.batch import BatchRunner
-from llmcompress_server.deadline import remaining
-from llmcompress_server.domain import CompressCommand, CompressOutcome, Mode
-from llmcompress_server.errors import BackendUnavailable, InvalidInput
+from llmcompress_server.core.deadline import remaining
+from llmcompress_server.core.domain import CompressCommand, CompressOutcome, Mode
+from llmcompress_server.core.errors import BackendUnavailable, InvalidInput
+from llmcompress_server.flow.batch import BatchRunner
 
 
 def outcome(cmd: CompressCommand) -> CompressOutcome:

@@ -25,7 +25,7 @@ import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import App
+from llmcompress_server.api.server import App
 from llmcompress_server.backends.router import BackendRouter
 from tests.conftest import (
     ROOT,

@@ -16,11 +16,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import create_server
+from llmcompress_server.api.server import create_server
 from llmcompress_server.backends import ChatResult
-from llmcompress_server.config import ConfigError
-from llmcompress_server.envelope import ModelIdentity
-from llmcompress_server.grouping import SharedSummary, StreamGroups, adapt, substitutions
+from llmcompress_server.codecs.semantic.grouping import (
+    SharedSummary,
+    StreamGroups,
+    adapt,
+    substitutions,
+)
+from llmcompress_server.core.config import ConfigError
+from llmcompress_server.core.envelope import ModelIdentity
 from llmcompress_server.telemetry import setup_telemetry
 from tests.conftest import SimFactory, StartServer, load_corpus, make_config
 from tests.sim_ollama import SimOllama, SimOptions

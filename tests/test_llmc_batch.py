@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from llmcompress_server.app import App
+from llmcompress_server.api.server import App
 
 from .conftest import CORPUS, StartServer, load_corpus
 

@@ -19,7 +19,7 @@ import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import create_server
+from llmcompress_server.api.server import create_server
 from llmcompress_server.codecs.lossless import (
     LosslessCodec,
     build_of,
@@ -30,8 +30,8 @@ from llmcompress_server.codecs.lossless import (
     fingerprint_fields,
     pack_versions,
 )
-from llmcompress_server.domain import Mode
-from llmcompress_server.envelope import FORMAT_VERSION, model_prefix
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.envelope import FORMAT_VERSION, model_prefix
 
 from .conftest import StartServer, make_config
 
@@ -100,7 +100,7 @@ def _edited(envelope: bytes, edit: str, value: object) -> bytes:
 
 async def test_the_default_engine_and_a_lone_text_at_width_1(start_server: StartServer) -> None:
     text = "Width one by default; sixteen when asked for."
-    # The default (config.py, measured): width 1 in 2 engines, the layout of before
+    # The default (core/config.py, measured): width 1 in 2 engines, the layout of before
     # the engine (schedule t1).
     app = await start_server()
     one = await _compress(app.address, text)

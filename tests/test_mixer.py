@@ -22,7 +22,7 @@ from llmcompress_server.coding.rows import (
     StreamDecoder,
     StreamEncoder,
 )
-from llmcompress_server.config import ROW_MODEL_IDS, ConfigError
+from llmcompress_server.core.config import ROW_MODEL_IDS, ConfigError
 
 from .conftest import StartServer, make_config
 

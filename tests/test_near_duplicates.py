@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from llmcompress_server.near_duplicates import (
+from llmcompress_server.codecs.semantic.near_duplicates import (
     RECALL_AT_THRESHOLD,
     NearDuplicateIndex,
     candidate_probability,

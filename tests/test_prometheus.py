@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import create_server
+from llmcompress_server.api.server import create_server
 from llmcompress_server.telemetry import Telemetry, setup_telemetry
 from tests.conftest import make_config, require_tool
 

@@ -20,9 +20,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.auth import RateLimiter, client_label, load_tokens
-from llmcompress_server.config import ConfigError, SecurityConfig
-from llmcompress_server.errors import Overloaded
+from llmcompress_server.api.auth import RateLimiter, client_label, load_tokens
+from llmcompress_server.core.config import ConfigError, SecurityConfig
+from llmcompress_server.core.errors import Overloaded
 
 from .conftest import StartServer
 
@@ -193,7 +193,7 @@ async def test_mtls_requires_a_client_certificate(start_server: StartServer, pki
 
 
 def test_tls_config_mistakes_name_the_key(pki: Pki, tmp_path: Path) -> None:
-    from llmcompress_server.tls import server_credentials
+    from llmcompress_server.api.tls import server_credentials
 
     with pytest.raises(ConfigError, match=r"tls_cert and security\.tls_key"):
         server_credentials(SecurityConfig(tls_cert=pki.server_cert))

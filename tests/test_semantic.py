@@ -10,7 +10,7 @@ import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import App
+from llmcompress_server.api.server import App
 from llmcompress_server.backends import ChatRequest, ChatResult, Embeddings
 from llmcompress_server.codecs.semantic import (
     SemanticCodec,
@@ -19,12 +19,9 @@ from llmcompress_server.codecs.semantic import (
     residual_facts,
     unpack_body,
 )
-from llmcompress_server.domain import Mode
-from llmcompress_server.embedder import MiniLMEmbedder, cosine
-from llmcompress_server.entities import Entity, extract_entities, missing_entities
-from llmcompress_server.envelope import ModelIdentity
-from llmcompress_server.errors import DataLoss
-from llmcompress_server.quality import (
+from llmcompress_server.codecs.semantic.embedder import MiniLMEmbedder, cosine
+from llmcompress_server.codecs.semantic.entities import Entity, extract_entities, missing_entities
+from llmcompress_server.codecs.semantic.quality import (
     body_of,
     chrf,
     entity_recall,
@@ -32,7 +29,15 @@ from llmcompress_server.quality import (
     score,
     with_facts_line,
 )
-from llmcompress_server.summarize import InvalidSummary, expand, parse_summary, summary_schema
+from llmcompress_server.codecs.semantic.summarize import (
+    InvalidSummary,
+    expand,
+    parse_summary,
+    summary_schema,
+)
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.envelope import ModelIdentity
+from llmcompress_server.core.errors import DataLoss
 from tests.conftest import StartServer
 
 

@@ -9,12 +9,12 @@ import pytest
 
 from bench.semantic_ceiling import Oracle, best_units
 from bench.semantic_eval import kept_facts, load
-from llmcompress_server.app import build_codecs
+from llmcompress_server.api.server import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.codecs.lossless import LosslessCodec
 from llmcompress_server.codecs.semantic import summary_coding
-from llmcompress_server.domain import Mode
-from llmcompress_server.extractive import read_structure
+from llmcompress_server.codecs.semantic.extractive import read_structure
+from llmcompress_server.core.domain import Mode
 from tests.conftest import make_config
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import build_codecs
+from llmcompress_server.api.server import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.semantic import (
@@ -18,15 +18,15 @@ from llmcompress_server.codecs.semantic import (
     keep_extract,
     unpack_body,
 )
+from llmcompress_server.codecs.semantic.embedder import MiniLMEmbedder
+from llmcompress_server.codecs.semantic.entities import Entity, extract_entities, missing_entities
+from llmcompress_server.codecs.semantic.extractive import rank_text, read_structure, render
+from llmcompress_server.codecs.semantic.summarize import MAX_SUMMARY_CHARS, summarize
 from llmcompress_server.codecs.semantic.summary_coding import coded_text, parse_coded_text
 from llmcompress_server.coding.engine import JobTiming, StreamWork
-from llmcompress_server.domain import Mode
-from llmcompress_server.embedder import MiniLMEmbedder
-from llmcompress_server.entities import Entity, extract_entities, missing_entities
-from llmcompress_server.envelope import open_envelope, seal
-from llmcompress_server.extractive import rank_text, read_structure, render
-from llmcompress_server.stages import StageClock
-from llmcompress_server.summarize import MAX_SUMMARY_CHARS, summarize
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.envelope import open_envelope, seal
+from llmcompress_server.telemetry.stages import StageClock
 from tests.conftest import StartServer, make_config
 from tests.test_semantic import GarbageBackend, passage
 

@@ -12,15 +12,15 @@ import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import build_codecs, short_text_store
+from llmcompress_server.api.server import build_codecs, short_text_store
 from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.codecs import CompressOptions, TooShort
 from llmcompress_server.codecs.semantic import SemanticCodec
-from llmcompress_server.domain import Mode
-from llmcompress_server.envelope import open_envelope, seal
-from llmcompress_server.extractive import read_structure
-from llmcompress_server.quality import body_of
-from llmcompress_server.stages import StageClock
+from llmcompress_server.codecs.semantic.extractive import read_structure
+from llmcompress_server.codecs.semantic.quality import body_of
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.envelope import open_envelope, seal
+from llmcompress_server.telemetry.stages import StageClock
 from tests.conftest import SimFactory, StartServer, make_config, semantic_server
 from tests.test_semantic import GarbageBackend, passage
 

@@ -16,7 +16,7 @@ import pytest
 from bench.openai_server import MODEL_ALIAS, llama_openai_server, server_config
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.quality import body_of
+from llmcompress_server.codecs.semantic.quality import body_of
 from tests.conftest import StartServer
 
 pytestmark = pytest.mark.model

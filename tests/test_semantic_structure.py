@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 
 from bench.semantic_eval import attribution, load
-from llmcompress_server.app import build_codecs
+from llmcompress_server.api.server import build_codecs
 from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.semantic import SemanticCodec
-from llmcompress_server.domain import Mode
-from llmcompress_server.envelope import open_envelope, seal
-from llmcompress_server.errors import CannotEncode
-from llmcompress_server.extractive import Ranked, read_structure, render
-from llmcompress_server.quality import body_of
-from llmcompress_server.stages import StageClock
+from llmcompress_server.codecs.semantic.extractive import Ranked, read_structure, render
+from llmcompress_server.codecs.semantic.quality import body_of
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.envelope import open_envelope, seal
+from llmcompress_server.core.errors import CannotEncode
+from llmcompress_server.telemetry.stages import StageClock
 from tests.conftest import make_config
 
 CHAT = (

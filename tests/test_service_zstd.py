@@ -11,8 +11,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import App
-from llmcompress_server.envelope import FORMAT_VERSION, MAGIC
+from llmcompress_server.api.server import App
+from llmcompress_server.core.envelope import FORMAT_VERSION, MAGIC
 
 from .conftest import StartServer, slow_text
 
@@ -334,7 +334,7 @@ async def test_overload_is_refused_at_once_with_a_retry_hint(start_server: Start
 
 
 async def test_a_second_server_on_the_same_port_is_refused(server: App) -> None:
-    from llmcompress_server.app import create_server
+    from llmcompress_server.api.server import create_server
 
     from .conftest import make_config
 

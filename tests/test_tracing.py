@@ -22,12 +22,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server import stages
-from llmcompress_server.app import App, create_server
-from llmcompress_server.bottleneck import StageWindow
-from llmcompress_server.config import Config
-from llmcompress_server.events import Events
-from llmcompress_server.telemetry import Telemetry, configure_logging, setup_telemetry
+from llmcompress_server.api.server import App, create_server
+from llmcompress_server.core.config import Config
+from llmcompress_server.core.events import Events
+from llmcompress_server.telemetry import Telemetry, configure_logging, setup_telemetry, stages
+from llmcompress_server.telemetry.bottleneck import StageWindow
 from tests.conftest import make_config
 
 SERVICE = "/llmcompress.v1.CompressionService/"
@@ -307,7 +306,7 @@ def test_slowest_stage_is_the_leaf_not_its_parent() -> None:
 
 
 async def test_llm_call_span_and_genai_metrics(traced: Traced) -> None:
-    from llmcompress_server.errors import BackendTimeout
+    from llmcompress_server.core.errors import BackendTimeout
 
     # What this server's backends report to: its stage window, its metrics, its tracer.
     events = traced.app.pipeline.events

@@ -22,9 +22,9 @@ import grpc
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
-from llmcompress_server.app import App
+from llmcompress_server.api.server import App
 from llmcompress_server.backends.router import BackendRouter
-from llmcompress_server.envelope import FORMAT_VERSION
+from llmcompress_server.core.envelope import FORMAT_VERSION
 
 from ..conftest import slow_text
 from ..sim_ollama import SimOllama
@@ -190,7 +190,7 @@ async def _no_body(c: Caller) -> bytes:
 async def _zstd_of_non_utf8(c: Caller) -> bytes:
     import zstandard
 
-    from llmcompress_server.envelope import text_hash
+    from llmcompress_server.core.envelope import text_hash
 
     raw = b"\xff\xfe not utf-8 \xc3"
     env = pb.Envelope.FromString(await c.envelope())

@@ -20,11 +20,11 @@ from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.backends.router import BackendRouter, build_text_backend
 from llmcompress_server.codecs.lossless import LosslessCodec
 from llmcompress_server.codecs.semantic import SemanticCodec, pack_body, summary_coding
+from llmcompress_server.codecs.semantic.entities import Entity
 from llmcompress_server.codecs.zstd import ZstdCodec
-from llmcompress_server.domain import Mode
-from llmcompress_server.entities import Entity
-from llmcompress_server.envelope import seal
-from llmcompress_server.pipeline import Pipeline
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.envelope import seal
+from llmcompress_server.flow.pipeline import Pipeline
 
 from ..conftest import make_config
 from ..sim_ollama import SimOllama, SimOptions

@@ -15,10 +15,10 @@ import asyncio
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.zstd import ZstdCodec
-from llmcompress_server.domain import Mode
-from llmcompress_server.envelope import seal, text_hash
-from llmcompress_server.errors import BackendError, DataLoss, InvalidInput, PreconditionFailed
-from llmcompress_server.pipeline import Pipeline
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.envelope import seal, text_hash
+from llmcompress_server.core.errors import BackendError, DataLoss, InvalidInput, PreconditionFailed
+from llmcompress_server.flow.pipeline import Pipeline
 
 from ..conftest import load_corpus, make_config
 

@@ -7,7 +7,7 @@ import zstandard
 from hypothesis import strategies as st
 
 from llmcompress.v1 import compression_pb2 as pb
-from llmcompress_server.envelope import FORMAT_VERSION, MAGIC, text_hash
+from llmcompress_server.core.envelope import FORMAT_VERSION, MAGIC, text_hash
 
 _u64 = st.integers(0, 2**64 - 1)
 _u32 = st.integers(0, 2**32 - 1)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from llmcompress.v1 import compression_pb2 as pb
-from llmcompress_server.app import App, create_server
+from llmcompress_server.api.server import App, create_server
 
 from ..conftest import RedisServer, make_config, semantic_config
 from ..sim_ollama import SimOllama, SimOptions

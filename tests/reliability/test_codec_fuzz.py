@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.semantic import SemanticCodec
-from llmcompress_server.domain import Mode
-from llmcompress_server.envelope import seal
-from llmcompress_server.errors import ContextExceeded, DataLoss
-from llmcompress_server.pipeline import Pipeline
+from llmcompress_server.core.domain import Mode
+from llmcompress_server.core.envelope import seal
+from llmcompress_server.core.errors import ContextExceeded, DataLoss
+from llmcompress_server.flow.pipeline import Pipeline
 
 from .codec_property import MAX_TEXT, MODEL_WITHIN, ModelPipeline, run_model_pipeline
 from .envelope_property import check

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..envelope import ModelIdentity
+from ..core.envelope import ModelIdentity
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..coding.engine import CodingEngine, ContextKey
-from ..config import EmbeddedConfig
-from ..envelope import ModelIdentity
-from ..errors import ContextExceeded, Overloaded, PreconditionFailed
-from ..events import Events
-from ..stages import llm_call
+from ..core.config import EmbeddedConfig
+from ..core.envelope import ModelIdentity
+from ..core.errors import ContextExceeded, Overloaded, PreconditionFailed
+from ..core.events import Events
+from ..telemetry.stages import llm_call
 from . import ChatRequest, ChatResult, Embeddings
 
 log = logging.getLogger(__name__)

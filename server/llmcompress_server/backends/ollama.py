@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..envelope import ModelIdentity
-from ..errors import BackendProtocolError
-from ..events import Events
-from ..stages import llm_call
+from ..core.envelope import ModelIdentity
+from ..core.errors import BackendProtocolError
+from ..core.events import Events
+from ..telemetry.stages import llm_call
 from . import ChatRequest, ChatResult
 from .transport import ClientSlots, backend_errors, json_object, split_address, status_error
 

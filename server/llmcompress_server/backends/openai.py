@@ -11,11 +11,11 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import SchemaFormat
-from ..envelope import ModelIdentity
-from ..errors import BackendProtocolError
-from ..events import Events
-from ..stages import llm_call
+from ..core.config import SchemaFormat
+from ..core.envelope import ModelIdentity
+from ..core.errors import BackendProtocolError
+from ..core.events import Events
+from ..telemetry.stages import llm_call
 from . import ChatRequest, ChatResult
 from .transport import ClientSlots, backend_errors, json_object, split_address, status_error
 

@@ -22,16 +22,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from ..deadline import remaining
-from ..envelope import ModelIdentity
-from ..errors import (
+from ..core.deadline import remaining
+from ..core.envelope import ModelIdentity
+from ..core.errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
     DeadlineExceeded,
     ModelNotFound,
 )
-from ..events import Events
+from ..core.events import Events
 from . import ChatRequest, ChatResult
 from .breaker import BreakerState, CircuitBreaker
 from .ratelimit import TokenBucket

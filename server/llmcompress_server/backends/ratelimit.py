@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..errors import DeadlineExceeded
+from ..core.errors import DeadlineExceeded
 
 
 class TokenBucket:

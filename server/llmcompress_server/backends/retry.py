@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..errors import BackendError
+from ..core.errors import BackendError
 
 
 @dataclass(frozen=True)

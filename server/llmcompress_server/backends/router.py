@@ -22,10 +22,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ..config import BackendKind, Config, ModelTiers
-from ..envelope import ModelIdentity
-from ..errors import BackendError, BackendUnavailable, Overloaded, PreconditionFailed
-from ..events import Events
+from ..core.config import BackendKind, Config, ModelTiers
+from ..core.envelope import ModelIdentity
+from ..core.errors import BackendError, BackendUnavailable, Overloaded, PreconditionFailed
+from ..core.events import Events
 from . import ChatRequest, ChatResult, Embeddings, TextBackend
 from .ollama import OllamaEndpoint, normalise_host
 from .openai import OpenAIEndpoint

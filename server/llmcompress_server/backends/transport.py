@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by the Ollama and OpenAI backends: httpx errors and statuses -> errors.py.
+"""HTTP plumbing shared by the Ollama and OpenAI backends: httpx errors and statuses -> ours.
 
 Translation happens here, at the boundary (like httpx's own
 `map_httpcore_exceptions`), so pools, retries and codecs only ever see the
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import (
+from ..core.errors import (
     BackendError,
     BackendProtocolError,
     BackendTimeout,

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ..envelope import ModelIdentity
-from ..errors import CannotEncode
-from ..stages import StageClock
+from ..core.envelope import ModelIdentity
+from ..core.errors import CannotEncode
+from ..telemetry.stages import StageClock
 
 if TYPE_CHECKING:
-    from ..grouping import Membership
+    from .semantic.grouping import Membership
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Encoded:
     # Model fallbacks the backend took on the way (ChatResult.fallbacks), in order.
     fallbacks: list[str] = field(default_factory=list)
     # Bytes of the model-coded text carried by tokens the tokenizer would not have
-    # produced there (`tokens.ExactTokenizer`); 0 when nothing was model-coded.
+    # produced there (`coding/tokens.py`: `ExactTokenizer`); 0 when nothing was model-coded.
     piecewise_bytes: int = 0
 
 

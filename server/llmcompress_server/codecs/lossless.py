@@ -44,12 +44,12 @@ from ..coding import text as coded_text
 from ..coding.engine import ContextKey, JobTiming, StreamWork
 from ..coding.layout import Layout, Schedule
 from ..coding.rows import IDENTITY, ROW_MODELS, Coder, RowModelFactory, StopCoding, row_model_spec
-from ..config import CodingSchedule
-from ..envelope import model_name, model_prefix
-from ..errors import CannotEncode, DataLoss, PreconditionFailed
-from ..events import CodingJobEnded, ModelCallEnded
-from ..stages import StageClock
-from ..tokens import ExactTokenizer, Tokenized, unescape
+from ..coding.tokens import ExactTokenizer, Tokenized, unescape
+from ..core.config import CodingSchedule
+from ..core.envelope import model_name, model_prefix
+from ..core.errors import CannotEncode, DataLoss, PreconditionFailed
+from ..core.events import CodingJobEnded, ModelCallEnded
+from ..telemetry.stages import StageClock
 from . import CompressOptions, Decoded, Encoded
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ class LosslessCodec:
         the caller), everything else to this server's width.
 
         A wide step of k live rows codes a text at k/W of the engine's full-width
-        rate: 72 tok/s at width 16 against 48 at width 1 (config.py), so width 1
+        rate: 72 tok/s at width 16 against 48 at width 1 (core/config.py), so width 1
         is faster for k < 16 x 48/72 ~ 10.7. Before, only k = 1 went narrow, and a
         lone 5 KB Compress (2 streams) ran ~5x slower than at width 1.
         """

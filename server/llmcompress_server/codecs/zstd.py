@@ -9,8 +9,8 @@ import zstandard
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ..errors import DataLoss
-from ..stages import StageClock
+from ..core.errors import DataLoss
+from ..telemetry.stages import StageClock
 from . import CompressOptions, Decoded, Encoded
 
 # Below this, compressing inline is cheaper than a hop to a thread.

@@ -1,1 +1,2 @@
-"""LOSSLESS coding: the fixed-width engine, stream layout, and each stream's row stage and coder."""
+"""LOSSLESS coding: the fixed-width engine, stream layout, each stream's row stage and coder,
+and the exact tokenizer."""

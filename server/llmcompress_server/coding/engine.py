@@ -29,7 +29,7 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import BackendError, LLMCompressError, Overloaded
+from ..core.errors import BackendError, LLMCompressError, Overloaded
 from .layout import Schedule
 from .rows import Coder, RowModel
 

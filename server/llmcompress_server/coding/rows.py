@@ -11,7 +11,7 @@ import constriction
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import DataLoss, PreconditionFailed
+from ..core.errors import DataLoss, PreconditionFailed
 from .mixer import mixer_v1
 
 Probs = npt.NDArray[np.float32]

@@ -1,4 +1,5 @@
-"""OpenTelemetry for the service: traces, Prometheus metrics and logs, set up once at start-up."""
+"""What the service measures: stage timing, the stage window GetStats reads, token cost, and
+OpenTelemetry traces, Prometheus metrics and logs, set up once at start-up."""
 
 from .logs import JsonFormatter, TextFormatter, TraceContextFilter, configure_logging
 from .metrics import Metrics

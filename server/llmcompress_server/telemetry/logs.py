@@ -9,7 +9,7 @@ from typing import IO, Any
 
 from opentelemetry import trace
 
-from ..config import LogFormat, MonitoringConfig
+from ..core.config import LogFormat, MonitoringConfig
 
 # Attributes every LogRecord has; anything else was passed in `extra=`.
 _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

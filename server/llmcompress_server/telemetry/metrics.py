@@ -41,10 +41,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ..cost import Pricing
-from ..domain import Mode
-from ..errors import InvalidInput
-from ..events import CodingJobEnded, ModelCallEnded
+from ..core.domain import Mode
+from ..core.errors import InvalidInput
+from ..core.events import CodingJobEnded, ModelCallEnded
+from .cost import Pricing
 
 # Latencies span a 1 ms zstd call to a minutes-long CPU summary.
 LATENCY_BUCKETS: tuple[float, ...] = (

@@ -1,4 +1,4 @@
-"""Set up once at the entry point (`app.serve`): the tracer provider, metrics and httpx spans.
+"""Set up once at the entry point (api/server.py `serve`): tracer provider, metrics, httpx spans.
 
 Tests pass their own tracer provider and metric readers instead of touching
 process globals.
@@ -28,10 +28,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ..config import Config, MonitoringConfig
-from ..cost import Pricing
-from ..events import TRACER_NAME
-from .interceptor import RequestMetricsInterceptor
+from ..api.request_metrics import RequestMetricsInterceptor
+from ..core.config import Config, MonitoringConfig
+from ..core.events import TRACER_NAME
+from .cost import Pricing
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)

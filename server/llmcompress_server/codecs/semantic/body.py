@@ -14,9 +14,9 @@ import brotli
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ...entities import Entity, extract_entities, missing_entities
-from ...errors import DataLoss
-from ...quality import with_facts_line
+from ...core.errors import DataLoss
+from .entities import Entity, extract_entities, missing_entities
+from .quality import with_facts_line
 
 # Kinds a reader asks for by value come first on a Facts line short of room; names last
 # (a name out of context says least, and the extract's sentences hold most of them).

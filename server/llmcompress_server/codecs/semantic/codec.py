@@ -33,29 +33,17 @@ import hashlib
 from llmcompress.v1 import compression_pb2 as pb
 
 from ...backends import TextBackend
-from ...config import Config, QualityGate, SemanticCoder, SemanticSummary
-from ...embedder import MiniLMEmbedder
-from ...entities import Entity, extract_entities, missing_entities
-from ...envelope import ModelIdentity, model_name
-from ...errors import CannotEncode, PreconditionFailed
-from ...extractive import Ranked, Vector, rank_text, read_structure
-from ...grouping import Membership, SharedSummary, adapt
-from ...quality import score, with_facts_line
-from ...stages import StageClock
-from ...summarize import (
-    EXPAND_SYSTEM,
-    SUMMARY_SYSTEM,
-    Expansion,
-    InvalidSummary,
-    Summary,
-    expand,
-    summarize,
-    summary_messages,
-)
+from ...core.config import Config, QualityGate, SemanticCoder, SemanticSummary
+from ...core.envelope import ModelIdentity, model_name
+from ...core.errors import CannotEncode, PreconditionFailed
+from ...telemetry.stages import StageClock
 from .. import BelowQuality, CompressOptions, Decoded, Encoded, TooShort
 from ..lossless import LosslessCodec
 from . import summary_coding
 from .body import keep_extract, required_entities, unpack_body
+from .embedder import MiniLMEmbedder
+from .entities import Entity, extract_entities, missing_entities
+from .extractive import Ranked, Vector, rank_text, read_structure
 from .fit import (
     BEST_RATIO_CODED,
     BEST_RATIO_PACKED,
@@ -66,6 +54,18 @@ from .fit import (
     picked,
     summary_budget,
     trimmed,
+)
+from .grouping import Membership, SharedSummary, adapt
+from .quality import score, with_facts_line
+from .summarize import (
+    EXPAND_SYSTEM,
+    SUMMARY_SYSTEM,
+    Expansion,
+    InvalidSummary,
+    Summary,
+    expand,
+    summarize,
+    summary_messages,
 )
 
 

@@ -20,15 +20,15 @@ import brotli
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ...entities import Entity
-from ...envelope import ModelIdentity, seal
-from ...extractive import Ranked, pieces
-from ...stages import StageClock
-from ...summarize import trim_words
+from ...core.envelope import ModelIdentity, seal
+from ...telemetry.stages import StageClock
 from .. import CompressOptions, Encoded
 from ..lossless import LosslessCodec
 from . import summary_coding
 from .body import leftover_facts, pack_body, pack_body_off_loop, residual_facts
+from .entities import Entity
+from .extractive import Ranked, pieces
+from .summarize import trim_words
 
 log = logging.getLogger(__name__)
 

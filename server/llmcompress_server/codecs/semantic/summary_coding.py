@@ -21,10 +21,10 @@ import numpy.typing as npt
 from llmcompress.v1 import compression_pb2 as pb
 
 from ...coding.rows import StopCoding
-from ...entities import Entity
-from ...errors import DataLoss
-from ...tokens import Tokenized, Unrepresentable
+from ...coding.tokens import Tokenized, Unrepresentable
+from ...core.errors import DataLoss
 from ..lossless import LosslessCodec
+from .entities import Entity
 
 # Starts the facts after the summary; a control byte, so no summary contains it.
 FACTS_MARK = "\n\x1e"

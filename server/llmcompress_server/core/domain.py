@@ -16,7 +16,7 @@ from llmcompress.v1 import compression_pb2 as pb
 from .errors import InvalidInput
 
 if TYPE_CHECKING:
-    from .grouping import Membership
+    from ..codecs.semantic.grouping import Membership
 
 _MODE_CHOICES = "MODE_UNSPECIFIED (server default), MODE_ZSTD, MODE_LOSSLESS or MODE_SEMANTIC"
 

@@ -21,24 +21,24 @@ from grpc_reflection.v1alpha import reflection
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
+from ..backends import TextBackend
+from ..backends.embedded import EmbeddedEngine
+from ..backends.router import BackendRouter, build_text_backend
+from ..codecs import Codec
+from ..codecs.lossless import LosslessCodec
+from ..codecs.semantic import SemanticCodec
+from ..codecs.zstd import ZstdCodec
+from ..core.config import Config, ShortTextStore
+from ..core.domain import Mode
+from ..core.events import Events, EventSink
+from ..flow.batch import BatchRunner
+from ..flow.pipeline import Pipeline
+from ..telemetry import Telemetry, setup_telemetry, tracing_interceptor
+from ..telemetry.bottleneck import StageWindow
+from ..telemetry.cost import Pricing, UsageLedger
 from .auth import build_auth
-from .backends import TextBackend
-from .backends.embedded import EmbeddedEngine
-from .backends.router import BackendRouter, build_text_backend
-from .batch import BatchRunner
-from .bottleneck import StageWindow
-from .codecs import Codec
-from .codecs.lossless import LosslessCodec
-from .codecs.semantic import SemanticCodec
-from .codecs.zstd import ZstdCodec
-from .config import Config, ShortTextStore
-from .cost import Pricing, UsageLedger
-from .domain import Mode
-from .events import Events, EventSink
 from .interceptors import ErrorInterceptor
-from .pipeline import Pipeline
 from .service import CompressionServicer
-from .telemetry import Telemetry, setup_telemetry, tracing_interceptor
 from .tls import server_credentials
 
 log = logging.getLogger(__name__)

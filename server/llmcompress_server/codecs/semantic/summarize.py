@@ -12,9 +12,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .backends import ChatRequest, ChatResult, TextBackend
+from ...backends import ChatRequest, ChatResult, TextBackend
+from ...core.errors import CannotEncode
 from .entities import Entity, missing_entities
-from .errors import CannotEncode
 from .quality import with_facts_line
 
 # Average bytes per English word (with its space) and per model token; used

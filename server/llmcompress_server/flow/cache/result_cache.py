@@ -13,9 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from ..config import Config
-from ..events import Events
-from ..stages import StageClock
+from ...core.config import Config
+from ...core.events import Events
+from ...telemetry.stages import StageClock
 from .entries import CachedResult, CorruptEntry
 from .single_flight import SingleFlight
 from .stats import TierCounters, TierStats

@@ -1,6 +1,6 @@
 """Server interceptors. `ErrorInterceptor` is the one place exceptions become statuses.
 
-Domain errors map by their `code` (see errors.py); anything else is INTERNAL
+Domain errors map by their `code` (see core/errors.py); anything else is INTERNAL
 with a generic message, and its traceback goes to the log, not the client.
 Requests whose bytes do not decode (e.g. invalid UTF-8 in a string field)
 get INVALID_ARGUMENT instead of grpc's opaque deserialization failure.
@@ -18,7 +18,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from .errors import InvalidInput, LLMCompressError, Overloaded
+from ..core.errors import InvalidInput, LLMCompressError, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ else:
 
 
 class ErrorInterceptor(_ServerInterceptor):
-    """Maps every exception of a handler to its status (errors.py), once, for every RPC."""
+    """Maps every exception of a handler to its status (core/errors.py), once, for every RPC."""
 
     async def intercept_service(
         self,

@@ -20,9 +20,9 @@ import json
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-from ..codecs import CompressOptions
-from ..domain import Mode
-from ..envelope import FORMAT_VERSION
+from ...codecs import CompressOptions
+from ...core.domain import Mode
+from ...core.envelope import FORMAT_VERSION
 
 CacheParams = Mapping[str, str | int | float | bool]
 

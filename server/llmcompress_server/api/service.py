@@ -9,13 +9,13 @@ import grpc
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 
-from .batch import BatchRunner
-from .bottleneck import StageWindow
-from .cache import TierStats
-from .cost import Usage, UsageLedger
-from .deadline import deadline_scope
-from .domain import CompressCommand
-from .pipeline import Pipeline
+from ..core.deadline import deadline_scope
+from ..core.domain import CompressCommand
+from ..flow.batch import BatchRunner
+from ..flow.cache import TierStats
+from ..flow.pipeline import Pipeline
+from ..telemetry.bottleneck import StageWindow
+from ..telemetry.cost import Usage, UsageLedger
 
 
 class CompressionServicer(pb_grpc.CompressionServiceServicer):

@@ -16,9 +16,9 @@ import grpc
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ..config import MonitoringConfig
-from ..stages import status_code_of
-from .metrics import Metrics, mode_label
+from ..core.config import MonitoringConfig
+from ..telemetry.metrics import Metrics, mode_label
+from ..telemetry.stages import status_code_of
 
 slow_log = logging.getLogger("llmcompress_server.slow")
 

@@ -30,7 +30,7 @@ from sacrebleu.metrics.chrf import CHRF
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from .backends import TextBackend
+from ...backends import TextBackend
 from .embedder import MiniLMEmbedder, cosine
 from .entities import Entity, missing_entities
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import PreconditionFailed
+from ...core.errors import PreconditionFailed
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 # The model was trained on 128-token inputs and sentence-transformers cuts at

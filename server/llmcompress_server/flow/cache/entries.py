@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from ..domain import Mode
-from ..envelope import model_name, open_envelope, text_hash
-from ..errors import LLMCompressError
+from ...core.domain import Mode
+from ...core.envelope import model_name, open_envelope, text_hash
+from ...core.errors import LLMCompressError
 
 _ENTRY_MAGIC = b"LCE1"
 _META_LEN = struct.Struct(">I")

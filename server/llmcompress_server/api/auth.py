@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .config import ConfigError, SecurityConfig
-from .errors import Overloaded, Unauthenticated
+from ..core.config import ConfigError, SecurityConfig
+from ..core.errors import Overloaded, Unauthenticated
 from .interceptors import abort_for
 
 log = logging.getLogger(__name__)

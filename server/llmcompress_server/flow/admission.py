@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from .errors import Overloaded
+from ..core.errors import Overloaded
 
 
 class Admission:

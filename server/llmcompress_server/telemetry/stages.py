@@ -17,8 +17,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from .errors import LLMCompressError
-from .events import Events, ModelCallEnded
+from ..core.errors import LLMCompressError
+from ..core.events import Events, ModelCallEnded
 
 # Codes that mean the server (or its backend) failed, not the caller; the same
 # set opentelemetry-instrumentation-grpc marks as errors on the server span.

@@ -18,15 +18,15 @@ from contextlib import AsyncExitStack
 
 from opentelemetry import trace
 
+from ..codecs import BelowQuality, Codec, CompressOptions, Encoded, TooShort
+from ..core.config import Config, SemanticFallback
+from ..core.domain import CompressCommand, CompressOutcome, Mode, ReconstructOutcome
+from ..core.envelope import check_original, mode_name, model_name, open_envelope, seal
+from ..core.errors import BackendError, CannotEncode, InvalidInput, PreconditionFailed
+from ..core.events import Events
+from ..telemetry.stages import StageClock
 from .admission import Admission
 from .cache import CachedResult, ResultCache, key_for
-from .codecs import BelowQuality, Codec, CompressOptions, Encoded, TooShort
-from .config import Config, SemanticFallback
-from .domain import CompressCommand, CompressOutcome, Mode, ReconstructOutcome
-from .envelope import check_original, mode_name, model_name, open_envelope, seal
-from .errors import BackendError, CannotEncode, InvalidInput, PreconditionFailed
-from .events import Events
-from .stages import StageClock
 
 log = logging.getLogger(__name__)
 

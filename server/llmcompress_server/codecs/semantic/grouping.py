@@ -18,7 +18,7 @@ import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from .backends import ChatResult
+from ...backends import ChatResult
 from .entities import extract_entities
 from .near_duplicates import NearDuplicateIndex
 

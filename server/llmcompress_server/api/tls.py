@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 
-from .config import ConfigError, SecurityConfig
+from ..core.config import ConfigError, SecurityConfig
 
 
 def _read(path: Path, key: str) -> bytes:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .events import NullSink
+from ..core.events import NullSink
 
 
 @dataclass(frozen=True)

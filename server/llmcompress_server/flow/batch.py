@@ -5,7 +5,7 @@ control pushes back on a fast sender instead of this process buffering the
 stream. Every id gets exactly one answer, a result or a per-item status; a
 failing item never ends the stream. SEMANTIC items that are near-duplicates of
 an earlier one in the window join its group and share its summary
-(`grouping.py`); `Stats.group` and the item's span say which.
+(`codecs/semantic/grouping.py`); `Stats.group` and the item's span say which.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from opentelemetry.trace import Tracer
 
 from llmcompress.v1 import compression_pb2 as pb
 
-from .deadline import deadline_scope
-from .domain import CompressCommand, CompressOutcome, Mode
-from .errors import InvalidInput, LLMCompressError
-from .events import Events
-from .grouping import Membership, StreamGroups
-from .interceptors import UndecodableRequest
-from .stages import mark_failure
+from ..api.interceptors import UndecodableRequest
+from ..codecs.semantic.grouping import Membership, StreamGroups
+from ..core.deadline import deadline_scope
+from ..core.domain import CompressCommand, CompressOutcome, Mode
+from ..core.errors import InvalidInput, LLMCompressError
+from ..core.events import Events
+from ..telemetry.stages import mark_failure
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .config import CostConfig, ModelPrice
-from .events import ModelCallEnded, NullSink
+from ..core.config import CostConfig, ModelPrice
+from ..core.events import ModelCallEnded, NullSink
 
 PER_MILLION = 1_000_000
 # The operation whose tokens a reference model (a chat API) would also spend.

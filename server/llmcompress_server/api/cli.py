@@ -11,9 +11,9 @@ def serve(args: argparse.Namespace) -> int:
     # Imported here: `llmc compress` and friends must not pay for the server's imports.
     import asyncio
 
-    from .app import serve as run_server
-    from .config import ConfigError, load_config
-    from .telemetry import configure_logging
+    from ..core.config import ConfigError, load_config
+    from ..telemetry import configure_logging
+    from .server import serve as run_server
 
     overrides: dict[str, dict[str, object]] = {"server": {}}
     if args.host is not None:

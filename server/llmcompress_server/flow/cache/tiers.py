@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..events import Events
+from ...core.events import Events
 from .keys import SCHEMA
 
 log = logging.getLogger(__name__)

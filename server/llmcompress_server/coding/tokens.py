@@ -22,7 +22,7 @@ from typing import Any
 
 import llama_cpp
 
-from .errors import CannotEncode, DataLoss
+from ..core.errors import CannotEncode, DataLoss
 
 # Longer than any token piece of a byte-level BPE vocabulary (SmolLM2's longest: 81).
 _PIECE_BUFFER = 1024
