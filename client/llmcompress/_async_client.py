@@ -8,8 +8,8 @@ from typing import TypeVar
 
 import grpc
 
-from llmcompress.v1 import compression_pb2 as pb
-from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+from llmcompress_proto.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2_grpc as pb_grpc
 
 from ._client import DEFAULT_TARGET, ClientSettings, channel_options, compress_request
 from ._errors import from_rpc_error

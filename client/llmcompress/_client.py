@@ -10,8 +10,8 @@ from typing import TypeVar
 
 import grpc
 
-from llmcompress.v1 import compression_pb2 as pb
-from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+from llmcompress_proto.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2_grpc as pb_grpc
 
 from ._errors import from_rpc_error
 from ._options import TLS, Attempts, Deadline, RetryPolicy, bearer_metadata

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ._errors import LLMCompressError, ServerError, from_status
 from ._options import Deadline, RetryPolicy

@@ -37,7 +37,8 @@ EPILOG = """examples:
 def _serve_missing(args: argparse.Namespace) -> int:
     print(
         f"llmc serve: the server is not installed; it comes with the {SERVER_DISTRIBUTION} "
-        "distribution. From a source checkout: `pip install ./client .` (or `make install`)",
+        "distribution. From a source checkout: `pip install ./protos/python ./client .` "
+        "(or `make install`)",
         file=sys.stderr,
     )
     return 2

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..core.config import MonitoringConfig
 from ..telemetry.metrics import Metrics, mode_label

@@ -18,8 +18,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from llmcompress.v1 import compression_pb2 as pb
-from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+from llmcompress_proto.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2_grpc as pb_grpc
 
 from ..backends import TextBackend
 from ..backends.embedded import EmbeddedEngine

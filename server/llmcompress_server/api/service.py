@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from llmcompress.v1 import compression_pb2 as pb
-from llmcompress.v1 import compression_pb2_grpc as pb_grpc
+from llmcompress_proto.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2_grpc as pb_grpc
 
 from ..core.deadline import deadline_scope
 from ..core.domain import CompressCommand

@@ -37,7 +37,7 @@ import llama_cpp
 import numpy as np
 from opentelemetry.util.types import AttributeValue
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..backends.embedded import EmbeddedEngine
 from ..coding import text as coded_text

@@ -7,7 +7,7 @@ import threading
 
 import zstandard
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..core.errors import DataLoss
 from ..telemetry.stages import StageClock

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from .errors import DataLoss, InvalidInput, PreconditionFailed
 

@@ -20,7 +20,7 @@ import grpc
 from google.rpc import status_pb2
 from opentelemetry.trace import Tracer
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..api.interceptors import UndecodableRequest
 from ..codecs.semantic.grouping import Membership, StreamGroups

@@ -39,7 +39,7 @@ import grpc
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..core.domain import Mode
 from ..core.errors import InvalidInput

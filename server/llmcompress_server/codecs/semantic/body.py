@@ -12,7 +12,7 @@ import asyncio
 
 import brotli
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ...core.errors import DataLoss
 from .entities import Entity, extract_entities, missing_entities

@@ -30,7 +30,7 @@ import asyncio
 import dataclasses
 import hashlib
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ...backends import TextBackend
 from ...core.config import Config, QualityGate, SemanticCoder, SemanticSummary

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import brotli
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ...core.envelope import ModelIdentity, seal
 from ...telemetry.stages import StageClock

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from sacrebleu.metrics.chrf import CHRF
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ...backends import TextBackend
 from .embedder import MiniLMEmbedder, cosine

@@ -18,7 +18,7 @@ import constriction
 import numpy as np
 import numpy.typing as npt
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ...coding.rows import StopCoding
 from ...coding.tokens import Tokenized, Unrepresentable

@@ -7,7 +7,7 @@ import json
 import struct
 from dataclasses import dataclass
 
-from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ...core.domain import Mode
 from ...core.envelope import model_name, open_envelope, text_hash

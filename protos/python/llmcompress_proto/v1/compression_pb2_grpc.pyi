@@ -10,7 +10,7 @@ reconstruct it after any restart.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from llmcompress.v1 import compression_pb2 as _compression_pb2
+from . import compression_pb2 as _compression_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
