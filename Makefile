@@ -97,10 +97,11 @@ SOAK_ARGS ?=
 soak: install ## llmc serve at twice its admission capacity for $(SOAK_MINUTES) min: documented statuses only, nothing lost, RSS flat; prints a JSON report
 	$(PY) -m tests.reliability.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
-lint: install node proto-check ## stubs up to date, ruff format+check, mypy strict (client and server), buf lint, buf breaking
+lint: install node proto-check ## stubs up to date, ruff format+check, mypy strict (client and server), import contracts, buf lint, buf breaking
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo
 	npx buf lint
 	npx buf breaking --against protos/baseline.binpb
 
@@ -158,4 +159,4 @@ roundtrip: install ## the README's round trip: llmc serve with defaults, then on
 	$(PY) -m bench.roundtrip --out $(OUT) $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and the committed stubs)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

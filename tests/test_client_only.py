@@ -1,6 +1,6 @@
 """The distributions apart: a fresh venv with only `pip install ./protos/python ./client` (the
 stubs and the client) talks to a server; the server's wheel holds no client code; the stubs'
-descriptor is one under every module name.
+descriptor is one under every module name; `create_server` keeps its public path.
 
 The client must bring no server code, no llama.cpp and no numpy, and still
 round-trip a text through `llmc serve` running as a separate process (from the
@@ -187,3 +187,10 @@ def test_one_descriptor_under_every_name() -> None:
     assert pb.DESCRIPTOR.name == "llmcompress/v1/compression.proto"
     found = descriptor_pool.Default().FindFileByName("llmcompress/v1/compression.proto")
     assert found is pb.DESCRIPTOR
+
+
+def test_create_server_keeps_its_public_path() -> None:
+    from llmcompress_server.api.server import create_server
+    from llmcompress_server.app import create_server as public
+
+    assert public is create_server

@@ -58,7 +58,7 @@ async def test_window_bounds_items_read_ahead_of_answers() -> None:
     running = 0
     peak = 0
 
-    async def compress(cmd: CompressCommand) -> CompressOutcome:
+    async def compress(cmd: CompressCommand, group: object = None) -> CompressOutcome:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
@@ -74,7 +74,7 @@ async def test_window_bounds_items_read_ahead_of_answers() -> None:
 
 
 async def test_every_id_answered_once_and_failures_stay_per_item() -> None:
-    async def compress(cmd: CompressCommand) -> CompressOutcome:
+    async def compress(cmd: CompressCommand, group: object = None) -> CompressOutcome:
         i = int(cmd.text.split()[1])
         await asyncio.sleep(0.001 * (i % 3))
         if i % 7 == 0:
@@ -96,7 +96,7 @@ async def test_every_id_answered_once_and_failures_stay_per_item() -> None:
 
 
 async def test_in_order_mode_answers_in_request_order() -> None:
-    async def compress(cmd: CompressCommand) -> CompressOutcome:
+    async def compress(cmd: CompressCommand, group: object = None) -> CompressOutcome:
         await asyncio.sleep(random.uniform(0, 0.01))
         return outcome(cmd)
 
@@ -111,7 +111,7 @@ async def test_closing_the_stream_cancels_every_item() -> None:
     live = 0
     window_full = asyncio.Event()
 
-    async def compress(cmd: CompressCommand) -> CompressOutcome:
+    async def compress(cmd: CompressCommand, group: object = None) -> CompressOutcome:
         nonlocal started, live
         started += 1
         live += 1
@@ -136,7 +136,7 @@ async def test_closing_the_stream_cancels_every_item() -> None:
 async def test_stream_deadline_reaches_every_item() -> None:
     seen: list[float | None] = []
 
-    async def compress(cmd: CompressCommand) -> CompressOutcome:
+    async def compress(cmd: CompressCommand, group: object = None) -> CompressOutcome:
         seen.append(remaining())
         return outcome(cmd)
 

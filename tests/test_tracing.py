@@ -310,11 +310,11 @@ async def test_llm_call_span_and_genai_metrics(traced: Traced) -> None:
 
     # What this server's backends report to: its stage window, its metrics, its tracer.
     events = traced.app.pipeline.events
-    with stages.llm_call(events, "chat", "tiny-model", "ollama", "127.0.0.1", 11434) as call:
+    with events.llm_call("chat", "tiny-model", "ollama", "127.0.0.1", 11434) as call:
         call.usage(12, 34)
     with (
         pytest.raises(BackendTimeout),
-        stages.llm_call(events, "chat", "tiny-model", "ollama", "127.0.0.1", 11434),
+        events.llm_call("chat", "tiny-model", "ollama", "127.0.0.1", 11434),
     ):
         raise BackendTimeout("no answer in 30 s", endpoint="http://127.0.0.1:11434")
     ok, failed = [s for s in traced.spans.get_finished_spans() if s.name == "chat tiny-model"]

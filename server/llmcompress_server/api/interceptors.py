@@ -18,16 +18,10 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from ..core.domain import UndecodableRequest
 from ..core.errors import InvalidInput, LLMCompressError, Overloaded
 
 log = logging.getLogger(__name__)
-
-
-class UndecodableRequest:
-    """Stands in for a request message whose bytes did not parse."""
-
-    def __init__(self, error: str) -> None:
-        self.error = error
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

@@ -17,8 +17,8 @@ import grpc
 from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..core.config import MonitoringConfig
+from ..core.errors import status_code_of
 from ..telemetry.metrics import Metrics, mode_label
-from ..telemetry.stages import status_code_of
 
 slow_log = logging.getLogger("llmcompress_server.slow")
 

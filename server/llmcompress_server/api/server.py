@@ -38,6 +38,7 @@ from ..telemetry.bottleneck import StageWindow
 from ..telemetry.cost import Pricing, UsageLedger
 from .auth import build_auth
 from .interceptors import ErrorInterceptor
+from .request_metrics import RequestMetricsInterceptor
 from .service import CompressionServicer
 from .tls import server_credentials
 
@@ -159,12 +160,21 @@ async def create_server(
     limit = config.security.max_message_bytes
     auth = build_auth(config.security)
     credentials = server_credentials(config.security)
-    # Auth right inside tracing: a refused call is traced but never reaches the pipeline.
-    inner = [*([auth] if auth else []), ErrorInterceptor()]
+    # Tracing outermost, its span covering everything; auth right inside it, so a refused call
+    # is traced but never reaches the pipeline; the request metrics inside the error
+    # interceptor, so they see domain exceptions before those become statuses.
+    interceptors = [
+        tracing_interceptor(telemetry.tracer_provider if telemetry else None),
+        *([auth] if auth else []),
+        ErrorInterceptor(),
+        *(
+            [RequestMetricsInterceptor(telemetry.metrics, telemetry.monitoring)]
+            if telemetry
+            else []
+        ),
+    ]
     server = grpc.aio.server(
-        interceptors=telemetry.server_interceptors(inner)
-        if telemetry
-        else [tracing_interceptor(), *inner],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

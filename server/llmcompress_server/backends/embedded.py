@@ -28,7 +28,6 @@ from ..core.config import EmbeddedConfig
 from ..core.envelope import ModelIdentity
 from ..core.errors import ContextExceeded, Overloaded, PreconditionFailed
 from ..core.events import Events
-from ..telemetry.stages import llm_call
 from . import ChatRequest, ChatResult, Embeddings
 
 log = logging.getLogger(__name__)
@@ -269,8 +268,7 @@ class EmbeddedEngine:
             return result
 
         t0 = time.perf_counter()
-        with llm_call(
-            self.events,
+        with self.events.llm_call(
             "chat",
             self.config.model_name,
             "llama.cpp",

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 from ..core.envelope import ModelIdentity
 from ..core.errors import BackendProtocolError
 from ..core.events import Events
-from ..telemetry.stages import llm_call
 from . import ChatRequest, ChatResult
 from .transport import ClientSlots, backend_errors, json_object, split_address, status_error
 
@@ -152,7 +151,7 @@ class OllamaEndpoint:
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResult:
         identity = await self.identity(model)
-        with llm_call(self.events, "chat", model, self.provider, self.address, self.port) as call:
+        with self.events.llm_call("chat", model, self.provider, self.address, self.port) as call:
             payload = self._payload(request, model, self.stream)
             if self.stream:
                 text, final = await self._chat_stream(payload, model)
@@ -212,8 +211,8 @@ class OllamaEndpoint:
         return "".join(parts), final
 
     async def embed(self, texts: Sequence[str], model: str) -> list[list[float]]:
-        with llm_call(
-            self.events, "embeddings", model, self.provider, self.address, self.port
+        with self.events.llm_call(
+            "embeddings", model, self.provider, self.address, self.port
         ) as call:
             with backend_errors(self.url):
                 payload: dict[str, Any] = {"model": model, "input": list(texts)}

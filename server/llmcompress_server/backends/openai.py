@@ -15,7 +15,6 @@ from ..core.config import SchemaFormat
 from ..core.envelope import ModelIdentity
 from ..core.errors import BackendProtocolError
 from ..core.events import Events
-from ..telemetry.stages import llm_call
 from . import ChatRequest, ChatResult
 from .transport import ClientSlots, backend_errors, json_object, split_address, status_error
 
@@ -82,7 +81,7 @@ class OpenAIEndpoint:
                         "strict": True,
                     },
                 }
-        with llm_call(self.events, "chat", model, self.provider, self.address, self.port) as call:
+        with self.events.llm_call("chat", model, self.provider, self.address, self.port) as call:
             with backend_errors(self.url):
                 status, body = await self._clients.post_json(
                     f"{self.url}/chat/completions", payload
@@ -116,8 +115,8 @@ class OpenAIEndpoint:
         )
 
     async def embed(self, texts: Sequence[str], model: str) -> list[list[float]]:
-        with llm_call(
-            self.events, "embeddings", model, self.provider, self.address, self.port
+        with self.events.llm_call(
+            "embeddings", model, self.provider, self.address, self.port
         ) as call:
             with backend_errors(self.url):
                 async with self._clients.client() as client:

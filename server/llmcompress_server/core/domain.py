@@ -9,14 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from llmcompress_proto.v1 import compression_pb2 as pb
 
 from .errors import InvalidInput
-
-if TYPE_CHECKING:
-    from ..codecs.semantic.grouping import Membership
 
 _MODE_CHOICES = "MODE_UNSPECIFIED (server default), MODE_ZSTD, MODE_LOSSLESS or MODE_SEMANTIC"
 
@@ -48,6 +44,14 @@ _FROM_PB: dict[pb.Mode.ValueType, Mode] = {
 _TO_PB: dict[Mode, pb.Mode.ValueType] = {v: k for k, v in _FROM_PB.items()}
 
 
+class UndecodableRequest:
+    """Stands in for a request message whose bytes did not parse: the error interceptor
+    refuses it for a unary call, a BatchCompress stream answers it as a failed item."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
 @dataclass(frozen=True)
 class CompressCommand:
     """A Compress request (or batch item), validated; None fields take the server's defaults."""
@@ -59,8 +63,6 @@ class CompressCommand:
     evaluate_quality: bool = False
     quality: pb.Quality.ValueType = pb.QUALITY_UNSPECIFIED
     skip_cache: bool = False
-    # BatchCompress: the near-duplicate group the item joined (grouping.py), if any.
-    group: Membership | None = None
 
     @classmethod
     def from_pb(cls, req: pb.CompressRequest) -> CompressCommand:

@@ -109,3 +109,8 @@ class ContextExceeded(BackendError):
 
     def __init__(self, message: str, *, endpoint: str = "") -> None:
         super().__init__(message, endpoint=endpoint, retryable=False)
+
+
+def status_code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status an exception answers with: its own code, or INTERNAL for anything else."""
+    return exc.code if isinstance(exc, LLMCompressError) else grpc.StatusCode.INTERNAL

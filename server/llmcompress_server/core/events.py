@@ -3,19 +3,47 @@
 `create_server` builds one `Events` per server (its stage window for GetStats,
 and `Metrics` when telemetry is on) and hands it to the pipeline, the cache and
 the backends, so two servers in one process never count each other's work.
+A backend opens each model call's span with `Events.llm_call`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
 from opentelemetry import trace
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
+from .errors import status_code_of
+
 TRACER_NAME = "llmcompress_server"
+
+# Codes that mean the server (or its backend) failed, not the caller; the same
+# set opentelemetry-instrumentation-grpc marks as errors on the server span.
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def mark_failure(span: Span, exc: BaseException) -> None:
+    """Record the exception; the span is an error only for a server-fault code."""
+    span.record_exception(exc)
+    code = status_code_of(exc)
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in SERVER_FAULTS:
+        span.set_status(Status(StatusCode.ERROR, f"{code.name}: {type(exc).__name__}"))
 
 
 @dataclass(frozen=True)
@@ -95,6 +123,20 @@ class NullSink:
         return None
 
 
+class LLMCall:
+    """What a backend learns about one model call; filled in inside `Events.llm_call`."""
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def usage(self, input_tokens: int, output_tokens: int) -> None:
+        self.input_tokens, self.output_tokens = input_tokens, output_tokens
+        self.span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+        self.span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+
+
 class Events:
     """The sinks one server reports to, and the tracer its stage and model-call spans use.
 
@@ -125,3 +167,52 @@ class Events:
     def coding_job(self, job: CodingJobEnded) -> None:
         for sink in self.sinks:
             sink.coding_job(job)
+
+    @contextmanager
+    def llm_call(
+        self,
+        operation: str,
+        model: str,
+        provider: str,
+        server_address: str,
+        server_port: int = 0,
+        backend: str | None = None,
+    ) -> Iterator[LLMCall]:
+        """A GenAI-convention client span ("{operation} {model}") around one model call,
+        reported to the sinks when it ends; `backend` defaults to `provider`."""
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": model,
+            "gen_ai.provider.name": provider,
+            "server.address": server_address,
+        }
+        if server_port:
+            attributes["server.port"] = server_port
+        start = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            f"{operation} {model}",
+            kind=trace.SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            call = LLMCall(span)
+            try:
+                yield call
+            except BaseException as exc:
+                # GenAI conventions: `error.type` on the span and the duration metric.
+                attributes["error.type"] = type(exc).__name__
+                span.set_attribute("error.type", type(exc).__name__)
+                mark_failure(span, exc)
+                raise
+            finally:
+                elapsed = time.perf_counter() - start
+                self.model_called(
+                    ModelCallEnded(
+                        attributes,
+                        elapsed,
+                        call.input_tokens,
+                        call.output_tokens,
+                        backend or provider,
+                    )
+                )

@@ -11,10 +11,10 @@ an earlier one in the window join its group and share its summary
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from typing import Protocol
 
 import grpc
 from google.rpc import status_pb2
@@ -22,19 +22,24 @@ from opentelemetry.trace import Tracer
 
 from llmcompress_proto.v1 import compression_pb2 as pb
 
-from ..api.interceptors import UndecodableRequest
 from ..codecs.semantic.grouping import Membership, StreamGroups
 from ..core.deadline import deadline_scope
-from ..core.domain import CompressCommand, CompressOutcome, Mode
+from ..core.domain import CompressCommand, CompressOutcome, Mode, UndecodableRequest
 from ..core.errors import InvalidInput, LLMCompressError
-from ..core.events import Events
-from ..telemetry.stages import mark_failure
+from ..core.events import Events, mark_failure
 
 log = logging.getLogger(__name__)
 
 # How long a cancelled stream waits for its items' cleanup (HTTP requests closed).
 CANCEL_WAIT_SECONDS = 1.0
-CompressFn = Callable[[CompressCommand], Awaitable[CompressOutcome]]
+
+
+class CompressFn(Protocol):
+    """The pipeline's `compress`: one item, with the near-duplicate group it joined."""
+
+    def __call__(
+        self, cmd: CompressCommand, *, group: Membership | None = None
+    ) -> Awaitable[CompressOutcome]: ...
 
 
 def status_for(exc: BaseException) -> status_pb2.Status:
@@ -99,9 +104,7 @@ class BatchRunner:
         ) as span:
             try:
                 cmd = CompressCommand.from_pb(item.request)
-                if membership is not None:
-                    cmd = dataclasses.replace(cmd, group=membership)
-                outcome = await self.compress(cmd)
+                outcome = await self.compress(cmd, group=membership)
                 response = pb.BatchCompressResponse(id=item.id, result=outcome.to_pb())
                 if membership is not None:
                     stats = response.result.stats

@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from opentelemetry import trace
 
 from ..codecs import BelowQuality, Codec, CompressOptions, Encoded, TooShort
+from ..codecs.semantic.grouping import Membership
 from ..core.config import Config, SemanticFallback
 from ..core.domain import CompressCommand, CompressOutcome, Mode, ReconstructOutcome
 from ..core.envelope import check_original, mode_name, model_name, open_envelope, seal
@@ -65,25 +66,28 @@ class Pipeline:
             )
         return codec
 
-    def options(self, cmd: CompressCommand) -> CompressOptions:
+    def options(self, cmd: CompressCommand, group: Membership | None = None) -> CompressOptions:
         comp = self.config.compression
         return CompressOptions(
             verify=comp.verify if cmd.verify is None else cmd.verify,
             target_ratio=cmd.target_ratio or comp.target_ratio,
             quality=cmd.quality,
             evaluate_quality=cmd.evaluate_quality,
-            group=cmd.group,
+            group=group,
         )
 
-    async def compress(self, cmd: CompressCommand, *, wait: bool = False) -> CompressOutcome:
-        """Compress one text; `wait` queues for admission (streams) instead of refusing."""
+    async def compress(
+        self, cmd: CompressCommand, *, wait: bool = False, group: Membership | None = None
+    ) -> CompressOutcome:
+        """Compress one text; `wait` queues for admission (streams) instead of refusing;
+        `group` is the BatchCompress near-duplicate group the item joined, if any."""
         gate = self.admission.wait() if wait else self.admission.admit()
         clock = StageClock(self.events)
         async with AsyncExitStack() as admitted:
             # A stage of its own, so time spent queued shows up in the breakdown.
             with clock.stage("admission.wait"):
                 await admitted.enter_async_context(gate)
-            outcome = await self._compress(cmd, clock)
+            outcome = await self._compress(cmd, clock, group)
         # On the RPC's (or batch item's) span: what was asked and what came out.
         trace.get_current_span().set_attributes(
             {
@@ -96,7 +100,9 @@ class Pipeline:
         )
         return outcome
 
-    async def _compress(self, cmd: CompressCommand, clock: StageClock) -> CompressOutcome:
+    async def _compress(
+        self, cmd: CompressCommand, clock: StageClock, group: Membership | None
+    ) -> CompressOutcome:
         limit = self.config.compression.max_text_bytes
         with clock.stage("validate") as span:
             data = cmd.text.encode("utf-8")
@@ -108,7 +114,7 @@ class Pipeline:
                 )
         requested = cmd.mode or self.config.compression.default_mode
         mode, reason = self._route(cmd.text, requested)
-        codec, opts = self._codec(mode), self.options(cmd)
+        codec, opts = self._codec(mode), self.options(cmd, group)
 
         async def compute() -> CachedResult:
             encoded = await self.encode(mode, cmd.text, opts, clock)

@@ -28,7 +28,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ..api.request_metrics import RequestMetricsInterceptor
 from ..core.config import Config, MonitoringConfig
 from ..core.events import TRACER_NAME
 from .cost import Pricing
@@ -53,16 +52,6 @@ class Telemetry:
     _httpx: HTTPXClientInstrumentor | None = None
     _owned_tracer_provider: bool = False
     _closed: bool = field(default=False)
-
-    def server_interceptors(
-        self, inner: Sequence[grpc.aio.ServerInterceptor[Any, Any]]
-    ) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
-        """Tracing outermost (its span covers everything), then `inner`, then the metrics."""
-        return [
-            tracing_interceptor(self.tracer_provider),
-            *inner,
-            RequestMetricsInterceptor(self.metrics, self.monitoring),
-        ]
 
     def shutdown(self) -> None:
         if self._closed:
