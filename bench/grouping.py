@@ -34,7 +34,7 @@ from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.api.server import create_server
 from llmcompress_server.core.config import load_config
 
-from .overhead import SIMULATOR, _free_port, _wait_listening
+from .overhead import SIMULATOR, _free_port, _wait_listening, simulator_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_ON_BUILD = "section not available on this build (tests/sim_ollama.py is missing)"
@@ -67,26 +67,15 @@ def _sim_calls(port: int) -> int:
 async def _run(
     port: int, items: list[tuple[str, str, str]], threshold: float, gate: str, slots: int
 ) -> dict[str, Any]:
-    overrides: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
-        "monitoring": {"enable_prometheus": False},
-        "model": {
-            "backend": "ollama",
-            "ollama_endpoint": f"http://127.0.0.1:{port}",
-            "embedded": {"preload": False},
-        },
-        "performance": {"max_concurrent": slots},
-        "llm": {"rate_limit": 0},
-        "cache": {"enabled": False},
-        # Target 2 as in the SEMANTIC tests against the simulator: room for a summary of
-        # every passage (at the default 10 many are too short for one and stored exactly,
-        # as LOSSLESS on the embedded model, which measures that model, not grouping).
-        "compression": {
-            "group_similar_threshold": threshold,
-            "quality_gate": gate,
-            "target_ratio": TARGET_RATIO,
-        },
+    # Target 2 as in the SEMANTIC tests against the simulator: room for a summary of
+    # every passage (at the default 10 many are too short for one and stored exactly,
+    # as LOSSLESS on the embedded model, which measures that model, not grouping).
+    compression = {
+        "group_similar_threshold": threshold,
+        "quality_gate": gate,
+        "target_ratio": TARGET_RATIO,
     }
+    overrides = simulator_overrides(port, slots, {"compression": compression})
     app = await create_server(load_config(environ={}, overrides=overrides))
     await app.start()
 

@@ -38,7 +38,8 @@ import zstandard
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.api.server import App, create_server
-from llmcompress_server.codecs.lossless import LosslessCodec, fingerprint_fields
+from llmcompress_server.codecs.lossless import LosslessCodec
+from llmcompress_server.coding.fingerprint import fingerprint_fields
 from llmcompress_server.core.config import Config, EmbeddedConfig, load_config
 from llmcompress_server.core.domain import Mode
 

@@ -58,6 +58,30 @@ async def _wait_listening(port: int, proc: asyncio.subprocess.Process, limit: fl
     raise RuntimeError(f"{SIMULATOR} did not listen on port {port} within {limit:.0f}s")
 
 
+def simulator_overrides(
+    port: int, slots: int, sections: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Config overrides for an in-process server on the simulated Ollama at `port` (in-flight
+    limit = slots, no cache, no Prometheus); each of `sections` is merged over them."""
+    overrides: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
+        "monitoring": {"enable_prometheus": False},
+        "model": {
+            "backend": "ollama",
+            "ollama_endpoint": f"http://127.0.0.1:{port}",
+            "embedded": {"preload": False},
+        },
+        "performance": {"max_concurrent": slots},
+        # The seed's llm.rate_limit (60/min) is a user policy; left on, it alone
+        # would set the pace and the section would measure the token bucket.
+        "llm": {"rate_limit": 0},
+        "cache": {"enabled": False},
+    }
+    for section, values in (sections or {}).items():
+        overrides[section] = {**overrides.get(section, {}), **values}
+    return overrides
+
+
 def _pct(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -94,22 +118,7 @@ async def service_overhead(
         str(latency),
         cwd=ROOT,
     )
-    overrides: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
-        "monitoring": {"enable_prometheus": False},
-        "model": {
-            "backend": "ollama",
-            "ollama_endpoint": f"http://127.0.0.1:{port}",
-            "embedded": {"preload": False},
-        },
-        "performance": {"max_concurrent": slots},
-        # The seed's llm.rate_limit (60/min) is a user policy; left on, it alone
-        # would set the pace and the section would measure the token bucket.
-        "llm": {"rate_limit": 0},
-        "cache": {"enabled": False},
-    }
-    for section, values in (config_overrides or {}).items():
-        overrides[section] = {**overrides.get(section, {}), **values}
+    overrides = simulator_overrides(port, slots, config_overrides or {})
     watch = _Watch()
     app = None
     try:

@@ -20,16 +20,8 @@ import pytest
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.api.server import create_server
-from llmcompress_server.codecs.lossless import (
-    LosslessCodec,
-    build_of,
-    compact_fingerprint,
-    cpu_feature_bits,
-    cpu_feature_names,
-    engine_version,
-    fingerprint_fields,
-    pack_versions,
-)
+from llmcompress_server.codecs.lossless import LosslessCodec
+from llmcompress_server.coding import fingerprint
 from llmcompress_server.core.domain import Mode
 from llmcompress_server.core.envelope import FORMAT_VERSION, model_prefix
 
@@ -118,7 +110,11 @@ async def test_the_default_engine_and_a_lone_text_at_width_1(start_server: Start
     assert resp.stats.mode == pb.MODE_LOSSLESS
     fp = env.lossless.fingerprint
     assert (fp.width, fp.threads, fp.schedule_id, fp.row_model) == (16, 1, 2, 0)
-    assert fp.build == build_of(compact_fingerprint(engine_version(), 1, cpu_feature_bits(), 2048))
+    assert fp.build == fingerprint.build_of(
+        fingerprint.compact_fingerprint(
+            fingerprint.engine_version(), 1, fingerprint.cpu_feature_bits(), 2048
+        )
+    )
     # A packaged model by its registry number: no name, no sha256 prefix.
     assert env.version == FORMAT_VERSION and env.model == pb.ModelRef(known=1)
     await wide.stop(grace=0)
@@ -216,7 +212,7 @@ async def test_envelopes_coded_before_the_engine_reconstruct_on_a_fresh_server(
     The fixtures were coded on one CPU type. A server on another (AVX-512 where they
     were made on AVX2) must refuse them by name, not decode them into other text."""
     app = await start_server()
-    ours = cpu_feature_bits()
+    ours = fingerprint.cpu_feature_bits()
     decoded, refused = 0, 0
     for case in _t1_fixtures():
         envelope = base64.b64decode(case["envelope"])
@@ -238,7 +234,8 @@ async def test_envelopes_coded_before_the_engine_reconstruct_on_a_fresh_server(
     if not decoded:
         pytest.skip(
             f"SKIPPED LOUDLY: all {refused} t1 fixtures were coded on another CPU type "
-            f"(this one: {cpu_feature_names(ours)}); only their refusal was checked here"
+            f"(this one: {fingerprint.cpu_feature_names(ours)}); only their refusal was "
+            "checked here"
         )
 
 
@@ -326,29 +323,29 @@ async def test_format_v1_and_v2_envelopes_still_reconstruct(
     env.model.CopyFrom(pb.ModelRef(sha256_prefix=model_prefix(env.model)))
     fp = env.lossless.fingerprint
     fp.build = 0
-    fp.versions[:] = pack_versions(engine_version()) or []
-    fp.cpu_features, fp.n_ctx = cpu_feature_bits(), app.config.model.embedded.n_ctx
+    fp.versions[:] = fingerprint.pack_versions(fingerprint.engine_version()) or []
+    fp.cpu_features, fp.n_ctx = fingerprint.cpu_feature_bits(), app.config.model.embedded.n_ctx
     v2 = env.SerializeToString()
     env.version = 1
     env.model.name = "SmolLM2-135M-Instruct-Q4_1"
     del fp.versions[:]
-    fp.engine, fp.schedule_id, fp.schedule = engine_version(), 0, f"t{fp.schedule_id}"
+    fp.engine, fp.schedule_id, fp.schedule = fingerprint.engine_version(), 0, f"t{fp.schedule_id}"
     for envelope in (v2, env.SerializeToString()):
         back = await _reconstruct(app.address, envelope)
         assert back.exact and back.mode == pb.MODE_LOSSLESS
         assert back.text == _text(corpus, SHORT_ID)
     # A v2 fingerprint's build is the v3 digest of its fields.
-    assert build_of(pb.Envelope.FromString(v2).lossless.fingerprint) == (
+    assert fingerprint.build_of(pb.Envelope.FromString(v2).lossless.fingerprint) == (
         pb.Envelope.FromString(short_envelope).lossless.fingerprint.build
     )
 
 
 def test_versions_pack_only_when_they_round_trip() -> None:
-    assert pack_versions("0.3.36,0.5.0,2.4.6") == [3036, 5000, 2004006]
+    assert fingerprint.pack_versions("0.3.36,0.5.0,2.4.6") == [3036, 5000, 2004006]
     for engine in ("0.3.36,0.5.0rc1,2.4.6", "0.3.1000,0.5.0,2.4.6", "0.3.036,0.5.0,2.4.6", "1.2"):
-        assert pack_versions(engine) is None, engine
+        assert fingerprint.pack_versions(engine) is None, engine
     fp = pb.EngineFingerprint(engine="0.3.36,0.5.0rc1,2.4.6", schedule="t1")
-    assert fingerprint_fields(fp)["engine"] == "0.3.36,0.5.0rc1,2.4.6"
+    assert fingerprint.fingerprint_fields(fp)["engine"] == "0.3.36,0.5.0rc1,2.4.6"
 
 
 async def test_model_mismatch_is_refused(start_server: StartServer, short_envelope: bytes) -> None:

@@ -14,15 +14,15 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from ..core.config import ConfigError, SecurityConfig
 from ..core.errors import Overloaded, Unauthenticated
-from .interceptors import abort_for
+from .interceptors import Handler, HandlerInterceptor, abort_for, behaviour
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,7 @@ class RateLimiter:
                 del self._buckets[client]
 
 
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-class AuthInterceptor(_ServerInterceptor):
+class AuthInterceptor(HandlerInterceptor):
     """UNAUTHENTICATED without a listed bearer token; RESOURCE_EXHAUSTED over the rate."""
 
     def __init__(self, tokens: list[bytes], limiter: RateLimiter | None) -> None:
@@ -138,23 +132,10 @@ class AuthInterceptor(_ServerInterceptor):
         if self.limiter is not None:
             self.limiter.take(client)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        if method.startswith(OPEN_PREFIXES):
             return handler
-        inner: Any = (
-            handler.unary_unary
-            or handler.stream_stream
-            or handler.unary_stream
-            or handler.stream_unary
-        )
+        inner = behaviour(handler)
         if handler.unary_unary is not None or handler.stream_unary is not None:
 
             async def one_response(

@@ -8,6 +8,7 @@ get INVALID_ARGUMENT instead of grpc's opaque deserialization failure.
 
 from __future__ import annotations
 
+import abc
 import datetime
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,28 +66,46 @@ async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext[Any, A
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
-if TYPE_CHECKING:  # grpc's stubs make it generic; the runtime class is not subscriptable
+if TYPE_CHECKING:  # grpc's stubs make these generic; the runtime classes are not subscriptable
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
+    Handler = grpc.RpcMethodHandler
 
 
-class ErrorInterceptor(_ServerInterceptor):
-    """Maps every exception of a handler to its status (core/errors.py), once, for every RPC."""
+class HandlerInterceptor(_ServerInterceptor):
+    """The opening every interceptor here shares: resolve the method's handler, then `wrap` it."""
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        if handler is None:  # no such method: grpc answers UNIMPLEMENTED
             return handler
+        return self.wrap(str(handler_call_details.method), handler)
+
+    @abc.abstractmethod
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """The handler to run for `method` instead of `handler` (or `handler` itself)."""
+
+
+def behaviour(handler: Handler) -> Any:
+    """The handler's one coroutine function. grpc's stubs type it as a sync callable;
+    in aio it is a coroutine (or an async generator, for streamed responses)."""
+    return (
+        handler.unary_unary or handler.stream_stream or handler.unary_stream or handler.stream_unary
+    )
+
+
+class ErrorInterceptor(HandlerInterceptor):
+    """Maps every exception of a handler to its status (core/errors.py), once, for every RPC."""
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
         deserializer = _tolerant(handler.request_deserializer)
-        # grpc's stubs type handlers as sync callables; in aio they are coroutines.
-        inner: Any = handler.unary_unary or handler.stream_stream
+        inner = behaviour(handler)
         if handler.unary_unary is not None:
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

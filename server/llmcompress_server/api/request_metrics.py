@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import grpc
 
@@ -19,6 +19,7 @@ from llmcompress_proto.v1 import compression_pb2 as pb
 from ..core.config import MonitoringConfig
 from ..core.errors import status_code_of
 from ..telemetry.metrics import Metrics, mode_label
+from .interceptors import Handler, HandlerInterceptor, behaviour
 
 slow_log = logging.getLogger("llmcompress_server.slow")
 
@@ -30,32 +31,18 @@ def _stage_breakdown(timings: Iterable[pb.StageTiming]) -> list[tuple[str, float
     return [(t.stage, round(t.seconds * 1e3, 3)) for t in timings]
 
 
-if TYPE_CHECKING:  # grpc's stubs make it generic; the runtime class is not subscriptable
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-class RequestMetricsInterceptor(_ServerInterceptor):
+class RequestMetricsInterceptor(HandlerInterceptor):
     """Counts items by outcome, records the request histograms, logs slow requests."""
 
     def __init__(self, metrics: Metrics, monitoring: MonitoringConfig) -> None:
         self.metrics = metrics
         self.monitoring = monitoring
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        method = str(handler_call_details.method)
-        if handler is None or not method.startswith(METHOD_PREFIX):
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        if not method.startswith(METHOD_PREFIX):
             return handler
         rpc = method.removeprefix(METHOD_PREFIX)
-        inner: Any = handler.unary_unary or handler.stream_stream
+        inner = behaviour(handler)
         if rpc in ("Compress", "Reconstruct") and handler.unary_unary is not None:
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

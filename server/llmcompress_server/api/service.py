@@ -15,7 +15,7 @@ from ..flow.batch import BatchRunner
 from ..flow.cache import TierStats
 from ..flow.pipeline import Pipeline
 from ..telemetry.bottleneck import StageWindow
-from ..telemetry.cost import Usage, UsageLedger
+from ..telemetry.cost import UsageLedger
 
 
 class CompressionServicer(pb_grpc.CompressionServiceServicer):
@@ -82,7 +82,7 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
             slowest_stage=StageWindow.slowest(summaries),
             cache=[_tier_pb(t) for t in cache.tier_stats()] if cache is not None else [],
             window_seconds=window,
-            usage=[_usage_pb(u) for u in usage],
+            usage=usage,
             cost=cost.cost,
             cost_reference=cost.reference,
             reference_cost=cost.reference_cost,
@@ -103,17 +103,4 @@ def _tier_pb(tier: TierStats) -> pb.CacheTierStats:
         bytes=tier.bytes,
         max_bytes=tier.max_bytes,
         errors=tier.errors,
-    )
-
-
-def _usage_pb(usage: Usage) -> pb.ModelUsage:
-    return pb.ModelUsage(
-        backend=usage.backend,
-        model=usage.model,
-        operation=usage.operation,
-        calls=usage.calls,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cost=usage.cost,
-        reference_cost=usage.reference_cost,
     )

