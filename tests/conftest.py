@@ -90,11 +90,13 @@ def corpus() -> list[dict[str, str]]:
 
 
 def make_config(**sections: dict[str, Any]) -> Config:
-    """Config for tests: loopback, any free port, no metrics port, no model preload."""
+    """Config for tests: loopback, any free port, no metrics port, no model preload, and
+    ZSTD at level 19 for every size (TEST_ZSTD_LEVEL)."""
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
         "monitoring": {"enable_prometheus": False},
         "model": {"embedded": {"preload": False}},
+        "compression": {"zstd_level": TEST_ZSTD_LEVEL},
     }
     for name, values in sections.items():
         merged = dict(base.get(name, {}))
@@ -138,6 +140,11 @@ async def server(start_server: StartServer) -> App:
 async def stub(server: App) -> AsyncIterator[pb_grpc.CompressionServiceStub]:
     async with grpc.aio.insecure_channel(server.address) as channel:
         yield pb_grpc.CompressionServiceStub(channel)
+
+
+# Tests that watch a call in flight need zstd to take real time on `slow_text`: level 19
+# does (~1 s per MB here); the default level for texts above 512 bytes, 6, is ~20x faster.
+TEST_ZSTD_LEVEL = 19
 
 
 def slow_text(n_bytes: int, seed: int = 1) -> str:

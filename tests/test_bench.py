@@ -20,6 +20,7 @@ from bench.run import add_arguments, optional_section, problems, run
 from bench.run import main as bench_main
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.zstd import ZstdCodec
+from llmcompress_server.core.config import load_config
 from llmcompress_server.core.envelope import seal
 
 EDGES = [1024, 2048, 4096]
@@ -76,7 +77,8 @@ async def test_quick_run_writes_consistent_figures(
     zstd = results["modes"]["zstd"]
     items = zstd["tiers"]["default"]["items"]
     assert sorted(it["id"] for it in items) == sorted(texts)
-    codec = ZstdCodec(19)
+    comp = load_config(environ={}).compression  # the quick run's server: default config
+    codec = ZstdCodec(comp.zstd_level, comp.zstd_small_level, comp.zstd_small_bytes)
     for it in items:
         data = texts[it["id"]]
         assert it["original_bytes"] == len(data)

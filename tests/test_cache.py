@@ -109,7 +109,9 @@ def test_key_changes_with_every_input() -> None:
         cache_key(data + b"!", Mode.ZSTD, zstd19),
         cache_key(data, Mode.LOSSLESS, zstd19),
         cache_key(data, Mode.ZSTD, ZstdCodec(3).cache_params(CompressOptions())),
-        cache_key(data, Mode.ZSTD, {**zstd19, "version": 2}),
+        cache_key(data, Mode.ZSTD, {**zstd19, "version": 3}),
+        cache_key(data, Mode.ZSTD, ZstdCodec(19, small_level=3).cache_params(CompressOptions())),
+        cache_key(data, Mode.ZSTD, ZstdCodec(19, small_bytes=64).cache_params(CompressOptions())),
         cache_key(data, Mode.ZSTD, {**zstd19, "model_sha256": "ab" * 32}),
         cache_key(data, Mode.ZSTD, {**zstd19, "verify": False}),
     ]

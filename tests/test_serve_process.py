@@ -36,6 +36,7 @@ def serve_process(port: int, **env: str) -> subprocess.Popen[str]:
         **os.environ,
         "LLMC_MONITORING__ENABLE_PROMETHEUS": "false",
         "LLMC_MODEL__EMBEDDED__PRELOAD": "false",
+        "LLMC_COMPRESSION__ZSTD_LEVEL": "19",  # conftest.TEST_ZSTD_LEVEL
         **env,
     }
     proc = subprocess.Popen(

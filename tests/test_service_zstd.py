@@ -6,15 +6,16 @@ import asyncio
 
 import grpc
 import pytest
+import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.api.server import App
-from llmcompress_server.core.envelope import FORMAT_VERSION, MAGIC
+from llmcompress_server.core.envelope import FORMAT_VERSION, MAGIC, text_hash
 
-from .conftest import StartServer, slow_text
+from .conftest import StartServer, load_corpus, slow_text
 
 Stub = pb_grpc.CompressionServiceStub
 
@@ -45,15 +46,69 @@ async def test_corpus_round_trips_exactly(stub: Stub, corpus: list[dict[str, str
 
 
 async def test_envelope_header_is_readable_without_the_server(stub: Stub) -> None:
-    text = "The envelope names its mode, length and hash. " * 10
+    # Format 4's compact ZSTD envelope: its version and a magicless zstd frame that carries
+    # the length and a checksum, which any zstd library reads.
+    text = "The envelope names its format; the frame, its length and checksum. " * 10
     resp = await _compress(stub, text)
     env = pb.Envelope.FromString(resp.envelope)
-    assert env.magic == MAGIC
-    assert env.version == 1  # ZSTD needs nothing from format v2: older servers read it
-    assert env.mode == pb.MODE_ZSTD
-    assert env.original_length == len(text.encode())
-    assert env.WhichOneof("body") == "zstd"
-    assert not env.HasField("model")
+    assert env.version == 4 and env.WhichOneof("body") == "zstd"
+    assert not env.magic and not env.mode and not env.original_length
+    assert not env.HasField("model") and not env.dictionary
+    magicless = zstandard.FORMAT_ZSTD1_MAGICLESS
+    frame = zstandard.get_frame_parameters(env.zstd.frame, format=magicless)
+    assert frame.content_size == len(text.encode()) and frame.has_checksum
+    back = zstandard.ZstdDecompressor(format=magicless).decompress(env.zstd.frame)
+    assert back == text.encode()
+
+
+async def test_compact_envelope_of_a_short_record(stub: Stub) -> None:
+    # What format 4 is for: the envelope of a short record adds 6 bytes to its frame
+    # (version 2, body field 2, frame field 2); format 1 added 24.
+    text = "Fix a crash when the configuration file is empty (Closes: #1034567); thanks Ana."
+    data = text.encode()
+    resp = await _compress(stub, text)
+    frame = pb.Envelope.FromString(resp.envelope).zstd.frame
+    plain = zstandard.ZstdCompressor(level=19, write_checksum=False).compress(data)
+    assert len(resp.envelope) - len(frame) == 6
+    # The magic number out, the checksum in: the frame is plain zstd -19's size.
+    assert len(frame) == len(plain)
+    assert len(_legacy_envelope(data)) == len(plain) + 24  # format 1's header
+
+
+def _legacy_envelope(data: bytes) -> bytes:
+    """A ZSTD envelope as servers wrote it before format 4 (v1), which stay readable."""
+    frame = zstandard.ZstdCompressor(
+        level=19, write_content_size=False, write_checksum=False, write_dict_id=False
+    ).compress(data)
+    env = pb.Envelope(
+        magic=MAGIC,
+        version=1,
+        mode=pb.MODE_ZSTD,
+        original_length=len(data),
+        original_hash=text_hash(data),
+        zstd=pb.ZstdBody(frame=frame),
+    )
+    return env.SerializeToString()
+
+
+async def test_envelopes_of_earlier_formats_still_read(stub: Stub) -> None:
+    for text in ("", "x", "An envelope written before format 4. " * 40):
+        back = await stub.Reconstruct(
+            pb.ReconstructRequest(envelope=_legacy_envelope(text.encode()))
+        )
+        assert back.text == text and back.exact
+    env = pb.Envelope.FromString(_legacy_envelope(b"checked by its hash"))
+    env.original_hash ^= 1
+    err = await _reconstruct_error(stub, _reseal(env))
+    assert err.code() == grpc.StatusCode.DATA_LOSS
+
+
+async def test_an_envelope_naming_a_dictionary_is_refused_clearly(stub: Stub) -> None:
+    env = pb.Envelope.FromString(await _envelope(stub))
+    env.dictionary = 0x1234ABCD
+    err = await _reconstruct_error(stub, _reseal(env))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "1234abcd" in (err.details() or "")
 
 
 async def test_stats_carry_stage_timings(stub: Stub) -> None:
@@ -199,11 +254,14 @@ async def test_every_single_bit_flip_is_refused_or_exact(stub: Stub) -> None:
 
 
 async def test_checksum_mismatch_is_data_loss(stub: Stub) -> None:
+    # A compact frame's checksum is its last 4 bytes.
     env = pb.Envelope.FromString(await _envelope(stub))
-    env.original_hash ^= 1
+    frame = bytearray(env.zstd.frame)
+    frame[-1] ^= 1
+    env.zstd.frame = bytes(frame)
     err = await _reconstruct_error(stub, _reseal(env))
     assert err.code() == grpc.StatusCode.DATA_LOSS
-    assert "checksum" in (err.details() or "")
+    assert "corrupt" in (err.details() or "")
 
 
 async def test_foreign_bytes(stub: Stub) -> None:
@@ -340,3 +398,25 @@ async def test_a_second_server_on_the_same_port_is_refused(server: App) -> None:
 
     with pytest.raises(OSError, match="cannot bind"):
         await create_server(make_config(server={"port": server.port}))
+
+
+def test_default_levels_by_size() -> None:
+    # Level 19 where it is cheap (up to 512 bytes), level 6 above (compression.zstd_*).
+    from llmcompress_server.codecs.zstd import ZstdCodec
+    from llmcompress_server.core.config import load_config
+
+    comp = load_config(environ={}).compression
+    assert (comp.zstd_small_level, comp.zstd_small_bytes, comp.zstd_level) == (19, 512, 6)
+    codec = ZstdCodec(comp.zstd_level, comp.zstd_small_level, comp.zstd_small_bytes)
+    prose = " ".join(item["text"] for item in load_corpus()[:20]).encode()
+
+    def frame(data: bytes, level: int) -> bytes:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=True
+        )
+        return zstandard.ZstdCompressor(compression_params=params).compress(data)
+
+    for size, level, other in ((300, 19, 6), (512, 19, 6), (2_000, 6, 19), (20_000, 6, 19)):
+        data = prose[:size]
+        assert frame(data, level) != frame(data, other), size  # the levels do differ here
+        assert codec.compress_bytes(data) == frame(data, level), size

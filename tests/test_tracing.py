@@ -117,6 +117,9 @@ async def test_compress_span_tree_keeps_client_trace(traced: Traced) -> None:
 
 
 async def test_batch_item_span_tree(traced: Traced) -> None:
+    # Three cheap ZSTD items are answered as they are read, under one batch.inline span;
+    # an item that needs a task (SEMANTIC asked, stored as ZSTD: too short) gets a
+    # batch.item span with a span per stage.
     trace_id, _, header = _traceparent()
 
     async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
@@ -125,32 +128,36 @@ async def test_batch_item_span_tree(traced: Traced) -> None:
                 id=f"item-{i}",
                 request=pb.CompressRequest(text=f"item {i} " * 30, mode=pb.MODE_ZSTD),
             )
+        yield pb.BatchCompressRequest(
+            id="item-3", request=pb.CompressRequest(text="too short", mode=pb.MODE_SEMANTIC)
+        )
 
     answers = [
         r async for r in traced.stub.BatchCompress(requests(), metadata=[("traceparent", header)])
     ]
-    assert sorted(a.id for a in answers) == ["item-0", "item-1", "item-2"]
+    assert sorted(a.id for a in answers) == ["item-0", "item-1", "item-2", "item-3"]
+    stages = ["validate", "cache.lookup", "zstd.encode", "pack", "cache.store"]
+    for answer in answers:  # every item still carries its stage timings
+        names = [t.stage for t in answer.result.stats.stages]
+        assert names == (stages if answer.id != "item-3" else ["admission.wait", *stages])
     spans = await _finished(traced.spans, "BatchCompress")
     server = _one(spans, SERVICE + "BatchCompress")
     assert server.context.trace_id == trace_id
-    items = [s for s in spans if s.name == "batch.item"]
-    assert len(items) == 3
-    assert {s.attributes["llmc.item.id"] for s in items if s.attributes} == {
-        "item-0",
-        "item-1",
-        "item-2",
+    inline = _one(spans, "batch.inline")
+    assert _parent_id(inline) == server.context.span_id
+    assert dict(inline.attributes or {}) | {"llmc.seconds": 0} == {
+        "llmc.items": 3,
+        "llmc.item.first_id": "item-0",
+        "llmc.item.last_id": "item-2",
+        "llmc.errors": 0,
+        "llmc.seconds": 0,
     }
-    for item in items:
-        assert _parent_id(item) == server.context.span_id
-        children = {s.name for s in spans if _parent_id(s) == item.context.span_id}
-        assert children == {
-            "admission.wait",
-            "validate",
-            "cache.lookup",
-            "zstd.encode",
-            "pack",
-            "cache.store",
-        }, children
+    assert not [s for s in spans if _parent_id(s) == inline.context.span_id]
+    item = _one(spans, "batch.item")
+    assert item.attributes and item.attributes["llmc.item.id"] == "item-3"
+    assert _parent_id(item) == server.context.span_id
+    children = {s.name for s in spans if _parent_id(s) == item.context.span_id}
+    assert children == {"admission.wait", *stages}, children
 
 
 async def test_client_errors_are_not_span_errors_server_faults_are(traced: Traced) -> None:

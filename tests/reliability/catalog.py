@@ -77,9 +77,31 @@ class Caller:
             self._envelope = (await self.compress(SAMPLE)).envelope
         return self._envelope
 
+    def legacy(self) -> bytes:
+        """The sample as a format-1 ZSTD envelope (magic, length, hash), as servers wrote
+        them before format 4; they stay readable, so their header faults stay mapped."""
+        import zstandard
+
+        from llmcompress_server.core.envelope import MAGIC, text_hash
+
+        data = SAMPLE.encode()
+        frame = zstandard.ZstdCompressor(
+            level=19, write_content_size=False, write_checksum=False, write_dict_id=False
+        ).compress(data)
+        env = pb.Envelope(
+            magic=MAGIC,
+            version=1,
+            mode=pb.MODE_ZSTD,
+            original_length=len(data),
+            original_hash=text_hash(data),
+            zstd=pb.ZstdBody(frame=frame),
+        )
+        return env.SerializeToString()
+
     async def edited(self, **fields: Any) -> bytes:
-        """The sample envelope with header fields overwritten."""
-        env = pb.Envelope.FromString(await self.envelope())
+        """The format-1 sample envelope with header fields overwritten (format 4's ZSTD
+        envelope has none of them: its frame holds the length and checksum)."""
+        env = pb.Envelope.FromString(self.legacy())
         for name, value in fields.items():
             setattr(env, name, value)
         return env.SerializeToString()
@@ -141,7 +163,7 @@ async def _const(data: bytes) -> bytes:
 
 
 async def _flip_at(c: Caller, offset: int) -> bytes:
-    data = bytearray(await c.envelope())
+    data = bytearray(c.legacy())
     data[offset] ^= 0x01
     return bytes(data)
 
@@ -172,6 +194,12 @@ async def _frame(c: Caller, frame: bytes, length: int | None = None) -> bytes:
     return env.SerializeToString()
 
 
+async def _dictionary(c: Caller) -> bytes:
+    env = pb.Envelope.FromString(await c.envelope())
+    env.dictionary = 0x0BADD1C7
+    return env.SerializeToString()
+
+
 async def _foreign(c: Caller) -> bytes:
     # A valid protobuf of another type: parses, but is no envelope.
     return pb.CompressRequest(text="not an envelope", mode=pb.MODE_ZSTD).SerializeToString()
@@ -187,17 +215,33 @@ async def _no_body(c: Caller) -> bytes:
     return env.SerializeToString()
 
 
-async def _zstd_of_non_utf8(c: Caller) -> bytes:
+async def _zstd_of_non_utf8(c: Caller, compact: bool = False) -> bytes:
     import zstandard
 
     from llmcompress_server.core.envelope import text_hash
 
     raw = b"\xff\xfe not utf-8 \xc3"
-    env = pb.Envelope.FromString(await c.envelope())
+    if compact:  # a format-4 frame, its size and checksum right
+        params = zstandard.ZstdCompressionParameters.from_level(
+            3, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=True
+        )
+        frame = zstandard.ZstdCompressor(compression_params=params).compress(raw)
+        return pb.Envelope(version=4, zstd=pb.ZstdBody(frame=frame)).SerializeToString()
+    env = pb.Envelope.FromString(c.legacy())
     env.zstd.frame = zstandard.ZstdCompressor().compress(raw)
     env.original_length = len(raw)
     env.original_hash = text_hash(raw)  # checksum right, so only the UTF-8 check can catch it
     return env.SerializeToString()
+
+
+async def _compact_frame_without_checksum(c: Caller) -> bytes:
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters.from_level(
+        3, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=False
+    )
+    frame = zstandard.ZstdCompressor(compression_params=params).compress(SAMPLE.encode())
+    return await _frame(c, frame)
 
 
 def _invalid_utf8_request() -> bytes:
@@ -330,6 +374,17 @@ CASES: list[Case] = [
     envelope_case("not a zstd frame", lambda c: _frame(c, b"plain text, no zstd"), DATA_LOSS),
     envelope_case("empty frame, nonzero length", lambda c: _frame(c, b""), DATA_LOSS),
     envelope_case("frame decodes to invalid UTF-8", _zstd_of_non_utf8, DATA_LOSS),
+    envelope_case(
+        "compact frame decodes to invalid UTF-8",
+        lambda c: _zstd_of_non_utf8(c, compact=True),
+        DATA_LOSS,
+    ),
+    envelope_case("compact frame without its checksum", _compact_frame_without_checksum, DATA_LOSS),
+    envelope_case(
+        "names a corpus dictionary this server lacks",
+        lambda c: _dictionary(c),
+        PRECONDITION,
+    ),
     # -- calls ---------------------------------------------------------------------
     Case("deadline exceeded", _deadline, grpc.StatusCode.DEADLINE_EXCEEDED),
     Case("client cancels mid-call", _cancel, grpc.StatusCode.CANCELLED),

@@ -43,6 +43,7 @@ class Serve:
             os.environ,
             LLMC_MONITORING__ENABLE_PROMETHEUS="false",
             LLMC_MODEL__EMBEDDED__PRELOAD="false",
+            LLMC_COMPRESSION__ZSTD_LEVEL="19",  # conftest.TEST_ZSTD_LEVEL
             **self.env,
         )
         with self.log.open("ab") as out:

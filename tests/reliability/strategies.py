@@ -163,10 +163,15 @@ def built(draw: st.DrawFn, max_text: int) -> bytes:
         original_length=len(payload) if right else draw(st.integers(0, 2 * max_text) | _u64),
         original_hash=text_hash(payload) if right else draw(_u64),
     )
-    level = draw(st.integers(1, 5))
-    frame = zstandard.ZstdCompressor(
-        level=level, write_content_size=draw(st.booleans()), write_checksum=draw(st.booleans())
-    ).compress(payload)
+    # Frames of formats 1-3 (with the magic number) and 4 (magicless), with or without
+    # their own size and checksum, whatever the envelope's version says.
+    params = zstandard.ZstdCompressionParameters.from_level(
+        draw(st.integers(1, 5)),
+        format=draw(st.sampled_from([zstandard.FORMAT_ZSTD1, zstandard.FORMAT_ZSTD1_MAGICLESS])),
+        write_content_size=draw(st.booleans()),
+        write_checksum=draw(st.booleans()),
+    )
+    frame = zstandard.ZstdCompressor(compression_params=params).compress(payload)
     env.zstd.frame = draw(st.just(frame) | st.binary(max_size=64))
     return env.SerializeToString()
 

@@ -102,7 +102,9 @@ def build_codecs(
 ) -> dict[Mode, Codec]:
     """LOSSLESS needs the embedded engine (token-level access); SEMANTIC any chat backend,
     and codes its bodies with the LOSSLESS codec where configured."""
-    codecs: dict[Mode, Codec] = {Mode.ZSTD: ZstdCodec(config.compression.zstd_level)}
+    comp = config.compression
+    zstd = ZstdCodec(comp.zstd_level, comp.zstd_small_level, comp.zstd_small_bytes)
+    codecs: dict[Mode, Codec] = {Mode.ZSTD: zstd}
     lossless = LosslessCodec(engine) if engine is not None else None
     if lossless is not None:
         codecs[Mode.LOSSLESS] = lossless
@@ -154,6 +156,7 @@ async def create_server(
         events.tracer,
         group_threshold=config.compression.group_similar_threshold,
         default_mode=config.compression.default_mode,
+        compress_now=pipeline.compress_now,
     )
     servicer = CompressionServicer(pipeline, batch, stages, usage)
 

@@ -8,7 +8,7 @@ store instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from llmcompress_proto.v1 import compression_pb2 as pb
 
@@ -85,3 +85,15 @@ class Codec(Protocol):
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded: ...
 
     async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded: ...
+
+
+# Texts up to this size may be coded by `InlineCodec.encode_now` in the caller's thread:
+# microseconds of work, less than a hop to a worker thread or a task.
+INLINE_BYTES = 32 * 1024
+
+
+@runtime_checkable
+class InlineCodec(Protocol):
+    """A codec cheap enough to answer a short text at once, with no await (ZSTD)."""
+
+    def encode_now(self, data: bytes) -> Encoded: ...

@@ -9,74 +9,100 @@ import zstandard
 
 from llmcompress_proto.v1 import compression_pb2 as pb
 
+from ..core.envelope import is_compact
 from ..core.errors import DataLoss
 from ..telemetry.stages import StageClock
-from . import CompressOptions, Decoded, Encoded
-
-# Below this, compressing inline is cheaper than a hop to a thread.
-_INLINE_BYTES = 32 * 1024
+from . import INLINE_BYTES, CompressOptions, Decoded, Encoded
 
 
 class ZstdCodec:
-    """MODE_ZSTD: a zstd frame at `level`, exact, no model."""
+    """MODE_ZSTD: a zstd frame, exact, no model; `small_level` up to `small_bytes`, `level`
+    above (where the high levels cost many times the CPU for a percent or two)."""
 
     mode = pb.MODE_ZSTD
     # Bump when the frame for the same text and level changes (cache keys include it).
-    version = 1
+    # 2: magicless frames with their content size and checksum (envelope format 4).
+    version = 2
 
-    def __init__(self, level: int = 19) -> None:
+    def __init__(self, level: int = 6, small_level: int = 19, small_bytes: int = 512) -> None:
         self.level = level
-        # zstd contexts are not thread-safe; keep one per thread.
+        self.small_level = small_level
+        self.small_bytes = small_bytes
+        # zstd contexts are not thread-safe; keep one per thread and level.
         self._local = threading.local()
 
     def cache_params(self, opts: CompressOptions) -> dict[str, str | int | float | bool]:
-        """What shapes the frame: no model, no per-request option, only the level."""
-        return {"codec": "zstd", "version": self.version, "level": self.level}
+        """What shapes the frame: no model, no per-request option, only the levels."""
+        return {
+            "codec": "zstd",
+            "version": self.version,
+            "level": self.level,
+            "small_level": self.small_level,
+            "small_bytes": self.small_bytes,
+        }
 
-    def _compressor(self) -> zstandard.ZstdCompressor:
-        comp: zstandard.ZstdCompressor | None = getattr(self._local, "comp", None)
+    def _compressor(self, level: int) -> zstandard.ZstdCompressor:
+        cache: dict[int, zstandard.ZstdCompressor] | None = getattr(self._local, "comps", None)
+        if cache is None:
+            cache = self._local.comps = {}
+        comp = cache.get(level)
         if comp is None:
-            # The envelope already stores the length and a hash, so the frame
-            # omits its own content size, checksum and dictionary id.
-            comp = zstandard.ZstdCompressor(
-                level=self.level,
-                write_content_size=False,
-                write_checksum=False,
+            # Envelope format 4: the frame carries the length and checksum the envelope no
+            # longer does, and drops the 4-byte magic the envelope's version stands for.
+            params = zstandard.ZstdCompressionParameters.from_level(
+                level,
+                format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+                write_content_size=True,
+                write_checksum=True,
                 write_dict_id=False,
             )
-            self._local.comp = comp
+            comp = cache[level] = zstandard.ZstdCompressor(compression_params=params)
         return comp
 
     def compress_bytes(self, data: bytes) -> bytes:
-        return self._compressor().compress(data)
+        level = self.small_level if len(data) <= self.small_bytes else self.level
+        return self._compressor(level).compress(data)
 
     @staticmethod
-    def decompress_bytes(frame: bytes, length: int) -> bytes:
+    def decompress_bytes(frame: bytes, length: int, compact: bool = True) -> bytes:
+        """`compact`: a format-4 frame (magicless, its own size and checksum)."""
         try:
-            return zstandard.ZstdDecompressor().decompress(frame, max_output_size=max(length, 1))
+            if compact:
+                out = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+            else:
+                out = zstandard.ZstdDecompressor()
+            return out.decompress(frame, max_output_size=max(length, 1))
         except zstandard.ZstdError as exc:
             raise DataLoss(
                 f"the zstd frame in the envelope is corrupt ({exc}); restore it from a good copy"
             ) from None
 
+    def encode_now(self, data: bytes) -> Encoded:
+        """The envelope body for `data`, in this thread (cheap below INLINE_BYTES)."""
+        return Encoded(
+            envelope=pb.Envelope(
+                mode=pb.MODE_ZSTD, zstd=pb.ZstdBody(frame=self.compress_bytes(data))
+            )
+        )
+
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded:
         data = text.encode("utf-8")
         with clock.stage("zstd.encode", **{"llmc.bytes": len(data)}):
-            if len(data) <= _INLINE_BYTES:
-                frame = self.compress_bytes(data)
-            else:
-                frame = await asyncio.to_thread(self.compress_bytes, data)
-        return Encoded(envelope=pb.Envelope(mode=pb.MODE_ZSTD, zstd=pb.ZstdBody(frame=frame)))
+            if len(data) <= INLINE_BYTES:
+                return self.encode_now(data)
+            return await asyncio.to_thread(self.encode_now, data)
 
     async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded:
         with clock.stage("zstd.decode"):
-            length = env.original_length
+            length, compact = env.original_length, is_compact(env)
             if length == 0 and not env.zstd.frame:
                 return Decoded(text="", exact=True)
-            if length <= _INLINE_BYTES:
-                data = self.decompress_bytes(env.zstd.frame, length)
+            if length <= INLINE_BYTES:
+                data = self.decompress_bytes(env.zstd.frame, length, compact)
             else:
-                data = await asyncio.to_thread(self.decompress_bytes, env.zstd.frame, length)
+                data = await asyncio.to_thread(
+                    self.decompress_bytes, env.zstd.frame, length, compact
+                )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:

@@ -4,7 +4,8 @@ It is a protobuf message (`llmcompress.v1.Envelope`), so any language can read
 its header without the server. `seal` builds it; `open_envelope` parses and
 checks the header; `check_original` verifies a decoded text against the
 stored length and hash. Every failure is a typed error with an actionable
-message.
+message. A ZSTD envelope is written in format 4's compact form: its frame
+carries the length and a checksum, so the envelope adds 6-7 bytes to it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import zstandard
 from google.protobuf.message import DecodeError
 
 from llmcompress_proto.v1 import compression_pb2 as pb
@@ -20,9 +22,14 @@ from .errors import DataLoss, InvalidInput, PreconditionFailed
 
 MAGIC = 0x434D4C4C  # "LLMC" read as a little-endian fixed32
 # The newest format this server reads and writes; see `Envelope.version` in the proto.
-FORMAT_VERSION = 3
-# ZSTD envelopes need nothing from v2, so they keep v1 and older servers read them.
+FORMAT_VERSION = 4
+# What a model envelope is written as (v4 only adds what model envelopes do not use yet).
+MODEL_VERSION = 3
+# A body without a model or zstd frame (none is written today) needs nothing past v1.
 _PLAIN_VERSION = 1
+# The compact ZSTD form: the envelope's version and body, the frame magicless with its
+# content size and checksum. On a 120-byte record the v1 header cost 25 bytes, this 7.
+COMPACT_VERSION = 4
 
 # Packaged models by the first 8 bytes of their file's SHA-256. A ModelRef for
 # one of them stores no name (the prefix says which it is): the name would be
@@ -86,15 +93,46 @@ def mode_name(mode: int) -> str:
 
 
 def seal(original: bytes, body: pb.Envelope, model: ModelIdentity | None = None) -> bytes:
-    """Complete `body` (an Envelope with only its mode and body set) and serialize it."""
+    """Complete `body` (an Envelope with only its mode and body set) and serialize it.
+
+    A ZSTD body is sealed compact (format 4): the codec wrote a frame that carries the
+    length and a checksum, so nothing else is needed to reconstruct it."""
+    if body.WhichOneof("body") == "zstd" and model is None:
+        compact = pb.Envelope(version=COMPACT_VERSION, zstd=body.zstd)
+        return compact.SerializeToString(deterministic=True)
     body.magic = MAGIC
     body.version = _PLAIN_VERSION
     body.original_length = len(original)
     body.original_hash = text_hash(original)
     if model is not None:
-        body.version = FORMAT_VERSION
+        body.version = MODEL_VERSION
         body.model.CopyFrom(model.to_pb())
     return body.SerializeToString(deterministic=True)
+
+
+def is_compact(env: pb.Envelope) -> bool:
+    """A format-4 ZSTD envelope, whose frame holds its length and checksum."""
+    return env.version >= COMPACT_VERSION and env.WhichOneof("body") == "zstd"
+
+
+def compact_frame_length(frame: bytes) -> int:
+    """The content size a compact ZSTD frame declares. A frame without its size or its
+    checksum is not one this format writes (DataLoss): the checksum stands for the
+    envelope's hash."""
+    try:
+        params = zstandard.get_frame_parameters(frame, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+    except zstandard.ZstdError:
+        params = None
+    if (
+        params is None
+        or params.content_size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR)
+        or not params.has_checksum
+    ):
+        raise DataLoss(
+            "the envelope's zstd frame is corrupt (no readable size and checksum); restore it "
+            "from a good copy"
+        )
+    return int(params.content_size)
 
 
 def open_envelope(data: bytes) -> pb.Envelope:
@@ -109,18 +147,29 @@ def open_envelope(data: bytes) -> pb.Envelope:
             f"the envelope ({len(data)} bytes) cannot be parsed: it is truncated, corrupted "
             "or not an llmcompress envelope; pass the exact bytes Compress returned"
         ) from None
-    if env.magic != MAGIC:
-        raise InvalidInput(
-            "these bytes are not an llmcompress envelope (no LLMC magic); "
-            "pass the exact bytes Compress returned"
-        )
     if env.version > FORMAT_VERSION:
         raise PreconditionFailed(
             f"the envelope uses format v{env.version}, newer than this server reads "
             f"(v{FORMAT_VERSION}); reconstruct it with a newer llmcompress server"
         )
+    if env.magic != MAGIC and not is_compact(env):
+        raise InvalidInput(
+            "these bytes are not an llmcompress envelope (no LLMC magic); "
+            "pass the exact bytes Compress returned"
+        )
     if env.version < 1:
         raise InvalidInput("the envelope has no format version; it is corrupted")
+    if env.dictionary:
+        raise PreconditionFailed(
+            f"the envelope was coded with corpus dictionary {env.dictionary:08x}, and this "
+            "server holds no corpus dictionaries; reconstruct it on a server that has it"
+        )
+    if is_compact(env):
+        if env.mode not in (pb.MODE_UNSPECIFIED, pb.MODE_ZSTD) or env.HasField("model"):
+            raise InvalidInput("the compact ZSTD envelope names a model or mode; it is corrupted")
+        # Filled in from the frame, so the rest of the server reads one shape.
+        env.mode = pb.MODE_ZSTD
+        env.original_length = compact_frame_length(env.zstd.frame)
     expected = _BODY_FOR_MODE.get(env.mode)
     if expected is None:
         raise InvalidInput(f"the envelope names an unknown {mode_name(env.mode)}; it is corrupted")
@@ -132,9 +181,17 @@ def open_envelope(data: bytes) -> pb.Envelope:
     return env
 
 
+def describes(env: pb.Envelope, text: bytes) -> bool:
+    """Whether `text` has the envelope's length and hash (a compact ZSTD envelope's frame
+    checked its own checksum as it was decoded, so only the length is left)."""
+    if len(text) != env.original_length:
+        return False
+    return is_compact(env) or text_hash(text) == env.original_hash
+
+
 def check_original(env: pb.Envelope, text: bytes) -> None:
     """Raise DataLoss unless `text` has the stored length and hash."""
-    if len(text) != env.original_length or text_hash(text) != env.original_hash:
+    if not describes(env, text):
         raise DataLoss(
             f"the decoded text does not match the envelope's checksum "
             f"({len(text)} bytes decoded, {env.original_length} stored): the envelope is "

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import grpc
 from google.rpc import status_pb2
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Span, Tracer
 
 from llmcompress_proto.v1 import compression_pb2 as pb
 
@@ -51,11 +51,58 @@ def status_for(exc: BaseException) -> status_pb2.Status:
     return status_pb2.Status(code=code.value[0], message=message)
 
 
+# Items answered at once (`compress_now`) share one span per run of at most this many.
+INLINE_SPAN_ITEMS = 256
+
+
+class InlineSpan:
+    """One span for a run of items answered at once: their count, first and last id,
+    errors and the seconds they took; ended at INLINE_SPAN_ITEMS items, when an item
+    takes the task path, or when the stream ends."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+        self.span: Span | None = None
+        self.items = self.errors = 0
+        self.seconds = 0.0
+        self.last_id = ""
+
+    def add(self, item_id: str, seconds: float, failed: bool) -> None:
+        if self.span is None:
+            self.span = self.tracer.start_span(
+                "batch.inline", attributes={"llmc.item.first_id": item_id}
+            )
+        self.items += 1
+        self.errors += failed
+        self.seconds += seconds
+        self.last_id = item_id
+        if self.items >= INLINE_SPAN_ITEMS:
+            self.end()
+
+    def end(self) -> None:
+        if self.span is not None:
+            self.span.set_attributes(
+                {
+                    "llmc.items": self.items,
+                    "llmc.item.last_id": self.last_id,
+                    "llmc.errors": self.errors,
+                    "llmc.seconds": self.seconds,
+                }
+            )
+            self.span.end()
+        self.span = None
+        self.items = self.errors = 0
+        self.seconds = 0.0
+
+
 class BatchRunner:
     """Runs one BatchCompress stream: at most `window` items in flight, one answer per id.
 
     With `group_threshold` above 0, SEMANTIC items (`default_mode` for items that name
-    none) are grouped with near-duplicates earlier in the window."""
+    none) are grouped with near-duplicates earlier in the window. With `compress_now`,
+    a cheap item (ZSTD, short) is answered as it is read, with no task and no span of its
+    own (`InlineSpan` covers a run of them); anything else gets a task and a
+    `batch.item` span."""
 
     def __init__(
         self,
@@ -65,12 +112,31 @@ class BatchRunner:
         *,
         group_threshold: float = 0.0,
         default_mode: Mode = Mode.ZSTD,
+        compress_now: Callable[[CompressCommand], CompressOutcome | None] | None = None,
     ) -> None:
         self.compress = compress
         self.window = window
         self.tracer = tracer if tracer is not None else Events().tracer
         self.group_threshold = group_threshold
         self.default_mode = default_mode
+        self.compress_now = compress_now
+
+    def _answer_now(
+        self, item: pb.BatchCompressRequest | UndecodableRequest, inline: InlineSpan
+    ) -> pb.BatchCompressResponse | None:
+        """The answer to a cheap item, computed now; None for an item that needs a task."""
+        if self.compress_now is None or isinstance(item, UndecodableRequest):
+            return None
+        start = time.perf_counter()
+        try:
+            outcome = self.compress_now(CompressCommand.from_pb(item.request))
+        except LLMCompressError as exc:
+            inline.add(item.id, time.perf_counter() - start, failed=True)
+            return pb.BatchCompressResponse(id=item.id, error=status_for(exc))
+        if outcome is None:
+            return None
+        inline.add(item.id, time.perf_counter() - start, failed=False)
+        return pb.BatchCompressResponse(id=item.id, result=outcome.to_pb())
 
     def _membership(
         self, groups: StreamGroups | None, item: pb.BatchCompressRequest | UndecodableRequest
@@ -163,21 +229,31 @@ class BatchRunner:
             nonlocal in_order
             seq = 0
             stream = aiter(requests)
-            while True:
-                # Room first, then read: while the window is full nothing is read,
-                # so HTTP/2 flow control holds the sender back.
-                await room.acquire()
-                try:
-                    item = await anext(stream)
-                except StopAsyncIteration:
-                    room.release()
-                    break
-                if seq == 0 and isinstance(item, pb.BatchCompressRequest):
-                    in_order = item.in_order
-                task = asyncio.create_task(work(seq, item, self._membership(groups, item)))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                seq += 1
+            inline = InlineSpan(self.tracer)
+            try:
+                while True:
+                    # Room first, then read: while the window is full nothing is read,
+                    # so HTTP/2 flow control holds the sender back.
+                    await room.acquire()
+                    try:
+                        item = await anext(stream)
+                    except StopAsyncIteration:
+                        room.release()
+                        break
+                    if seq == 0 and isinstance(item, pb.BatchCompressRequest):
+                        in_order = item.in_order
+                    membership = self._membership(groups, item)
+                    now = None if membership else self._answer_now(item, inline)
+                    if now is not None:
+                        done.put_nowait((seq, now))
+                    else:
+                        inline.end()
+                        task = asyncio.create_task(work(seq, item, membership))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    seq += 1
+            finally:
+                inline.end()
             while tasks:
                 await asyncio.gather(*list(tasks))
             done.put_nowait(None)

@@ -13,12 +13,21 @@ its SEMANTIC target (`TooShort`) is not a failure: it is stored exactly
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
 from opentelemetry import trace
 
-from ..codecs import BelowQuality, Codec, CompressOptions, Encoded, TooShort
+from ..codecs import (
+    INLINE_BYTES,
+    BelowQuality,
+    Codec,
+    CompressOptions,
+    Encoded,
+    InlineCodec,
+    TooShort,
+)
 from ..codecs.semantic.grouping import Membership
 from ..core.config import Config, SemanticFallback
 from ..core.domain import CompressCommand, CompressOutcome, Mode, ReconstructOutcome
@@ -56,6 +65,9 @@ class Pipeline:
         if cache is None and config.cache.enabled:
             cache = ResultCache.from_config(config, self.events)
         self.cache = cache
+        # Checked once: a runtime Protocol check costs more than a short item's zstd work.
+        zstd = self.codecs.get(Mode.ZSTD)
+        self._inline = zstd if isinstance(zstd, InlineCodec) else None
 
     def _codec(self, mode: Mode) -> Codec:
         codec = self.codecs.get(mode)
@@ -103,15 +115,10 @@ class Pipeline:
     async def _compress(
         self, cmd: CompressCommand, clock: StageClock, group: Membership | None
     ) -> CompressOutcome:
-        limit = self.config.compression.max_text_bytes
         with clock.stage("validate") as span:
             data = cmd.text.encode("utf-8")
             span.set_attribute("llmc.bytes", len(data))
-            if len(data) > limit:
-                raise InvalidInput(
-                    f"text is {len(data)} bytes, above this server's limit of {limit} bytes "
-                    "(compression.max_text_bytes); split it into smaller items"
-                )
+            self._check_size(data)
         requested = cmd.mode or self.config.compression.default_mode
         mode, reason = self._route(cmd.text, requested)
         codec, opts = self._codec(mode), self.options(cmd, group)
@@ -119,17 +126,7 @@ class Pipeline:
         async def compute() -> CachedResult:
             encoded = await self.encode(mode, cmd.text, opts, clock)
             with clock.stage("pack"):
-                blob = seal(data, encoded.envelope, encoded.model)
-            return CachedResult(
-                envelope=blob,
-                mode=Mode.from_pb(encoded.envelope.mode),
-                model=encoded.model.name if encoded.model else "",
-                backend=encoded.backend,
-                degraded=encoded.degraded,
-                reason=encoded.reason,
-                quality=encoded.quality,
-                piecewise_bytes=encoded.piecewise_bytes,
-            )
+                return self._sealed(data, encoded)
 
         key = None
         if self.cache is not None and not cmd.skip_cache:
@@ -139,6 +136,85 @@ class Pipeline:
         else:
             result, source = await self.cache.resolve(key, data, compute, clock)
             hit = source != "computed"
+        return self._outcome(data, requested, reason, result, hit, clock)
+
+    def compress_now(self, cmd: CompressCommand) -> CompressOutcome | None:
+        """A cheap item answered without awaiting anything, or None when it is not cheap:
+        ZSTD (asked, or the default mode), at most INLINE_BYTES, with no Redis tier to ask.
+
+        Its stages are timed and reported like `compress`'s, but open no span each: on a
+        ~100-byte record the spans cost several times the zstd work (the BatchCompress
+        runner opens one span per run of such items). It takes no admission slot, since
+        it holds nothing across an await; the stream's window still bounds the stream."""
+        requested = cmd.mode or self.config.compression.default_mode
+        codec = self._inline
+        cache = None if cmd.skip_cache else self.cache
+        if (
+            requested is not Mode.ZSTD
+            or codec is None
+            or len(cmd.text) > INLINE_BYTES  # characters: at most the bytes
+            or (cache is not None and cache.redis is not None)
+        ):
+            return None
+        clock = StageClock(self.events)
+        start = time.perf_counter()
+        data = cmd.text.encode("utf-8")
+        if len(data) > INLINE_BYTES:
+            return None
+        try:
+            self._check_size(data)
+        finally:
+            now = time.perf_counter()
+            clock.add("validate", now - start)
+        mode, reason = self._route(cmd.text, requested)
+        key = None if cache is None else key_for(codec, data, mode, self.options(cmd))
+        if cache is not None and key is not None:
+            found = cache.lookup_memory(key, data)
+            start, now = now, time.perf_counter()
+            clock.add("cache.lookup", now - start)
+            if found is not None:
+                return self._outcome(data, requested, reason, found, True, clock)
+        encoded = codec.encode_now(data)
+        start, now = now, time.perf_counter()
+        clock.add("zstd.encode", now - start)
+        result = self._sealed(data, encoded)
+        start, now = now, time.perf_counter()
+        clock.add("pack", now - start)
+        if cache is not None and key is not None:
+            cache.store_memory(key, result)
+            clock.add("cache.store", time.perf_counter() - now)
+        return self._outcome(data, requested, reason, result, False, clock)
+
+    def _check_size(self, data: bytes) -> None:
+        limit = self.config.compression.max_text_bytes
+        if len(data) > limit:
+            raise InvalidInput(
+                f"text is {len(data)} bytes, above this server's limit of {limit} bytes "
+                "(compression.max_text_bytes); split it into smaller items"
+            )
+
+    @staticmethod
+    def _sealed(data: bytes, encoded: Encoded) -> CachedResult:
+        return CachedResult(
+            envelope=seal(data, encoded.envelope, encoded.model),
+            mode=Mode.from_pb(encoded.envelope.mode),
+            model=encoded.model.name if encoded.model else "",
+            backend=encoded.backend,
+            degraded=encoded.degraded,
+            reason=encoded.reason,
+            quality=encoded.quality,
+            piecewise_bytes=encoded.piecewise_bytes,
+        )
+
+    @staticmethod
+    def _outcome(
+        data: bytes,
+        requested: Mode,
+        reason: str,
+        result: CachedResult,
+        hit: bool,
+        clock: StageClock,
+    ) -> CompressOutcome:
         return CompressOutcome(
             envelope=result.envelope,
             original_bytes=len(data),

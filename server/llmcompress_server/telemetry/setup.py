@@ -20,7 +20,7 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.metrics import Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -131,7 +131,13 @@ def setup_telemetry(
     if monitoring.enable_prometheus:
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
-    meter_provider = MeterProvider(metric_readers=readers, resource=service_resource(env))
+    # No exemplars: neither export path sends them, and sampling one costs a histogram
+    # record about as much as the record itself (several per streamed item).
+    meter_provider = MeterProvider(
+        metric_readers=readers,
+        resource=service_resource(env),
+        exemplar_filter=AlwaysOffExemplarFilter(),
+    )
     metrics = Metrics(meter_provider, Pricing.from_config(config.cost))
     # deploy/prometheus/alerts.yml compares quality with this series: the configured bar fires.
     threshold = monitoring.alert_quality_threshold

@@ -740,26 +740,39 @@ class Envelope(_message.Message):
     ORIGINAL_LENGTH_FIELD_NUMBER: _builtins.int
     ORIGINAL_HASH_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    DICTIONARY_FIELD_NUMBER: _builtins.int
     ZSTD_FIELD_NUMBER: _builtins.int
     LOSSLESS_FIELD_NUMBER: _builtins.int
     SEMANTIC_FIELD_NUMBER: _builtins.int
     magic: _builtins.int
-    """Always 0x434d4c4c ("LLMC" little-endian); tells envelopes from other bytes."""
+    """0x434d4c4c ("LLMC" little-endian); tells envelopes from other bytes.
+    Always set in formats 1-3; format 4 leaves it out of ZSTD envelopes.
+    """
     version: _builtins.int
     """Format version; a reader refuses versions newer than it knows. 1: the
     first format. 2: adds the compact ModelRef and EngineFingerprint forms;
     written only by envelopes that carry a model (ZSTD envelopes stay v1, so
     older servers still read them). 3: adds `ModelRef.known` and
     `EngineFingerprint.build` (20 bytes off every model envelope's header).
+    4: compact ZSTD envelopes and corpus dictionaries. A v4 ZSTD envelope
+    holds only `version`, `dictionary` (when one was used) and its body: the
+    zstd frame carries the length and a checksum itself (see ZstdBody), so
+    `magic`, `mode`, `original_length` and `original_hash` are left out
+    (19 bytes). A model envelope is v4 only when it names a dictionary.
     """
     mode: Global___Mode.ValueType
-    """The mode of the body."""
+    """The mode of the body (implied by the body in a v4 ZSTD envelope)."""
     original_length: _builtins.int
     """UTF-8 byte length of the original text."""
     original_hash: _builtins.int
     """First 8 bytes of SHA-256 of the original UTF-8 bytes, big-endian. 64
     bits detect corruption or a wrong decode (chance of a miss 2^-64) at a
     ninth of the bytes of the full digest, which matters for short texts.
+    """
+    dictionary: _builtins.int
+    """The corpus dictionary the body was coded with: the first 4 bytes of its
+    id (the SHA-256 of its contents), big-endian; 0 or absent: none. Format
+    4. A reader without that dictionary refuses the envelope.
     """
     @_builtins.property
     def model(self) -> Global___ModelRef:
@@ -786,13 +799,14 @@ class Envelope(_message.Message):
         original_length: _builtins.int = ...,
         original_hash: _builtins.int = ...,
         model: Global___ModelRef | None = ...,
+        dictionary: _builtins.int = ...,
         zstd: Global___ZstdBody | None = ...,
         lossless: Global___LosslessBody | None = ...,
         semantic: Global___SemanticBody | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "lossless", b"lossless", "model", b"model", "semantic", b"semantic", "zstd", b"zstd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "lossless", b"lossless", "magic", b"magic", "mode", b"mode", "model", b"model", "original_hash", b"original_hash", "original_length", b"original_length", "semantic", b"semantic", "version", b"version", "zstd", b"zstd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "dictionary", b"dictionary", "lossless", b"lossless", "magic", b"magic", "mode", b"mode", "model", b"model", "original_hash", b"original_hash", "original_length", b"original_length", "semantic", b"semantic", "version", b"version", "zstd", b"zstd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["zstd", "lossless", "semantic"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
@@ -841,8 +855,12 @@ Global___ModelRef: _TypeAlias = ModelRef  # noqa: Y015
 
 @_typing.final
 class ZstdBody(_message.Message):
-    """ZstdBody is a zstd frame without content size, checksum or dictionary id:
-    the envelope already carries the length and the hash.
+    """ZstdBody is a zstd frame. In formats 1-3 it has no content size, checksum
+    or dictionary id: the envelope carries the length and the hash. In format 4
+    it is a magicless frame (ZSTD_f_zstd1_magicless: the 4-byte magic number
+    left out) with its content size and its checksum (the low 32 bits of
+    XXH64 of the content), and never a dictionary id (the envelope's
+    `dictionary` names it).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ...core.domain import Mode
-from ...core.envelope import model_name, open_envelope, text_hash
+from ...core.envelope import describes, model_name, open_envelope
 from ...core.errors import LLMCompressError
 
 _ENTRY_MAGIC = b"LCE1"
@@ -79,6 +79,6 @@ class CachedResult:
             )
         except (ValueError, KeyError, TypeError, LLMCompressError) as exc:
             raise CorruptEntry(f"unreadable entry: {exc}") from None
-        if env.original_length != len(data) or env.original_hash != text_hash(data):
+        if not describes(env, data):
             raise CorruptEntry("entry holds an envelope of another text")
         return result

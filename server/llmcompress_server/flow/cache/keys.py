@@ -15,6 +15,7 @@ of a replaced model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -27,7 +28,8 @@ from ...core.envelope import FORMAT_VERSION
 CacheParams = Mapping[str, str | int | float | bool]
 
 # Bump when the key recipe or the entry format (entries.py) changes.
-SCHEMA = 1
+# 2: the text's sha256 follows the recipe's JSON instead of sitting in it.
+SCHEMA = 2
 
 
 @runtime_checkable
@@ -36,21 +38,28 @@ class CacheableCodec(Protocol):
 
 
 def cache_key(data: bytes, mode: Mode, params: CacheParams) -> bytes:
-    """SHA-256 over a canonical JSON of the text's full sha256, the mode and the codec's params."""
+    """SHA-256 over a canonical JSON of the mode and the codec's params, then the text's
+    full sha256 (the JSON part is the same for every text asked the same way: built once)."""
+    prefix = _recipe(mode, tuple(sorted(params.items())))
+    return hashlib.sha256(prefix + hashlib.sha256(data).digest()).digest()
+
+
+@functools.lru_cache(maxsize=256)
+def _recipe(mode: Mode, params: tuple[tuple[str, str | int | float | bool], ...]) -> bytes:
     recipe = {
         "schema": SCHEMA,
         "envelope_format": FORMAT_VERSION,
-        "text_sha256": hashlib.sha256(data).hexdigest(),
         "mode": mode.value,
         "codec": dict(params),
     }
     canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(canonical.encode("utf-8")).digest()
+    return canonical.encode("utf-8")
 
 
 def key_for(codec: object, data: bytes, mode: Mode, opts: CompressOptions) -> bytes | None:
     """The key, or None when the codec cannot name what shapes its output."""
-    if not isinstance(codec, CacheableCodec):
+    cache_params = getattr(codec, "cache_params", None)  # CacheableCodec, checked cheaply
+    if cache_params is None:
         return None
-    params = codec.cache_params(opts)
+    params = cache_params(opts)
     return None if params is None else cache_key(data, mode, params)

@@ -93,11 +93,16 @@ class ResultCache:
         self._looked_up(self._redis_stats, "redis", found is not None, seconds)
         return found
 
-    async def store(self, key: bytes, result: CachedResult) -> None:
+    def store_memory(self, key: bytes, result: CachedResult) -> bytes:
+        """Store in the in-process tier alone; returns the packed entry."""
         value = result.pack(key)
         start = time.perf_counter()
         self.memory.set(key, value)
         self.events.cache_event("store", "memory", time.perf_counter() - start)
+        return value
+
+    async def store(self, key: bytes, result: CachedResult) -> None:
+        value = self.store_memory(key, result)
         if self.redis is not None:
             start = time.perf_counter()
             await self.redis.set(key, value)
