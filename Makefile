@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-widths bench-alice29 roundtrip clean stubs proto-baseline
+.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-widths bench-streaming bench-alice29 roundtrip clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -133,6 +133,7 @@ bench-full: OUT = $(or $(BENCH_OUT),docs/benchmarks/full)
 bench-quick: OUT = $(or $(BENCH_OUT),docs/benchmarks/quick)
 bench-lossless: OUT = $(or $(BENCH_OUT),docs/benchmarks/lossless-all)
 bench-widths: OUT = $(or $(BENCH_OUT),docs/benchmarks/engine_widths)
+bench-streaming: OUT = $(or $(BENCH_OUT),docs/benchmarks/streaming)
 bench-alice29: OUT = $(or $(BENCH_OUT),docs/benchmarks/alice29)
 roundtrip: OUT = $(or $(BENCH_OUT),docs/benchmarks/roundtrip)
 
@@ -150,6 +151,9 @@ bench-lossless: install ## LOSSLESS over the whole corpus (exact/total, ratio) a
 
 bench-widths: install ## the coding engine's raw speed with every row live, per width/threads/engines (a few minutes); docs/benchmarks/engine_widths
 	$(PY) -m bench.engine_widths --out $(OUT) $(BENCH_ARGS)
+
+bench-streaming: install ## ZSTD BatchCompress of short and medium records, 1 and 4 streams, beside a bare grpc.aio server, with a py-spy profile (a few minutes); docs/benchmarks/streaming
+	$(PY) -m bench.streaming --out $(OUT) $(BENCH_ARGS)
 
 ALICE29 ?= corpus/alice29.txt
 bench-alice29: install ## the whole alice29.txt as one LOSSLESS text: bits per byte and the share coded piecewise; docs/benchmarks/alice29

@@ -642,11 +642,22 @@ def markdown(results: dict[str, Any]) -> str:
             "time on this machine.",
         ]
     lines += _grouping_section(results)
+    lines += _streaming_section(results)
     lines += ["", "## Subsets", ""]
     lines += [f"- {name}: {how}" for name, how in results["subsets"].items()]
     lines += ["", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in results.get("plots", [])]
     return "\n".join(lines) + "\n"
+
+
+def _streaming_section(results: dict[str, Any]) -> list[str]:
+    from bench.streaming import profile_table, table
+
+    data = results.get("streaming", {})
+    lines = ["", "## Streaming records through BatchCompress (ZSTD), beside bare gRPC", ""]
+    if not data.get("available"):
+        return [*lines, f"Not measured: {data.get('reason', 'not run')}."]
+    return [*lines, table(data), "", profile_table(data["profile"])]
 
 
 def _grouping_section(results: dict[str, Any]) -> list[str]:

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT / "corpus" / "passages.jsonl"
 DEFAULT_EDGES = [1024, 2048, 4096]
 # Sections beside the per-mode tables; all but "overhead" are bench.<name> modules.
-SECTIONS = ("lossless", "semantic", "cache", "overhead", "grouping")
+SECTIONS = ("lossless", "semantic", "cache", "overhead", "grouping", "streaming")
 Rows = list[dict[str, str]]
 
 
@@ -393,6 +393,12 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             results[name] = {"available": False, "reason": "in-process only, not with --server"}
         elif name == "overhead":
             results[name] = await overhead_section(rows, profile)
+        elif name == "streaming":
+            # Its own corpus (corpus/debian-changelogs) and servers, each a process of its own.
+            quick = profile.name == "quick"
+            results[name] = await optional_section(
+                "bench.streaming", limit=200 if quick else None, repeats=1 if quick else 2
+            )
         elif name == "grouping":
             # Its own near-duplicate corpus, built from the passages (bench/grouping.py).
             results[name] = await optional_section("bench.grouping", rows)

@@ -1,0 +1,340 @@
+"""Streaming records through BatchCompress (ZSTD), beside the bare-gRPC ceiling, in one run.
+
+Each row streams every record of a set (five times over, each copy after the first
+ending in " (n)") through one or four BatchCompress calls from
+a client process of its own (bench.batch_load, cache on: the records are distinct, so
+each misses and is stored, as in a corpus import), first to `llmc serve` with the
+default config (telemetry on; metrics on a free port; the model not preloaded, since
+ZSTD never uses it), then to bench.bare_server: the same protos answering each item
+with zstd -3 and nothing else. Both servers are processes of their own, started anew
+for each run. A row gives items/s, MB/s of text, the server process's CPU per item and
+the envelope ratio (text bytes / envelope bytes; for the bare server, its raw frames).
+
+    python -m bench.streaming --out docs/benchmarks/streaming
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.lossless import ROOT, _commit
+
+CORPUS = ROOT / "corpus" / "debian-changelogs"
+# (name, file, smallest and largest record in bytes)
+SETS = (
+    ("short records", "changelog-items.jsonl", 100, 200, 5),
+    ("medium records", "changelog-medium.jsonl", 2000, 4000, 5),
+)
+SERVERS = {
+    "llmc serve": [sys.executable, "-m", "llmcompress.cli", "serve"],
+    "bare grpc.aio": [sys.executable, "-m", "bench.bare_server"],
+}
+SERVER_ENV = {
+    "LLMC_MONITORING__PROMETHEUS_PORT": "0",
+    "LLMC_MODEL__EMBEDDED__PRELOAD": "false",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    server: str
+    streams: int
+    items: int
+    seconds: float
+    text_bytes: int
+    envelope_bytes: int
+    server_cpu_seconds: float
+    errors: int
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds
+
+
+def records(name: str, low: int, high: int, limit: int | None, copies: int = 1) -> list[str]:
+    """The set's records of `low`..`high` bytes, `copies` times over; a copy after the
+    first ends in " (n)", so that no item is a cache hit of another."""
+    texts = []
+    for line in (CORPUS / name).read_text(encoding="utf-8").splitlines():
+        text = json.loads(line)["text"]
+        if low <= len(text.encode("utf-8")) <= high:
+            texts.append(text)
+    texts = texts[:limit] if limit else texts
+    return [t if n == 0 else f"{t} ({n})" for n in range(copies) for t in texts]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# Where a sample's time goes: the deepest frame that matches names the part (first match
+# wins). Frames in no part (the servicer, the batch runner, the pipeline's own lines)
+# count as "the service's own Python".
+PARTS = (
+    ("spans", r"opentelemetry/(sdk/)?trace|opentelemetry/context|StageClock|use_span"),
+    ("metrics", r"opentelemetry/(sdk/)?metrics|telemetry/metrics\.py"),
+    ("zstd", r"zstandard|compress_bytes"),
+    ("cache", r"/cache/"),
+    ("envelope", r"envelope\.py"),
+    ("protobuf conversions", r"domain\.py"),
+    ("admission", r"admission\.py"),
+    ("gRPC and interceptors", r"/grpc/|interceptor|request_metrics"),
+    ("asyncio (event loop, tasks, gRPC's C core)", r"/asyncio/"),
+)
+
+
+def _server(server: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*SERVERS[server], "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **SERVER_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{server} did not listen on {port}") from None
+            time.sleep(0.05)
+
+
+def _load(port: int, texts: list[str], streams: int) -> dict[str, Any]:
+    driver = [sys.executable, "-m", "bench.batch_load", f"127.0.0.1:{port}", str(len(texts))]
+    load = subprocess.run(
+        [*driver, "--mode", "zstd", "--streams", str(streams), "--cache"],
+        cwd=ROOT,
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
+    out: dict[str, Any] = json.loads(load.stdout.strip().splitlines()[-1])
+    if out["distinct_ids"] != len(texts) or out["answers"] != len(texts):
+        raise RuntimeError(f"{out['answers']} answers for {len(texts)} items")
+    return out
+
+
+def measure_one(server: str, texts: list[str], streams: int) -> Run:
+    proc, port = _server(server)
+    try:
+        cpu0 = _cpu_seconds(proc.pid)
+        out = _load(port, texts, streams)
+        cpu = _cpu_seconds(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    if out["distinct_ids"] != len(texts) or out["answers"] != len(texts):
+        raise RuntimeError(f"{server}: {out['answers']} answers for {len(texts)} items")
+    return Run(
+        server, streams, len(texts), out["seconds"], out["text_bytes"],
+        out["envelope_bytes"], cpu, out["errors"],
+    )  # fmt: skip
+
+
+def profile(texts: list[str]) -> dict[str, Any]:
+    """py-spy on `llmc serve` while it answers `texts` over one stream: each part's share
+    of the samples, and so of the server's CPU per item."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return {"available": False, "reason": "py-spy is not installed (make install adds it)"}
+    proc, port = _server("llmc serve")
+    raw = ROOT / "bench-out" / "streaming-profile.txt"
+    raw.parent.mkdir(exist_ok=True)
+    try:
+        sampler = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "-p",
+                str(proc.pid),
+                "-o",
+                str(raw),
+                "-f",
+                "raw",
+                "-r",
+                "250",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # py-spy attaches
+        cpu0 = _cpu_seconds(proc.pid)
+        out = _load(port, texts, 1)
+        cpu = _cpu_seconds(proc.pid) - cpu0
+        sampler.send_signal(signal.SIGINT)
+        sampler.wait(timeout=60)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    parts: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        part = "the service's own Python"
+        for frame in reversed(stack.split(";")):
+            found = next((name for name, pattern in PARTS if re.search(pattern, frame)), None)
+            if found:
+                part = found
+                break
+        parts[part] += int(count)
+    total = sum(parts.values()) or 1
+    per_item_us = cpu / len(texts) * 1e6
+    return {
+        "available": True,
+        "items": len(texts),
+        "items_per_s": len(texts) / out["seconds"],
+        "server_cpu_us_per_item": per_item_us,
+        "samples": total,
+        "parts": {
+            part: {"share": n / total, "us_per_item": n / total * per_item_us}
+            for part, n in parts.most_common()
+        },
+    }
+
+
+def profile_table(prof: dict[str, Any]) -> str:
+    if not prof.get("available"):
+        return f"Not profiled: {prof.get('reason')}."
+    lines = [
+        f"py-spy at 250 Hz on `llmc serve` answering {prof['items']:,} short records over one "
+        f"stream ({prof['samples']:,} samples; {prof['items_per_s']:,.0f} items/s while "
+        f"sampled, {prof['server_cpu_us_per_item']:,.0f} µs of server CPU per item). Each "
+        "sample counts for the deepest frame that names a part:",
+        "",
+        "| part | share of samples | µs per item |",
+        "|---|---|---|",
+    ]
+    for part, p in prof["parts"].items():
+        lines.append(f"| {part} | {p['share']:.1%} | {p['us_per_item']:,.0f} |")
+    return "\n".join(lines)
+
+
+def measure(limit: int | None = None, repeats: int = 2) -> dict[str, Any]:
+    """Every set over 1 and 4 streams; each server `repeats` times, alternating which goes
+    first, and the faster run of each kept (the machine is shared and noisy)."""
+    load0 = os.getloadavg()
+    rows = []
+    for name, file, low, high, copies in SETS:
+        texts = records(file, low, high, limit, copies)
+        for streams in (1, 4):
+            runs: dict[str, list[Run]] = {s: [] for s in SERVERS}
+            for r in range(repeats):
+                order = list(SERVERS) if r % 2 == 0 else list(reversed(SERVERS))
+                for server in order:
+                    runs[server].append(measure_one(server, texts, streams))
+            best = {s: max(rs, key=lambda run: run.items_per_s) for s, rs in runs.items()}
+            ours, bare = best["llmc serve"], best["bare grpc.aio"]
+            rows.append(
+                {
+                    "set": name,
+                    "records": len(texts),
+                    "mean_bytes": sum(len(t.encode()) for t in texts) / len(texts),
+                    "streams": streams,
+                    "share_of_bare": ours.items_per_s / bare.items_per_s,
+                    "servers": {
+                        s: {
+                            "items_per_s": run.items_per_s,
+                            "each_run_items_per_s": [x.items_per_s for x in runs[s]],
+                            "mb_per_s": run.text_bytes / run.seconds / 1e6,
+                            "server_cpu_us_per_item": run.server_cpu_seconds / run.items * 1e6,
+                            "ratio": run.text_bytes / run.envelope_bytes,
+                            "errors": run.errors,
+                        }
+                        for s, run in best.items()
+                    },
+                }
+            )
+    _, file, low, high, copies = SETS[0]
+    short = records(file, low, high, limit, copies)
+    return {
+        "available": True,
+        "profile": profile(short),
+        "commit": _commit(),
+        "loadavg_start": list(load0),
+        "loadavg_end": list(os.getloadavg()),
+        "repeats": repeats,
+        "rows": rows,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| records | streams | server | items/s (each run) | MB/s | server CPU per item | "
+        "envelope ratio | share of bare |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        for server, s in row["servers"].items():
+            each = " / ".join(f"{v:,.0f}" for v in s["each_run_items_per_s"])
+            share = f"**{row['share_of_bare']:.0%}**" if server == "llmc serve" else ""
+            lines.append(
+                f"| {row['set']} ({row['records']:,}, mean {row['mean_bytes']:,.0f} B) | "
+                f"{row['streams']} | {server} | {s['items_per_s']:,.0f} ({each}) | "
+                f"{s['mb_per_s']:.2f} | {s['server_cpu_us_per_item']:,.0f} µs | "
+                f"{s['ratio']:.3f} | {share} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__)
+    parser.add_argument("--limit", type=int, help="at most N records of each set")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write streaming.{md,json} here")
+    args = parser.parse_args(argv)
+    result = measure(args.limit, args.repeats)
+    text = "\n".join(
+        [
+            "# Streaming records through BatchCompress",
+            "",
+            f"`python -m bench.streaming{' --limit ' + str(args.limit) if args.limit else ''}`"
+            f", commit {result['commit']}, load {result['loadavg_start'][0]:.1f} -> "
+            f"{result['loadavg_end'][0]:.1f}, {os.cpu_count()} cores.",
+            "",
+            (__doc__ or "").split("\n\n")[0].replace("\n", " "),
+            "",
+            table(result),
+            "",
+            "## Where a short item's time goes",
+            "",
+            profile_table(result["profile"]),
+            "",
+        ]
+    )
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "streaming.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "streaming.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
