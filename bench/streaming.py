@@ -87,9 +87,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-# Where a sample's time goes: the deepest frame that matches names the part (first match
-# wins). Frames in no part (the servicer, the batch runner, the pipeline's own lines)
-# count as "the service's own Python".
+SAMPLE_HZ = 250
+# Where a sample's time goes. py-spy sees no frames inside gRPC's Cython and C core, so a
+# sample whose last Python frame is one of these leaves was spent there.
+LEAF_PARTS = (
+    ("gRPC's C core, on its poller thread", r"^Thread\.run \(threading\.py"),
+    ("event loop: in epoll (waiting, or gRPC work due)", r"^EpollSelector\.select "),
+    ("event loop: callbacks into gRPC's C core", r"^Handle\._run \(asyncio/events\.py"),
+    ("reading the next item (gRPC)", r"read \(llmcompress_server/flow/batch\.py"),
+)
+# Otherwise the deepest frame that matches names the part (first match wins); frames in
+# no part (the servicer, the batch runner, the pipeline's own lines) count as "the
+# service's own Python".
 PARTS = (
     ("spans", r"opentelemetry/(sdk/)?trace|opentelemetry/context|StageClock|use_span"),
     ("metrics", r"opentelemetry/(sdk/)?metrics|telemetry/metrics\.py"),
@@ -197,23 +206,26 @@ def profile(texts: list[str]) -> dict[str, Any]:
     parts: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        part = "the service's own Python"
-        for frame in reversed(stack.split(";")):
+        frames = stack.split(";")
+        leaf = next((name for name, pattern in LEAF_PARTS if re.search(pattern, frames[-1])), None)
+        part = leaf or "the service's own Python"
+        for frame in reversed(frames if leaf is None else []):
             found = next((name for name, pattern in PARTS if re.search(pattern, frame)), None)
             if found:
                 part = found
                 break
         parts[part] += int(count)
     total = sum(parts.values()) or 1
-    per_item_us = cpu / len(texts) * 1e6
     return {
         "available": True,
         "items": len(texts),
         "items_per_s": len(texts) / out["seconds"],
-        "server_cpu_us_per_item": per_item_us,
+        "server_cpu_us_per_item": cpu / len(texts) * 1e6,
         "samples": total,
+        # Samples are wall time on each thread: a part's seconds per item, summed over
+        # threads (waiting included for the two parts that wait).
         "parts": {
-            part: {"share": n / total, "us_per_item": n / total * per_item_us}
+            part: {"share": n / total, "us_per_item": n / SAMPLE_HZ / len(texts) * 1e6}
             for part, n in parts.most_common()
         },
     }
@@ -223,12 +235,16 @@ def profile_table(prof: dict[str, Any]) -> str:
     if not prof.get("available"):
         return f"Not profiled: {prof.get('reason')}."
     lines = [
-        f"py-spy at 250 Hz on `llmc serve` answering {prof['items']:,} short records over one "
-        f"stream ({prof['samples']:,} samples; {prof['items_per_s']:,.0f} items/s while "
-        f"sampled, {prof['server_cpu_us_per_item']:,.0f} µs of server CPU per item). Each "
-        "sample counts for the deepest frame that names a part:",
+        f"py-spy at {SAMPLE_HZ} Hz on `llmc serve` answering {prof['items']:,} short records "
+        f"over one stream ({prof['samples']:,} samples on all its threads; "
+        f"{prof['items_per_s']:,.0f} items/s while sampled, "
+        f"{prof['server_cpu_us_per_item']:,.0f} µs of server CPU per item). py-spy sees no "
+        "frame inside gRPC's Cython and C core: a sample whose last Python frame hands over "
+        "to it counts there; any other counts for its deepest frame that names a part. A "
+        "part's time is wall time on its thread, so the two that can wait (epoll, gRPC's "
+        "poller thread) include waiting and do not add up to the CPU figure:",
         "",
-        "| part | share of samples | µs per item |",
+        "| part | share of samples | µs per item (on its thread) |",
         "|---|---|---|",
     ]
     for part, p in prof["parts"].items():
