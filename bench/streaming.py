@@ -176,6 +176,7 @@ def profile(texts: list[str]) -> dict[str, Any]:
     proc, port = _server("llmc serve")
     raw = ROOT / "bench-out" / "streaming-profile.txt"
     raw.parent.mkdir(exist_ok=True)
+    raw.unlink(missing_ok=True)
     try:
         sampler = subprocess.Popen(
             [
@@ -203,6 +204,11 @@ def profile(texts: list[str]) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    if not raw.exists():
+        return {
+            "available": False,
+            "reason": f"py-spy could not sample (exit {sampler.returncode})",
+        }
     parts: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
