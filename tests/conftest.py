@@ -265,3 +265,40 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(require_tool("redis-server"))
     yield server
     server.kill()
+
+
+def format1_zstd_envelope(data: bytes) -> bytes:
+    """A ZSTD envelope as servers wrote them before format 4 (magic, length, hash, a frame
+    with its magic and no checksum): they stay readable."""
+    import zstandard
+
+    from llmcompress.v1 import compression_pb2 as pb
+    from llmcompress_server.core.envelope import MAGIC, text_hash
+
+    frame = zstandard.ZstdCompressor(
+        level=19, write_content_size=False, write_checksum=False, write_dict_id=False
+    ).compress(data)
+    env = pb.Envelope(
+        magic=MAGIC,
+        version=1,
+        mode=pb.MODE_ZSTD,
+        original_length=len(data),
+        original_hash=text_hash(data),
+        zstd=pb.ZstdBody(frame=frame),
+    )
+    return env.SerializeToString()
+
+
+def metric_values(reader: Any, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+    """{sorted attribute pairs: value (gauges, counters)} of metric `name` in an OTel
+    InMemoryMetricReader now."""
+    data = reader.get_metrics_data()
+    out: dict[tuple[tuple[str, Any], ...], Any] = {}
+    for rm in data.resource_metrics if data is not None else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        key = tuple(sorted((point.attributes or {}).items()))
+                        out[key] = point.value
+    return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -20,34 +19,18 @@ from llmcompress_server.backends import ChatRequest
 from llmcompress_server.backends.router import BackendRouter
 from llmcompress_server.core.errors import BackendUnavailable
 from llmcompress_server.telemetry import setup_telemetry
-from tests.conftest import SimFactory, make_config
+from tests.conftest import SimFactory, make_config, metric_values
 from tests.sim_ollama import SimOllama, SimOptions
 
 HELLO = ChatRequest(messages=[{"role": "user", "content": "hello there general kenobi"}])
 
 
-def _values(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
-    """{sorted attribute pairs: value (gauges, counters)} of metric `name` now."""
-    data = reader.get_metrics_data()
-    out: dict[tuple[tuple[str, Any], ...], Any] = {}
-    if data is None:
-        return out
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        key = tuple(sorted((point.attributes or {}).items()))
-                        out[key] = point.value  # type: ignore[union-attr]
-    return out
-
-
 def _by_endpoint(reader: InMemoryMetricReader, name: str) -> dict[str, int]:
-    return {dict(k)["endpoint"]: v for k, v in _values(reader, name).items()}
+    return {dict(k)["endpoint"]: v for k, v in metric_values(reader, name).items()}
 
 
 def _errors(reader: InMemoryMetricReader) -> dict[str, int]:
-    return {dict(k)["kind"]: v for k, v in _values(reader, "llmc_backend_errors").items()}
+    return {dict(k)["kind"]: v for k, v in metric_values(reader, "llmc_backend_errors").items()}
 
 
 class Served:
@@ -129,7 +112,7 @@ async def test_up_drops_on_failed_probe_and_open_breaker(served: Served) -> None
     # One failed probe: the breaker is still closed, but the endpoint is not healthy.
     assert _by_endpoint(served.reader, "llmc_backend_up") == {url: 0}
     assert _errors(served.reader) == {"health_probe": 1}
-    errors = _values(served.reader, "llmc_backend_errors")
+    errors = metric_values(served.reader, "llmc_backend_errors")
     assert {dict(k)["server.address"] for k in errors} == {"127.0.0.1"}
 
     back = await SimOllama(SimOptions(latency=0.01)).start(port)

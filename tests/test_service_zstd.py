@@ -13,9 +13,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.api.server import App
-from llmcompress_server.core.envelope import FORMAT_VERSION, MAGIC, text_hash
+from llmcompress_server.core.envelope import FORMAT_VERSION
 
-from .conftest import StartServer, load_corpus, slow_text
+from .conftest import StartServer, format1_zstd_envelope, load_corpus, slow_text
 
 Stub = pb_grpc.CompressionServiceStub
 
@@ -72,32 +72,16 @@ async def test_compact_envelope_of_a_short_record(stub: Stub) -> None:
     assert len(resp.envelope) - len(frame) == 6
     # The magic number out, the checksum in: the frame is plain zstd -19's size.
     assert len(frame) == len(plain)
-    assert len(_legacy_envelope(data)) == len(plain) + 24  # format 1's header
-
-
-def _legacy_envelope(data: bytes) -> bytes:
-    """A ZSTD envelope as servers wrote it before format 4 (v1), which stay readable."""
-    frame = zstandard.ZstdCompressor(
-        level=19, write_content_size=False, write_checksum=False, write_dict_id=False
-    ).compress(data)
-    env = pb.Envelope(
-        magic=MAGIC,
-        version=1,
-        mode=pb.MODE_ZSTD,
-        original_length=len(data),
-        original_hash=text_hash(data),
-        zstd=pb.ZstdBody(frame=frame),
-    )
-    return env.SerializeToString()
+    assert len(format1_zstd_envelope(data)) == len(plain) + 24  # format 1's header
 
 
 async def test_envelopes_of_earlier_formats_still_read(stub: Stub) -> None:
     for text in ("", "x", "An envelope written before format 4. " * 40):
         back = await stub.Reconstruct(
-            pb.ReconstructRequest(envelope=_legacy_envelope(text.encode()))
+            pb.ReconstructRequest(envelope=format1_zstd_envelope(text.encode()))
         )
         assert back.text == text and back.exact
-    env = pb.Envelope.FromString(_legacy_envelope(b"checked by its hash"))
+    env = pb.Envelope.FromString(format1_zstd_envelope(b"checked by its hash"))
     env.original_hash ^= 1
     err = await _reconstruct_error(stub, _reseal(env))
     assert err.code() == grpc.StatusCode.DATA_LOSS

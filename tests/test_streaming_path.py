@@ -9,7 +9,6 @@ counted in the metrics and the stage window, spans per run of items, and the tas
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -23,7 +22,7 @@ from llmcompress_server.api.server import create_server
 from llmcompress_server.flow.batch import INLINE_SPAN_ITEMS
 from llmcompress_server.telemetry import setup_telemetry
 
-from .conftest import make_config
+from .conftest import make_config, metric_values
 
 ITEMS = 600
 LIMIT = 2000  # compression.max_text_bytes here: the items above it fail alone
@@ -35,19 +34,6 @@ def _text(i: int) -> str:
     if i in TOO_BIG:
         return "x" * (LIMIT + 1)
     return f"record {REPEATED.get(i, i)}: the backup of host db-{REPEATED.get(i, i) % 7} finished"
-
-
-def _counter(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
-    out: dict[tuple[tuple[str, Any], ...], Any] = {}
-    data = reader.get_metrics_data()
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        key = tuple(sorted((point.attributes or {}).items()))
-                        out[key] = point.value  # type: ignore[union-attr]
-    return out
 
 
 async def test_cheap_items_answered_inline_keep_every_guarantee() -> None:
@@ -83,7 +69,7 @@ async def test_cheap_items_answered_inline_keep_every_guarantee() -> None:
                 if a.HasField("result"):
                     r = await stub.Reconstruct(pb.ReconstructRequest(envelope=a.result.envelope))
                     back[a.id] = r.text
-        items = _counter(reader, "llmc_items")
+        items = metric_values(reader, "llmc_items")
         counts = {s.stage: s.count for s in app.stages.summary()}
         spans = exporter.get_finished_spans()
     finally:

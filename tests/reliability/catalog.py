@@ -26,7 +26,7 @@ from llmcompress_server.api.server import App
 from llmcompress_server.backends.router import BackendRouter
 from llmcompress_server.core.envelope import FORMAT_VERSION
 
-from ..conftest import slow_text
+from ..conftest import format1_zstd_envelope, slow_text
 from ..sim_ollama import SimOllama
 
 OK = grpc.StatusCode.OK
@@ -78,25 +78,9 @@ class Caller:
         return self._envelope
 
     def legacy(self) -> bytes:
-        """The sample as a format-1 ZSTD envelope (magic, length, hash), as servers wrote
-        them before format 4; they stay readable, so their header faults stay mapped."""
-        import zstandard
-
-        from llmcompress_server.core.envelope import MAGIC, text_hash
-
-        data = SAMPLE.encode()
-        frame = zstandard.ZstdCompressor(
-            level=19, write_content_size=False, write_checksum=False, write_dict_id=False
-        ).compress(data)
-        env = pb.Envelope(
-            magic=MAGIC,
-            version=1,
-            mode=pb.MODE_ZSTD,
-            original_length=len(data),
-            original_hash=text_hash(data),
-            zstd=pb.ZstdBody(frame=frame),
-        )
-        return env.SerializeToString()
+        """The sample as a format-1 ZSTD envelope, as servers wrote them before format 4;
+        they stay readable, so their header faults stay mapped."""
+        return format1_zstd_envelope(SAMPLE.encode())
 
     async def edited(self, **fields: Any) -> bytes:
         """The format-1 sample envelope with header fields overwritten (format 4's ZSTD
