@@ -5,7 +5,8 @@ its header without the server. `seal` builds it; `open_envelope` parses and
 checks the header; `check_original` verifies a decoded text against the
 stored length and hash. Every failure is a typed error with an actionable
 message. A ZSTD envelope is written in format 4's compact form: its frame
-carries the length and a checksum, so the envelope adds 6-7 bytes to it.
+carries the length and a checksum, so the envelope adds 6 bytes to a frame
+under 128 bytes (8 to a longer one).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ MODEL_VERSION = 3
 # A body without a model or zstd frame (none is written today) needs nothing past v1.
 _PLAIN_VERSION = 1
 # The compact ZSTD form: the envelope's version and body, the frame magicless with its
-# content size and checksum. On a 120-byte record the v1 header cost 25 bytes, this 7.
+# content size and checksum. Around a short record's frame the v1 header cost 24 bytes
+# (and the frame its 4-byte magic); this costs 6.
 COMPACT_VERSION = 4
 
 # Packaged models by the first 8 bytes of their file's SHA-256. A ModelRef for

@@ -130,7 +130,9 @@ class BatchRunner:
         start = time.perf_counter()
         try:
             outcome = self.compress_now(CompressCommand.from_pb(item.request))
-        except LLMCompressError as exc:
+        except Exception as exc:  # answered for this item alone, as on the task path
+            if not isinstance(exc, LLMCompressError):
+                log.exception("item %r failed unexpectedly", item.id)
             inline.add(item.id, time.perf_counter() - start, failed=True)
             return pb.BatchCompressResponse(id=item.id, error=status_for(exc))
         if outcome is None:
