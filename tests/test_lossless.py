@@ -23,7 +23,7 @@ from llmcompress_server.api.server import create_server
 from llmcompress_server.codecs.lossless import LosslessCodec
 from llmcompress_server.coding import fingerprint
 from llmcompress_server.core.domain import Mode
-from llmcompress_server.core.envelope import FORMAT_VERSION, model_prefix
+from llmcompress_server.core.envelope import MODEL_VERSION, model_prefix
 
 from .conftest import StartServer, make_config
 
@@ -116,7 +116,7 @@ async def test_the_default_engine_and_a_lone_text_at_width_1(start_server: Start
         )
     )
     # A packaged model by its registry number: no name, no sha256 prefix.
-    assert env.version == FORMAT_VERSION and env.model == pb.ModelRef(known=1)
+    assert env.version == MODEL_VERSION and env.model == pb.ModelRef(known=1)
     await wide.stop(grace=0)
     # The default server reads the wide envelope, running width 16 for it.
     back = await _reconstruct(app.address, resp.envelope)
