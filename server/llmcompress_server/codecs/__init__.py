@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from llmcompress_proto.v1 import compression_pb2 as pb
 
+from ..core.dictionary import Dictionary
 from ..core.envelope import ModelIdentity
 from ..core.errors import CannotEncode
 from ..telemetry.stages import StageClock
@@ -31,6 +32,8 @@ class CompressOptions:
     # BatchCompress near-duplicates: the group whose summary SEMANTIC shares (never in
     # cache keys: a member's envelope is a complete envelope of its own text).
     group: Membership | None = None
+    # The corpus dictionary the request named (resolved by the pipeline); None: none.
+    dictionary: Dictionary | None = None
 
 
 @dataclass
