@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -94,6 +95,8 @@ def make_config(**sections: dict[str, Any]) -> Config:
     ZSTD at level 19 for every size (TEST_ZSTD_LEVEL)."""
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
+        # Never the user's own dictionaries: a folder of this config's.
+        "dictionaries": {"path": tempfile.mkdtemp(prefix="llmc-dicts-")},
         "monitoring": {"enable_prometheus": False},
         "model": {"embedded": {"preload": False}},
         "compression": {"zstd_level": TEST_ZSTD_LEVEL},

@@ -8,6 +8,7 @@ with Client("127.0.0.1:50051") as client:
 
 from ._async_client import AsyncClient
 from ._client import DEFAULT_TARGET, Client
+from ._dictionaries import DictionaryInfo
 from ._errors import (
     Cancelled,
     DataLoss,
@@ -15,6 +16,7 @@ from ._errors import (
     FailedPrecondition,
     InvalidArgument,
     LLMCompressError,
+    NotFound,
     PermissionDenied,
     ResourceExhausted,
     ServerError,
@@ -51,11 +53,13 @@ __all__ = [
     "CompressStats",
     "DataLoss",
     "DeadlineExceeded",
+    "DictionaryInfo",
     "FailedPrecondition",
     "InvalidArgument",
     "LLMCompressError",
     "Mode",
     "ModelUsage",
+    "NotFound",
     "PermissionDenied",
     "Progress",
     "Quality",

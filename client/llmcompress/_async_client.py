@@ -12,6 +12,7 @@ from llmcompress_proto.v1 import compression_pb2 as pb
 from llmcompress_proto.v1 import compression_pb2_grpc as pb_grpc
 
 from ._client import DEFAULT_TARGET, ClientSettings, channel_options, compress_request
+from ._dictionaries import DictionaryInfo, training_requests
 from ._errors import from_rpc_error
 from ._options import TLS, Deadline, RetryPolicy
 from ._results import BatchResult, CompressResult, Mode, ReconstructResult, ServerStats
@@ -84,10 +85,12 @@ class AsyncClient(ClientSettings):
         verify: bool | None = None,
         target_ratio: float | None = None,
         evaluate_quality: bool = False,
+        dictionary: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> CompressResult:
-        """Compress one text; `verify` and `target_ratio` left None take the server's defaults."""
-        req = compress_request(text, mode, verify, target_ratio, evaluate_quality)
+        """Compress one text; `verify` and `target_ratio` left None take the server's defaults;
+        `dictionary` names a corpus dictionary (by name or id) to code it with."""
+        req = compress_request(text, mode, verify, target_ratio, evaluate_quality, dictionary)
         resp, attempts = await self._call(
             lambda t: self._stub.Compress(req, timeout=t, metadata=self._metadata), timeout
         )
@@ -106,6 +109,39 @@ class AsyncClient(ClientSettings):
             lambda t: self._stub.Reconstruct(req, timeout=t, metadata=self._metadata), timeout
         )
         return ReconstructResult.from_pb(resp, attempts)
+
+    async def train_dictionary(
+        self,
+        name: str,
+        samples: Iterable[str],
+        *,
+        zstd_bytes: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> DictionaryInfo:
+        """As `Client.train_dictionary`."""
+        requests = training_requests(name, samples, zstd_bytes)
+        try:
+            resp = await self._stub.TrainDictionary(
+                iter(requests),
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        return DictionaryInfo.from_pb(resp.dictionary)
+
+    async def list_dictionaries(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[DictionaryInfo]:
+        """As `Client.list_dictionaries`."""
+        req = pb.ListDictionariesRequest()
+        resp, _ = await self._call(
+            lambda t: self._stub.ListDictionaries(req, timeout=t, metadata=self._metadata),
+            timeout,
+        )
+        return [DictionaryInfo.from_pb(d) for d in resp.dictionaries]
 
     async def stats(
         self,
@@ -138,13 +174,16 @@ class AsyncClient(ClientSettings):
         target_ratio: float | None = None,
         evaluate_quality: bool = False,
         in_order: bool = False,
+        dictionary: str | None = None,
         on_progress: ProgressCallback | None = None,
         max_in_flight: int = 512,
         timeout: float | None = None,  # noqa: ASYNC109
         streams: int = 1,
     ) -> AsyncIterator[BatchResult]:
         """As `Client.compress_stream`; `items` may also be an async iterable."""
-        defaults = StreamDefaults(mode, verify, target_ratio, evaluate_quality, in_order)
+        defaults = StreamDefaults(
+            mode, verify, target_ratio, evaluate_quality, in_order, dictionary
+        )
         run = StreamRun(defaults, self.retry, timeout, on_progress, max_in_flight, streams)
         loop = asyncio.get_running_loop()
         waiters: list[asyncio.Future[None]] = []

@@ -13,6 +13,7 @@ import grpc
 from llmcompress_proto.v1 import compression_pb2 as pb
 from llmcompress_proto.v1 import compression_pb2_grpc as pb_grpc
 
+from ._dictionaries import DictionaryInfo, training_requests
 from ._errors import from_rpc_error
 from ._options import TLS, Attempts, Deadline, RetryPolicy, bearer_metadata
 from ._results import (
@@ -46,8 +47,14 @@ def compress_request(
     verify: bool | None,
     target_ratio: float | None,
     evaluate_quality: bool,
+    dictionary: str | None = None,
 ) -> pb.CompressRequest:
-    req = pb.CompressRequest(text=text, mode=mode_to_pb(mode), evaluate_quality=evaluate_quality)
+    req = pb.CompressRequest(
+        text=text,
+        mode=mode_to_pb(mode),
+        evaluate_quality=evaluate_quality,
+        dictionary=dictionary or "",
+    )
     if verify is not None:
         req.verify = verify
     if target_ratio is not None:
@@ -142,10 +149,12 @@ class Client(ClientSettings):
         verify: bool | None = None,
         target_ratio: float | None = None,
         evaluate_quality: bool = False,
+        dictionary: str | None = None,
         timeout: float | None = None,
     ) -> CompressResult:
-        """Compress one text; `verify` and `target_ratio` left None take the server's defaults."""
-        req = compress_request(text, mode, verify, target_ratio, evaluate_quality)
+        """Compress one text; `verify` and `target_ratio` left None take the server's defaults;
+        `dictionary` names a corpus dictionary (by name or id) to code it with."""
+        req = compress_request(text, mode, verify, target_ratio, evaluate_quality, dictionary)
         resp, attempts = self._call(
             lambda t: self._stub.Compress(req, timeout=t, metadata=self._metadata), timeout
         )
@@ -160,6 +169,70 @@ class Client(ClientSettings):
             lambda t: self._stub.Reconstruct(req, timeout=t, metadata=self._metadata), timeout
         )
         return ReconstructResult.from_pb(resp, attempts)
+
+    def train_dictionary(
+        self,
+        name: str,
+        samples: Iterable[str],
+        *,
+        zstd_bytes: int = 0,
+        on_sample: Callable[[int], None] | None = None,
+        timeout: float | None = None,
+    ) -> DictionaryInfo:
+        """Train a corpus dictionary on `samples` (texts of one kind) and store it under
+        `name`; `on_sample(bytes)` is called as each sample is sent. Not retried: the
+        samples are read once."""
+        requests = training_requests(name, samples, zstd_bytes, on_sample)
+        try:
+            resp = self._stub.TrainDictionary(
+                requests,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        return DictionaryInfo.from_pb(resp.dictionary)
+
+    def import_dictionary(
+        self, data: bytes, *, name: str = "", timeout: float | None = None
+    ) -> DictionaryInfo:
+        """Store an exported dictionary file (`name`: instead of the one it carries)."""
+        req = pb.ImportDictionaryRequest(file=data, name=name)
+        resp, _ = self._call(
+            lambda t: self._stub.ImportDictionary(req, timeout=t, metadata=self._metadata),
+            timeout,
+        )
+        return DictionaryInfo.from_pb(resp.dictionary)
+
+    def export_dictionary(
+        self, dictionary: str, *, timeout: float | None = None
+    ) -> tuple[bytes, DictionaryInfo]:
+        """A dictionary (by name or id) as one file any server can import."""
+        req = pb.ExportDictionaryRequest(dictionary=dictionary)
+        resp, _ = self._call(
+            lambda t: self._stub.ExportDictionary(req, timeout=t, metadata=self._metadata),
+            timeout,
+        )
+        return resp.file, DictionaryInfo.from_pb(resp.info)
+
+    def list_dictionaries(self, *, timeout: float | None = None) -> list[DictionaryInfo]:
+        """Every dictionary the server (and its Redis) holds, newest first."""
+        req = pb.ListDictionariesRequest()
+        resp, _ = self._call(
+            lambda t: self._stub.ListDictionaries(req, timeout=t, metadata=self._metadata),
+            timeout,
+        )
+        return [DictionaryInfo.from_pb(d) for d in resp.dictionaries]
+
+    def delete_dictionary(self, dictionary: str, *, timeout: float | None = None) -> DictionaryInfo:
+        """Delete a dictionary (by name or id) and its names. Envelopes coded with it can no
+        longer be reconstructed by that server: export it first if any are kept."""
+        req = pb.DeleteDictionaryRequest(dictionary=dictionary)
+        resp, _ = self._call(
+            lambda t: self._stub.DeleteDictionary(req, timeout=t, metadata=self._metadata),
+            timeout,
+        )
+        return DictionaryInfo.from_pb(resp.deleted)
 
     def stats(self, window_seconds: float = 0.0, *, timeout: float | None = None) -> ServerStats:
         """The server's recent per-stage latency, slowest stage and cache statistics."""
@@ -188,6 +261,7 @@ class Client(ClientSettings):
         target_ratio: float | None = None,
         evaluate_quality: bool = False,
         in_order: bool = False,
+        dictionary: str | None = None,
         on_progress: ProgressCallback | None = None,
         max_in_flight: int = 512,
         timeout: float | None = None,
@@ -206,7 +280,9 @@ class Client(ClientSettings):
         unanswered items are sent again on whichever stream is free first; each
         item is answered once.
         """
-        defaults = StreamDefaults(mode, verify, target_ratio, evaluate_quality, in_order)
+        defaults = StreamDefaults(
+            mode, verify, target_ratio, evaluate_quality, in_order, dictionary
+        )
         run = StreamRun(defaults, self.retry, timeout, on_progress, max_in_flight, streams)
         source = iter(items)
         answers: queue.Queue[list[BatchResult] | BaseException | None] = queue.Queue()

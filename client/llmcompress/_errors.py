@@ -3,7 +3,8 @@
 LLMCompressError                 code, details, retry_after
 ├── InvalidArgument              INVALID_ARGUMENT    fix the request
 ├── DataLoss                     DATA_LOSS           the envelope is corrupt
-├── FailedPrecondition           FAILED_PRECONDITION the server lacks a mode/model/engine
+├── FailedPrecondition           FAILED_PRECONDITION the server lacks a mode/model/engine/dictionary
+├── NotFound                     NOT_FOUND           no dictionary of that name
 ├── ResourceExhausted            RESOURCE_EXHAUSTED  retried; retry_after from the server's hint
 ├── Unauthenticated              UNAUTHENTICATED     missing or wrong token
 ├── PermissionDenied             PERMISSION_DENIED
@@ -68,6 +69,10 @@ class FailedPrecondition(LLMCompressError):
     """The server cannot serve this (mode not offered, model or engine mismatch)."""
 
 
+class NotFound(LLMCompressError):
+    """The request names something the server does not hold (a dictionary)."""
+
+
 class ResourceExhausted(LLMCompressError):
     """The server is at its admission limit; retry after `retry_after`."""
 
@@ -100,6 +105,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LLMCompressError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.DATA_LOSS: DataLoss,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,

@@ -91,6 +91,8 @@ class CompressStats:
     shared_summary: bool = False
     # Bytes of the model-coded text carried by non-canonical tokens (split spans).
     piecewise_bytes: int = 0
+    # The dictionary the envelope was coded with: the first 8 hex digits of its id ("" none).
+    dictionary: str = ""
 
     @classmethod
     def from_pb(cls, s: pb.Stats) -> CompressStats:
@@ -111,6 +113,7 @@ class CompressStats:
             group=s.group,
             shared_summary=s.shared_summary,
             piecewise_bytes=s.piecewise_bytes,
+            dictionary=s.dictionary,
         )
 
 
@@ -184,6 +187,8 @@ class BatchItem:
     verify: bool | None = None
     target_ratio: float | None = None
     evaluate_quality: bool | None = None
+    # A corpus dictionary's name or id; None: the stream's.
+    dictionary: str | None = None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class StreamDefaults:
     target_ratio: float | None
     evaluate_quality: bool
     in_order: bool
+    dictionary: str | None = None
 
     def request(self, item: ItemLike) -> pb.BatchCompressRequest:
         if not isinstance(item, BatchItem):
@@ -70,6 +71,9 @@ class StreamDefaults:
         ratio = item.target_ratio if item.target_ratio is not None else self.target_ratio
         if ratio is not None:
             req.target_ratio = ratio
+        dictionary = item.dictionary if item.dictionary is not None else self.dictionary
+        if dictionary:
+            req.dictionary = dictionary
         # Order is restored by the client (items move between streams); the server's
         # own in_order only keeps each stream's answers from racing far ahead.
         return pb.BatchCompressRequest(id=str(item.id), request=req, in_order=self.in_order)

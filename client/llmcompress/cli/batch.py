@@ -87,6 +87,7 @@ def batch(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 target_ratio=args.target_ratio,
                 in_order=args.in_order,
+                dictionary=args.dictionary,
                 on_progress=on_progress,
                 streams=args.streams,
             ):
@@ -209,6 +210,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="continue OUT: skip ids it holds an envelope for, retry its failed ids, "
         "cut a torn last line",
+    )
+    p.add_argument(
+        "--dictionary",
+        metavar="NAME",
+        help="a corpus dictionary (name or id) to code with, for lines without their own "
+        '"dictionary" (see `llmc dict`)',
     )
     p.add_argument("--in-order", action="store_true", help="write results in input order")
     p.add_argument("--limit", type=int, metavar="N", help="stop after N items this run")

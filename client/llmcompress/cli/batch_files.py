@@ -1,8 +1,9 @@
 """The JSONL files of `llmc batch` / `llmc unbatch`: corpus in, envelopes out, resume.
 
 Corpus lines are `{"id": ..., "text": ...}`, optionally with `"mode"` (zstd, lossless,
-semantic, default) and `"target_ratio"` (a number above 1) for that item instead of
-`--mode` and `--target-ratio`. Output lines are
+semantic, default), `"target_ratio"` (a number above 1) and `"dictionary"` (a corpus
+dictionary's name or id) for that item instead of `--mode`, `--target-ratio` and
+`--dictionary`. Output lines are
 `{"id", "envelope" (base64), "stats": {...}}` or `{"id", "error": {"code", "message"}}`,
 one per item, flushed as written, so a killed run leaves at most one torn
 last line, which `--resume` cuts off.
@@ -54,9 +55,16 @@ def read_corpus(stream: IO[str], name: str, skip: set[str]) -> Iterator[BatchIte
             raise CorpusError(
                 f"{name}:{lineno}: target_ratio must be a number above 1, got {ratio!r}"
             )
+        dictionary = obj.get("dictionary")
+        if dictionary is not None and not isinstance(dictionary, str):
+            raise CorpusError(
+                f"{name}:{lineno}: dictionary must be a name or id (a string), got {dictionary!r}"
+            )
         ident = str(obj["id"])
         if ident not in skip:
-            yield BatchItem(ident, obj["text"], mode=mode, target_ratio=ratio)
+            yield BatchItem(
+                ident, obj["text"], mode=mode, target_ratio=ratio, dictionary=dictionary
+            )
 
 
 def count_lines(path: Path) -> int:

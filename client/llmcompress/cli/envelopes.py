@@ -37,11 +37,17 @@ def compress(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with connect(args) as client:
         result = client.compress(
-            text, args.mode, verify=args.verify, target_ratio=args.target_ratio
+            text,
+            args.mode,
+            verify=args.verify,
+            target_ratio=args.target_ratio,
+            dictionary=args.dictionary,
         )
     write_output(args.output, result.envelope)
     s = result.stats
     extra = f", degraded: {s.reason}" if s.degraded else (f" ({s.reason})" if s.reason else "")
+    if s.dictionary:
+        extra += f", dictionary {s.dictionary}"
     print(
         f"{s.mode.value}: {human(s.original_bytes)} -> "
         f"{human(s.compressed_bytes)}, ratio {s.ratio:.2f}x, "
@@ -86,6 +92,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "default: the server's default mode",
     )
     p.add_argument("--target-ratio", type=target_ratio, metavar="R", help=TARGET_RATIO_HELP)
+    p.add_argument(
+        "--dictionary",
+        metavar="NAME",
+        help="a corpus dictionary (name or id) to code with (see `llmc dict`)",
+    )
     verify = p.add_mutually_exclusive_group()
     verify.add_argument(
         "--verify",

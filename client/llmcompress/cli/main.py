@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 
 from .._errors import LLMCompressError, Unauthenticated, Unavailable
 from ..connect import TOKEN_ENV, connection_problem
-from . import batch, envelopes, stats
+from . import batch, dictionaries, envelopes, stats
 
 PLUGIN_GROUP = "llmcompress.cli"
 SERVER_DISTRIBUTION = "llmcompress-server"
@@ -30,6 +30,8 @@ EPILOG = """examples:
   llmc warm corpus.jsonl --mode lossless      # pre-fill the cache, with a progress bar
   llmc batch corpus.jsonl -o out.jsonl --mode zstd --resume
   llmc unbatch out.jsonl -o texts.jsonl
+  llmc dict train tickets.jsonl --name tickets   # a corpus dictionary, with a progress bar
+  llmc batch tickets.jsonl -o out.jsonl --mode zstd --dictionary tickets
   LLMC_TOKEN=... llmc stats --server llmc.example:50051 --tls-ca ca.pem
 """
 
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
             "serve", help=f"run the gRPC server (needs {SERVER_DISTRIBUTION})", add_help=False
         )
         p.set_defaults(func=_serve_missing, takes_any=True)
-    for module in (envelopes, stats, batch):
+    for module in (envelopes, stats, batch, dictionaries):
         module.add_commands(commands)
     return parser
 

@@ -140,4 +140,26 @@ class ErrorInterceptor(HandlerInterceptor):
                 deserializer,
                 handler.response_serializer,
             )
-        return handler  # unary-stream / stream-unary: none in this service
+        if handler.stream_unary is not None:
+
+            async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+                async for request in requests:
+                    _check(request)
+                    yield request
+
+            async def stream_unary(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                try:
+                    return await inner(checked(requests), context)
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await abort_for(exc, context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
+                deserializer,
+                handler.response_serializer,
+            )
+        return handler  # unary-stream: none in this service

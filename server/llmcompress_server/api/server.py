@@ -32,6 +32,7 @@ from ..core.config import Config, ShortTextStore
 from ..core.domain import Mode
 from ..core.events import Events, EventSink
 from ..flow.batch import BatchRunner
+from ..flow.dictionaries import DictionaryStore
 from ..flow.pipeline import Pipeline
 from ..telemetry import Telemetry, setup_telemetry, tracing_interceptor
 from ..telemetry.bottleneck import StageWindow
@@ -143,11 +144,21 @@ async def create_server(
     events = Events(every, telemetry.tracer if telemetry is not None else None)
     engine = EmbeddedEngine(config.model.embedded, events)
     backend = build_text_backend(config, engine, events=events)
+    codecs = build_codecs(config, engine, backend)
+    lossless = codecs.get(Mode.LOSSLESS)
+    dictionaries = DictionaryStore(
+        config.dictionaries,
+        max_sample_bytes=config.compression.max_text_bytes,
+        redis_url=config.cache.redis_url,
+        events=events,
+        choose_primer=getattr(lossless, "choose_primer", None),
+    )
     pipeline = Pipeline(
         config,
-        build_codecs(config, engine, backend),
+        codecs,
         events=events,
         short_store=short_text_store(config, engine, backend),
+        dictionaries=dictionaries,
     )
     window = config.performance.batch_window
     batch = BatchRunner(

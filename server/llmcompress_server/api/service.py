@@ -11,8 +11,10 @@ from llmcompress_proto.v1 import compression_pb2_grpc as pb_grpc
 
 from ..core.deadline import deadline_scope
 from ..core.domain import CompressCommand
+from ..core.errors import PreconditionFailed
 from ..flow.batch import BatchRunner
 from ..flow.cache import TierStats
+from ..flow.dictionaries import DictionaryStore, StoredDictionary, read_training
 from ..flow.pipeline import Pipeline
 from ..telemetry.bottleneck import StageWindow
 from ..telemetry.cost import UsageLedger
@@ -47,6 +49,55 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
         with deadline_scope(context.time_remaining()):
             outcome = await self.pipeline.reconstruct(request.envelope)
         return outcome.to_pb()
+
+    @property
+    def _dictionaries(self) -> DictionaryStore:
+        store = self.pipeline.dictionaries
+        if store is None:
+            raise PreconditionFailed("this server keeps no corpus dictionaries")
+        return store
+
+    async def TrainDictionary(
+        self,
+        request_iterator: AsyncIterator[pb.TrainDictionaryRequest],
+        context: grpc.aio.ServicerContext[pb.TrainDictionaryRequest, pb.TrainDictionaryResponse],
+    ) -> pb.TrainDictionaryResponse:
+        store = self._dictionaries
+        name, size, samples = await read_training(request_iterator, store)
+        stored = await store.train(name, samples, size)
+        return pb.TrainDictionaryResponse(dictionary=_info_pb(stored, [name]))
+
+    async def ImportDictionary(
+        self,
+        request: pb.ImportDictionaryRequest,
+        context: grpc.aio.ServicerContext[pb.ImportDictionaryRequest, pb.ImportDictionaryResponse],
+    ) -> pb.ImportDictionaryResponse:
+        stored = await self._dictionaries.import_file(request.file, request.name)
+        return pb.ImportDictionaryResponse(dictionary=_info_pb(stored, [stored.name]))
+
+    async def ExportDictionary(
+        self,
+        request: pb.ExportDictionaryRequest,
+        context: grpc.aio.ServicerContext[pb.ExportDictionaryRequest, pb.ExportDictionaryResponse],
+    ) -> pb.ExportDictionaryResponse:
+        stored = await self._dictionaries.find(request.dictionary)
+        return pb.ExportDictionaryResponse(file=stored.to_file(), info=_info_pb(stored, []))
+
+    async def ListDictionaries(
+        self,
+        request: pb.ListDictionariesRequest,
+        context: grpc.aio.ServicerContext[pb.ListDictionariesRequest, pb.ListDictionariesResponse],
+    ) -> pb.ListDictionariesResponse:
+        listing = await self._dictionaries.listing()
+        return pb.ListDictionariesResponse(dictionaries=[_info_pb(s, n) for s, n in listing])
+
+    async def DeleteDictionary(
+        self,
+        request: pb.DeleteDictionaryRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteDictionaryRequest, pb.DeleteDictionaryResponse],
+    ) -> pb.DeleteDictionaryResponse:
+        stored, names = await self._dictionaries.delete(request.dictionary)
+        return pb.DeleteDictionaryResponse(deleted=_info_pb(stored, names))
 
     async def BatchCompress(
         self,
@@ -88,6 +139,21 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
             reference_cost=cost.reference_cost,
             cost_saving=cost.saving,
         )
+
+
+def _info_pb(stored: StoredDictionary, names: list[str]) -> pb.DictionaryInfo:
+    d = stored.dictionary
+    return pb.DictionaryInfo(
+        name=stored.name,
+        id=d.hex,
+        zstd_bytes=len(d.zstd),
+        primer_bytes=len(d.primer.encode("utf-8")),
+        samples=stored.samples,
+        sample_bytes=stored.sample_bytes,
+        created_unix=stored.created_unix,
+        training_seconds=stored.training_seconds,
+        names=names,
+    )
 
 
 def _tier_pb(tier: TierStats) -> pb.CacheTierStats:

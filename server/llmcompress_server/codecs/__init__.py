@@ -52,6 +52,8 @@ class Encoded:
     # Bytes of the model-coded text carried by tokens the tokenizer would not have
     # produced there (`coding/tokens.py`: `ExactTokenizer`); 0 when nothing was model-coded.
     piecewise_bytes: int = 0
+    # The corpus dictionary the body was coded with, when the codec used the one asked for.
+    dictionary: Dictionary | None = None
 
 
 @dataclass
@@ -83,11 +85,14 @@ class TooShort(CannotEncode):
 
 class Codec(Protocol):
     """One mode: `encode` makes an envelope body (or raises `CannotEncode`), `decode` reads
-    one back. Everything decode needs is in the envelope."""
+    one back. Everything decode needs is in the envelope, and the corpus dictionary it
+    names (resolved by the pipeline; None when it names none)."""
 
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded: ...
 
-    async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded: ...
+    async def decode(
+        self, env: pb.Envelope, clock: StageClock, dictionary: Dictionary | None = None
+    ) -> Decoded: ...
 
 
 # Texts up to this size may be coded by `InlineCodec.encode_now` in the caller's thread:
@@ -99,4 +104,4 @@ INLINE_BYTES = 32 * 1024
 class InlineCodec(Protocol):
     """A codec cheap enough to answer a short text at once, with no await (ZSTD)."""
 
-    def encode_now(self, data: bytes) -> Encoded: ...
+    def encode_now(self, data: bytes, dictionary: Dictionary | None = None) -> Encoded: ...

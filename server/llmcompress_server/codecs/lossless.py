@@ -43,6 +43,7 @@ from ..coding.layout import Layout, Schedule
 from ..coding.rows import ROW_MODELS, Coder, RowModelFactory, StopCoding, row_model_spec
 from ..coding.tokens import ExactTokenizer, Tokenized, unescape
 from ..core.config import CodingSchedule
+from ..core.dictionary import Dictionary
 from ..core.envelope import model_name, model_prefix
 from ..core.errors import CannotEncode, DataLoss, PreconditionFailed
 from ..core.events import CodingJobEnded, ModelCallEnded
@@ -457,7 +458,9 @@ class LosslessCodec:
             )
         self._runnable(theirs)
 
-    async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded:
+    async def decode(
+        self, env: pb.Envelope, clock: StageClock, dictionary: Dictionary | None = None
+    ) -> Decoded:
         await self.engine.start()
         self.check_compatible(env)
         body = env.lossless

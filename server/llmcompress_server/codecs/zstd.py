@@ -3,21 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 
 import zstandard
 
 from llmcompress_proto.v1 import compression_pb2 as pb
 
+from ..core.dictionary import Dictionary
 from ..core.envelope import is_compact
 from ..core.errors import DataLoss
 from ..telemetry.stages import StageClock
 from . import INLINE_BYTES, CompressOptions, Decoded, Encoded
 
+# Compressors a thread keeps (one per level and dictionary in use); a dictionary's holds
+# its digested tables, so a stream of items reuses them.
+_COMPRESSORS_PER_THREAD = 16
+
+
+def _params(level: int) -> zstandard.ZstdCompressionParameters:
+    # Envelope format 4: the frame carries the length and checksum the envelope no longer
+    # does, and drops the 4-byte magic the envelope's version stands for (and the
+    # dictionary id, which the envelope holds).
+    return zstandard.ZstdCompressionParameters.from_level(
+        level,
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+        write_content_size=True,
+        write_checksum=True,
+        write_dict_id=False,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _zstd_dict(zstd: bytes, level: int | None = None) -> zstandard.ZstdCompressionDict:
+    """The trained dictionary, digested once for `level` (compressing) or for decompressing
+    (None): without that, zstd digests its ~110 KB for every frame."""
+    trained = zstandard.ZstdCompressionDict(zstd)
+    if level is None:
+        pass  # decompression digests per frame; zstandard has no precomputed DDict
+    else:
+        trained.precompute_compress(compression_params=_params(level))
+    return trained
+
 
 class ZstdCodec:
     """MODE_ZSTD: a zstd frame, exact, no model; `small_level` up to `small_bytes`, `level`
-    above (where the high levels cost many times the CPU for a percent or two)."""
+    above (where the high levels cost many times the CPU for a percent or two). With a
+    corpus dictionary, the frame is coded against its trained zstd dictionary."""
 
     mode = pb.MODE_ZSTD
     # Bump when the frame for the same text and level changes (cache keys include it).
@@ -41,68 +73,77 @@ class ZstdCodec:
             "small_bytes": self.small_bytes,
         }
 
-    def _compressor(self, level: int) -> zstandard.ZstdCompressor:
-        cache: dict[int, zstandard.ZstdCompressor] | None = getattr(self._local, "comps", None)
+    def _compressor(self, level: int, dictionary: Dictionary | None) -> zstandard.ZstdCompressor:
+        cache: dict[tuple[int, bytes], zstandard.ZstdCompressor] | None = getattr(
+            self._local, "comps", None
+        )
         if cache is None:
             cache = self._local.comps = {}
-        comp = cache.get(level)
+        key = (level, dictionary.id if dictionary is not None else b"")
+        comp = cache.get(key)
         if comp is None:
-            # Envelope format 4: the frame carries the length and checksum the envelope no
-            # longer does, and drops the 4-byte magic the envelope's version stands for.
-            params = zstandard.ZstdCompressionParameters.from_level(
-                level,
-                format=zstandard.FORMAT_ZSTD1_MAGICLESS,
-                write_content_size=True,
-                write_checksum=True,
-                write_dict_id=False,
-            )
-            comp = cache[level] = zstandard.ZstdCompressor(compression_params=params)
+            params = _params(level)
+            if dictionary is None:
+                comp = zstandard.ZstdCompressor(compression_params=params)
+            else:
+                trained = _zstd_dict(dictionary.zstd, level)
+                comp = zstandard.ZstdCompressor(dict_data=trained, compression_params=params)
+            if len(cache) >= _COMPRESSORS_PER_THREAD:
+                cache.pop(next(iter(cache)))
+            cache[key] = comp
         return comp
 
-    def compress_bytes(self, data: bytes) -> bytes:
+    def compress_bytes(self, data: bytes, dictionary: Dictionary | None = None) -> bytes:
         level = self.small_level if len(data) <= self.small_bytes else self.level
-        return self._compressor(level).compress(data)
+        return self._compressor(level, dictionary).compress(data)
 
     @staticmethod
-    def decompress_bytes(frame: bytes, length: int, compact: bool = True) -> bytes:
+    def decompress_bytes(
+        frame: bytes, length: int, compact: bool = True, dictionary: Dictionary | None = None
+    ) -> bytes:
         """`compact`: a format-4 frame (magicless, its own size and checksum)."""
         try:
-            if compact:
-                out = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+            fmt = zstandard.FORMAT_ZSTD1_MAGICLESS if compact else zstandard.FORMAT_ZSTD1
+            if dictionary is not None:
+                trained = _zstd_dict(dictionary.zstd)
+                out = zstandard.ZstdDecompressor(dict_data=trained, format=fmt)
             else:
-                out = zstandard.ZstdDecompressor()
+                out = zstandard.ZstdDecompressor(format=fmt)
             return out.decompress(frame, max_output_size=max(length, 1))
         except zstandard.ZstdError as exc:
             raise DataLoss(
                 f"the zstd frame in the envelope is corrupt ({exc}); restore it from a good copy"
             ) from None
 
-    def encode_now(self, data: bytes) -> Encoded:
+    def encode_now(self, data: bytes, dictionary: Dictionary | None = None) -> Encoded:
         """The envelope body for `data`, in this thread (cheap below INLINE_BYTES)."""
+        used = dictionary if dictionary is not None and dictionary.zstd else None
         return Encoded(
             envelope=pb.Envelope(
-                mode=pb.MODE_ZSTD, zstd=pb.ZstdBody(frame=self.compress_bytes(data))
-            )
+                mode=pb.MODE_ZSTD, zstd=pb.ZstdBody(frame=self.compress_bytes(data, used))
+            ),
+            dictionary=used,
         )
 
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded:
         data = text.encode("utf-8")
         with clock.stage("zstd.encode", **{"llmc.bytes": len(data)}):
             if len(data) <= INLINE_BYTES:
-                return self.encode_now(data)
-            return await asyncio.to_thread(self.encode_now, data)
+                return self.encode_now(data, opts.dictionary)
+            return await asyncio.to_thread(self.encode_now, data, opts.dictionary)
 
-    async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded:
+    async def decode(
+        self, env: pb.Envelope, clock: StageClock, dictionary: Dictionary | None = None
+    ) -> Decoded:
         with clock.stage("zstd.decode"):
             length, compact = env.original_length, is_compact(env)
             if length == 0 and not env.zstd.frame:
                 return Decoded(text="", exact=True)
+            args = (env.zstd.frame, length, compact, dictionary)
             if length <= INLINE_BYTES:
-                data = self.decompress_bytes(env.zstd.frame, length, compact)
+                data = self.decompress_bytes(*args)
             else:
-                data = await asyncio.to_thread(
-                    self.decompress_bytes, env.zstd.frame, length, compact
-                )
+                data = await asyncio.to_thread(self.decompress_bytes, *args)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:

@@ -335,6 +335,31 @@ class CacheConfig(_Section):
     max_bytes: int = Field(256 * 1024 * 1024, ge=0)
 
 
+def default_dictionaries_path() -> Path:
+    """$XDG_DATA_HOME/llmcompress/dictionaries, else ~/.local/share/llmcompress/dictionaries."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llmcompress" / "dictionaries"
+
+
+class DictionariesConfig(_Section):
+    # Where dictionaries are kept (None: default_dictionaries_path()); with cache.redis_url
+    # set they are also kept in that Redis, so replicas share them.
+    path: Path | None = None
+    # The trained zstd dictionary's size bound; zstd's own default (110 KiB) measured best
+    # on records of one kind (docs/modes.md).
+    zstd_bytes: int = Field(112_640, ge=1024, le=4 * 1024 * 1024)
+    # Training refuses fewer samples (zstd's trainer needs several; a useful one, hundreds).
+    min_samples: int = Field(16, ge=8)
+    # Training input bound, counted as it arrives: the upload is refused past it.
+    max_training_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Tokens of LOSSLESS primer chosen from the samples (0: no primer).
+    primer_tokens: int = Field(512, ge=0, le=8192)
+
+    @property
+    def directory(self) -> Path:
+        return self.path if self.path is not None else default_dictionaries_path()
+
+
 class MonitoringConfig(_Section):
     enable_prometheus: bool = True
     # 9464: the OpenTelemetry Prometheus exporter's port (9090 is Prometheus's own).
@@ -402,6 +427,7 @@ class Config(_Section):
     performance: PerformanceConfig = PerformanceConfig()
     compression: CompressionConfig = CompressionConfig()
     cache: CacheConfig = CacheConfig()
+    dictionaries: DictionariesConfig = DictionariesConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     llm: LLMConfig = LLMConfig()
     security: SecurityConfig = SecurityConfig()

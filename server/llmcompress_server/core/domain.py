@@ -63,9 +63,12 @@ class CompressCommand:
     evaluate_quality: bool = False
     quality: pb.Quality.ValueType = pb.QUALITY_UNSPECIFIED
     skip_cache: bool = False
+    # A corpus dictionary's name or id; "" none.
+    dictionary: str = ""
 
     @classmethod
-    def from_pb(cls, req: pb.CompressRequest) -> CompressCommand:
+    def from_pb(cls, req: pb.CompressRequest, dictionary: str = "") -> CompressCommand:
+        """`dictionary`: the stream's default, for a request that names none."""
         mode = None if req.mode == pb.MODE_UNSPECIFIED else Mode.from_pb(req.mode)
         if req.quality not in pb.Quality.values():
             raise InvalidInput(
@@ -83,6 +86,7 @@ class CompressCommand:
             evaluate_quality=req.evaluate_quality,
             quality=req.quality,
             skip_cache=req.skip_cache,
+            dictionary=req.dictionary or dictionary,
         )
 
 
@@ -107,6 +111,7 @@ class CompressOutcome:
     quality: pb.QualityScores | None = None
     total_seconds: float = 0.0
     piecewise_bytes: int = 0
+    dictionary: str = ""  # the first 8 hex digits of the dictionary's id, as stored
 
     @property
     def ratio(self) -> float:
@@ -127,6 +132,7 @@ class CompressOutcome:
             backend=self.backend,
             total_seconds=self.total_seconds,
             piecewise_bytes=self.piecewise_bytes,
+            dictionary=self.dictionary,
         )
         if self.quality is not None:
             stats.quality.CopyFrom(self.quality)

@@ -24,7 +24,7 @@ from .errors import DataLoss, InvalidInput, PreconditionFailed
 MAGIC = 0x434D4C4C  # "LLMC" read as a little-endian fixed32
 # The newest format this server reads and writes; see `Envelope.version` in the proto.
 FORMAT_VERSION = 4
-# What a model envelope is written as (v4 only adds what model envelopes do not use yet).
+# What a model envelope is written as, unless it names a corpus dictionary (then v4).
 MODEL_VERSION = 3
 # A body without a model or zstd frame (none is written today) needs nothing past v1.
 _PLAIN_VERSION = 1
@@ -94,13 +94,16 @@ def mode_name(mode: int) -> str:
     return pb.Mode.Name(pb.Mode.ValueType(mode)) if mode in pb.Mode.values() else f"mode {mode}"
 
 
-def seal(original: bytes, body: pb.Envelope, model: ModelIdentity | None = None) -> bytes:
-    """Complete `body` (an Envelope with only its mode and body set) and serialize it.
+def seal(
+    original: bytes, body: pb.Envelope, model: ModelIdentity | None = None, dictionary: int = 0
+) -> bytes:
+    """Complete `body` (an Envelope with only its mode and body set) and serialize it;
+    `dictionary`: the short id of the corpus dictionary the body was coded with (0: none).
 
     A ZSTD body is sealed compact (format 4): the codec wrote a frame that carries the
     length and a checksum, so nothing else is needed to reconstruct it."""
     if body.WhichOneof("body") == "zstd" and model is None:
-        compact = pb.Envelope(version=COMPACT_VERSION, zstd=body.zstd)
+        compact = pb.Envelope(version=COMPACT_VERSION, dictionary=dictionary, zstd=body.zstd)
         return compact.SerializeToString(deterministic=True)
     body.magic = MAGIC
     body.version = _PLAIN_VERSION
@@ -109,6 +112,10 @@ def seal(original: bytes, body: pb.Envelope, model: ModelIdentity | None = None)
     if model is not None:
         body.version = MODEL_VERSION
         body.model.CopyFrom(model.to_pb())
+    if dictionary:
+        # Only a v4 reader knows to look for the dictionary: an older one must refuse.
+        body.version = FORMAT_VERSION
+        body.dictionary = dictionary
     return body.SerializeToString(deterministic=True)
 
 
@@ -161,11 +168,6 @@ def open_envelope(data: bytes) -> pb.Envelope:
         )
     if env.version < 1:
         raise InvalidInput("the envelope has no format version; it is corrupted")
-    if env.dictionary:
-        raise PreconditionFailed(
-            f"the envelope was coded with corpus dictionary {env.dictionary:08x}, and this "
-            "server holds no corpus dictionaries; reconstruct it on a server that has it"
-        )
     if is_compact(env):
         if env.mode not in (pb.MODE_UNSPECIFIED, pb.MODE_ZSTD) or env.HasField("model"):
             raise InvalidInput("the compact ZSTD envelope names a model or mode; it is corrupted")

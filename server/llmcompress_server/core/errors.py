@@ -39,6 +39,10 @@ class DataLoss(LLMCompressError):
     code = grpc.StatusCode.DATA_LOSS
 
 
+class NotFound(LLMCompressError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
 class PreconditionFailed(LLMCompressError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 

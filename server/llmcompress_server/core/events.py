@@ -103,6 +103,9 @@ class EventSink(Protocol):
     def coding_job(self, job: CodingJobEnded) -> None:
         """A job on the LOSSLESS coding engine ended."""
 
+    def dictionary_trained(self, seconds: float, samples: int) -> None:
+        """A corpus dictionary was trained and stored."""
+
 
 class NullSink:
     """Ignores every event; a base for sinks that want only some of them."""
@@ -120,6 +123,9 @@ class NullSink:
         return None
 
     def coding_job(self, job: CodingJobEnded) -> None:
+        return None
+
+    def dictionary_trained(self, seconds: float, samples: int) -> None:
         return None
 
 
@@ -167,6 +173,10 @@ class Events:
     def coding_job(self, job: CodingJobEnded) -> None:
         for sink in self.sinks:
             sink.coding_job(job)
+
+    def dictionary_trained(self, seconds: float, samples: int) -> None:
+        for sink in self.sinks:
+            sink.dictionary_trained(seconds, samples)
 
     @contextmanager
     def llm_call(

@@ -230,6 +230,7 @@ class BatchRunner:
         async def read() -> None:
             nonlocal in_order
             seq = 0
+            dictionary = ""  # the stream's default, from its first message
             stream = aiter(requests)
             inline = InlineSpan(self.tracer)
             try:
@@ -242,8 +243,11 @@ class BatchRunner:
                     except StopAsyncIteration:
                         room.release()
                         break
-                    if seq == 0 and isinstance(item, pb.BatchCompressRequest):
-                        in_order = item.in_order
+                    if isinstance(item, pb.BatchCompressRequest):
+                        if seq == 0:
+                            in_order, dictionary = item.in_order, item.dictionary
+                        if dictionary and not item.request.dictionary:
+                            item.request.dictionary = dictionary
                     membership = self._membership(groups, item)
                     now = None if membership else self._answer_now(item, inline)
                     if now is not None:

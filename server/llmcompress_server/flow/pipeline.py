@@ -30,13 +30,21 @@ from ..codecs import (
 )
 from ..codecs.semantic.grouping import Membership
 from ..core.config import Config, SemanticFallback
+from ..core.dictionary import Dictionary
 from ..core.domain import CompressCommand, CompressOutcome, Mode, ReconstructOutcome
 from ..core.envelope import check_original, mode_name, model_name, open_envelope, seal
-from ..core.errors import BackendError, CannotEncode, InvalidInput, PreconditionFailed
+from ..core.errors import (
+    BackendError,
+    CannotEncode,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+)
 from ..core.events import Events
 from ..telemetry.stages import StageClock
 from .admission import Admission
 from .cache import CachedResult, ResultCache, key_for
+from .dictionaries import DictionaryStore
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +62,12 @@ class Pipeline:
         cache: ResultCache | None = None,
         events: Events | None = None,
         short_store: Mode | None = None,
+        dictionaries: DictionaryStore | None = None,
     ) -> None:
         """`short_store`: where a text too short for SEMANTIC's target is stored exactly,
-        as resolved from `compression.short_text_store` (LOSSLESS, or ZSTD when given)."""
+        as resolved from `compression.short_text_store` (LOSSLESS, or ZSTD when given).
+        `dictionaries`: the corpus dictionaries requests and envelopes may name (None: a
+        request naming one gets NOT_FOUND, an envelope naming one FAILED_PRECONDITION)."""
         self.config = config
         self.codecs = dict(codecs)
         self.short_store = short_store or Mode.LOSSLESS
@@ -65,6 +76,7 @@ class Pipeline:
         if cache is None and config.cache.enabled:
             cache = ResultCache.from_config(config, self.events)
         self.cache = cache
+        self.dictionaries = dictionaries
         # Checked once: a runtime Protocol check costs more than a short item's zstd work.
         zstd = self.codecs.get(Mode.ZSTD)
         self._inline = zstd if isinstance(zstd, InlineCodec) else None
@@ -78,7 +90,12 @@ class Pipeline:
             )
         return codec
 
-    def options(self, cmd: CompressCommand, group: Membership | None = None) -> CompressOptions:
+    def options(
+        self,
+        cmd: CompressCommand,
+        group: Membership | None = None,
+        dictionary: Dictionary | None = None,
+    ) -> CompressOptions:
         comp = self.config.compression
         return CompressOptions(
             verify=comp.verify if cmd.verify is None else cmd.verify,
@@ -86,7 +103,15 @@ class Pipeline:
             quality=cmd.quality,
             evaluate_quality=cmd.evaluate_quality,
             group=group,
+            dictionary=dictionary,
         )
+
+    async def _dictionary(self, ref: str) -> Dictionary | None:
+        if not ref:
+            return None
+        if self.dictionaries is None:
+            raise NotFound(f"no dictionary named {ref!r}: this server keeps no corpus dictionaries")
+        return await self.dictionaries.resolve(ref)
 
     async def compress(
         self, cmd: CompressCommand, *, wait: bool = False, group: Membership | None = None
@@ -121,7 +146,8 @@ class Pipeline:
             self._check_size(data)
         requested = cmd.mode or self.config.compression.default_mode
         mode, reason = self._route(cmd.text, requested)
-        codec, opts = self._codec(mode), self.options(cmd, group)
+        dictionary = await self._dictionary(cmd.dictionary)
+        codec, opts = self._codec(mode), self.options(cmd, group, dictionary)
 
         async def compute() -> CachedResult:
             encoded = await self.encode(mode, cmd.text, opts, clock)
@@ -156,6 +182,12 @@ class Pipeline:
             or (cache is not None and cache.redis is not None)
         ):
             return None
+        dictionary = None
+        if cmd.dictionary:
+            # Only one this replica holds and may use without asking Redis.
+            dictionary = self.dictionaries.cached(cmd.dictionary) if self.dictionaries else None
+            if dictionary is None:
+                return None
         clock = StageClock(self.events)
         start = time.perf_counter()
         data = cmd.text.encode("utf-8")
@@ -167,14 +199,15 @@ class Pipeline:
             now = time.perf_counter()
             clock.add("validate", now - start)
         mode, reason = self._route(cmd.text, requested)
-        key = None if cache is None else key_for(codec, data, mode, self.options(cmd))
+        opts = self.options(cmd, dictionary=dictionary)
+        key = None if cache is None else key_for(codec, data, mode, opts)
         if cache is not None and key is not None:
             found = cache.lookup_memory(key, data)
             start, now = now, time.perf_counter()
             clock.add("cache.lookup", now - start)
             if found is not None:
                 return self._outcome(data, requested, reason, found, True, clock)
-        encoded = codec.encode_now(data)
+        encoded = codec.encode_now(data, dictionary)
         start, now = now, time.perf_counter()
         clock.add("zstd.encode", now - start)
         result = self._sealed(data, encoded)
@@ -195,8 +228,9 @@ class Pipeline:
 
     @staticmethod
     def _sealed(data: bytes, encoded: Encoded) -> CachedResult:
+        short = encoded.dictionary.short_id if encoded.dictionary is not None else 0
         return CachedResult(
-            envelope=seal(data, encoded.envelope, encoded.model),
+            envelope=seal(data, encoded.envelope, encoded.model, short),
             mode=Mode.from_pb(encoded.envelope.mode),
             model=encoded.model.name if encoded.model else "",
             backend=encoded.backend,
@@ -204,6 +238,7 @@ class Pipeline:
             reason=encoded.reason,
             quality=encoded.quality,
             piecewise_bytes=encoded.piecewise_bytes,
+            dictionary=f"{short:08x}" if short else "",
         )
 
     @staticmethod
@@ -230,11 +265,14 @@ class Pipeline:
             quality=result.quality,
             total_seconds=clock.total,
             piecewise_bytes=result.piecewise_bytes,
+            dictionary=result.dictionary,
         )
 
     async def close(self) -> None:
         if self.cache is not None:
             await self.cache.close()
+        if self.dictionaries is not None:
+            await self.dictionaries.close()
 
     def _route(self, text: str, requested: Mode) -> tuple[Mode, str]:
         """The mode a text goes to before any codec runs, and why when it is not `requested`."""
@@ -360,7 +398,11 @@ class Pipeline:
             raise PreconditionFailed(
                 f"the envelope needs {mode_name(env.mode)}, which this server does not offer"
             )
-        decoded = await self.codecs[mode].decode(env, clock)
+        dictionary = None
+        if env.dictionary:
+            with clock.stage("dictionary"):
+                dictionary = await self._envelope_dictionary(env.dictionary)
+        decoded = await self.codecs[mode].decode(env, clock, dictionary)
         if decoded.exact:
             with clock.stage("checksum"):
                 check_original(env, decoded.text.encode("utf-8"))
@@ -372,6 +414,14 @@ class Pipeline:
             stages=clock.timings,
             quality=decoded.quality,
         )
+
+    async def _envelope_dictionary(self, short_id: int) -> Dictionary:
+        if self.dictionaries is None:
+            raise PreconditionFailed(
+                f"the envelope was coded with corpus dictionary {short_id:08x}, and this "
+                "server keeps no corpus dictionaries; reconstruct it on a server that holds it"
+            )
+        return await self.dictionaries.for_envelope(short_id)
 
 
 __all__ = ["Pipeline"]

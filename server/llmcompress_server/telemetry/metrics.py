@@ -24,6 +24,10 @@ Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
     llmc_coding_occupancy              gauge      active slots / width, now
     llmc_coding_wait_seconds           histogram  kind=encode|decode: a job's wait for a first slot
     llmc_coding_job_seconds            histogram  kind: a job's coding time after that
+    llmc_dictionary_items_total        counter    dictionary (first 8 hex digits of its id; the
+                                                  first 32 seen, then "other"), mode
+    llmc_dictionary_training_seconds   histogram  time to train and store one dictionary
+    llmc_dictionary_training_samples_total counter samples dictionaries were trained on
     gen_ai_client_operation_duration_seconds  histogram  GenAI semconv attributes
     gen_ai_client_token_usage          histogram  gen_ai_token_type=input|output, ...
 
@@ -70,6 +74,7 @@ HISTOGRAMS: dict[tuple[float, ...], tuple[tuple[str, str, str], ...]] = {
         ("llmc_stage_duration", "s", "Duration of one pipeline stage, nested stages included"),
         ("llmc_coding_wait", "s", "Time a LOSSLESS coding job waited for its first engine slot"),
         ("llmc_coding_job", "s", "Time a LOSSLESS coding job spent coding, after its wait"),
+        ("llmc_dictionary_training", "s", "Time to train and store one corpus dictionary"),
     ),
     RATIO_BUCKETS: (("compression_ratio", "", "Original UTF-8 bytes / serialized envelope bytes"),),
     SCORE_BUCKETS: (("quality_score", "", "Overall quality score of a lossy result, 0..1"),),
@@ -90,6 +95,8 @@ COUNTERS = (
         "Tokens of successful model calls as the backend counted them, by type "
         "(input, output) and operation (chat, embeddings, coding: LOSSLESS evaluations)",
     ),
+    ("llmc_dictionary_items", "Compressed items coded with a corpus dictionary, by dictionary"),
+    ("llmc_dictionary_training_samples", "Samples corpus dictionaries were trained on"),
     (
         "llmc_cost",
         "Cost of successful model calls: tokens x cost.prices per million "
@@ -107,6 +114,10 @@ PROBED_GAUGES = (
         "after failures or failing its health probes",
     ),
 )
+
+# Distinct dictionaries given their own label value; the rest count as "other" (ids are
+# unbounded, a time series each is not).
+DICTIONARY_LABELS = 32
 
 # A probe returns (label, value) pairs when the gauges are read.
 Probe = Callable[[], Iterable[tuple[str, int]]]
@@ -132,6 +143,7 @@ class Metrics:
             name: meter.create_counter(name, description=text) for name, text in COUNTERS
         }
         self._coding_probes: list[CodingProbe] = []
+        self._dictionary_labels: set[str] = set()
         for index, (name, description) in enumerate(
             (
                 ("llmc_coding_steps", "llama_decode steps of the LOSSLESS coding engine"),
@@ -232,6 +244,18 @@ class Metrics:
         self.histograms["llmc_coding_wait"].record(job.wait_seconds, attrs)
         self.histograms["llmc_coding_job"].record(job.coding_seconds, attrs)
 
+    def dictionary_trained(self, seconds: float, samples: int) -> None:
+        self.histograms["llmc_dictionary_training"].record(seconds)
+        self.counters["llmc_dictionary_training_samples"].add(samples)
+
+    def _dictionary_label(self, short: str) -> str:
+        if short in self._dictionary_labels:
+            return short
+        if len(self._dictionary_labels) < DICTIONARY_LABELS:
+            self._dictionary_labels.add(short)
+            return short
+        return "other"
+
     # -- request outcomes (the request interceptor) ---------------------------------------
 
     def compressed(self, rpc: str, stats: pb.Stats) -> None:
@@ -242,6 +266,11 @@ class Metrics:
             self.histograms["quality_score"].record(stats.quality.overall, attrs)
         outcome = "degraded" if stats.degraded else "ok"
         self.counters["llmc_items"].add(1, {"rpc": rpc, "outcome": outcome, "mode": attrs["mode"]})
+        if stats.dictionary:
+            label = self._dictionary_label(stats.dictionary)
+            self.counters["llmc_dictionary_items"].add(
+                1, {"dictionary": label, "mode": attrs["mode"]}
+            )
 
     def reconstructed(self, response: pb.ReconstructResponse, seconds: float) -> None:
         attrs = {"mode": mode_label(response.mode), "model": response.model}

@@ -94,6 +94,7 @@ class CompressRequest(_message.Message):
     EVALUATE_QUALITY_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
     SKIP_CACHE_FIELD_NUMBER: _builtins.int
+    DICTIONARY_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text, at most `compression.max_text_bytes` UTF-8 bytes."""
     mode: Global___Mode.ValueType
@@ -112,6 +113,10 @@ class CompressRequest(_message.Message):
     """The model tier to use."""
     skip_cache: _builtins.bool
     """Bypass the cache for this request (read and write)."""
+    dictionary: _builtins.str
+    """The corpus dictionary to code with: a name, or an id (at least its first 8
+    hex digits). Empty: the stream's default (BatchCompress), else none.
+    """
     def __init__(
         self,
         *,
@@ -122,10 +127,11 @@ class CompressRequest(_message.Message):
         evaluate_quality: _builtins.bool = ...,
         quality: Global___Quality.ValueType = ...,
         skip_cache: _builtins.bool = ...,
+        dictionary: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_verify", b"_verify", "verify", b"verify"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_verify", b"_verify", "evaluate_quality", b"evaluate_quality", "mode", b"mode", "quality", b"quality", "skip_cache", b"skip_cache", "target_ratio", b"target_ratio", "text", b"text", "verify", b"verify"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_verify", b"_verify", "dictionary", b"dictionary", "evaluate_quality", b"evaluate_quality", "mode", b"mode", "quality", b"quality", "skip_cache", b"skip_cache", "target_ratio", b"target_ratio", "text", b"text", "verify", b"verify"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__verify: _TypeAlias = _typing.Literal["verify"]  # noqa: Y015
     _WhichOneofArgType__verify: _TypeAlias = _typing.Literal["_verify", b"_verify"]  # noqa: Y015
@@ -228,6 +234,7 @@ class Stats(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     SHARED_SUMMARY_FIELD_NUMBER: _builtins.int
     PIECEWISE_BYTES_FIELD_NUMBER: _builtins.int
+    DICTIONARY_FIELD_NUMBER: _builtins.int
     original_bytes: _builtins.int
     """UTF-8 bytes of the original text."""
     compressed_bytes: _builtins.int
@@ -266,6 +273,11 @@ class Stats(_message.Message):
     spans it cannot reproduce (long whitespace runs, for one) are tokenized
     piecewise, down to single bytes. 0 when nothing was model-coded.
     """
+    dictionary: _builtins.str
+    """The corpus dictionary the envelope was coded with: the first 8 hex digits
+    of its id, as the envelope stores them. Empty: none (a mode that had no
+    use for the dictionary asked for stores none).
+    """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageTiming]:
         """Wall time per stage, in order."""
@@ -293,10 +305,11 @@ class Stats(_message.Message):
         group: _builtins.str = ...,
         shared_summary: _builtins.bool = ...,
         piecewise_bytes: _builtins.int = ...,
+        dictionary: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cache_hit", b"cache_hit", "compressed_bytes", b"compressed_bytes", "degraded", b"degraded", "group", b"group", "mode", b"mode", "model", b"model", "original_bytes", b"original_bytes", "piecewise_bytes", b"piecewise_bytes", "quality", b"quality", "ratio", b"ratio", "reason", b"reason", "requested_mode", b"requested_mode", "shared_summary", b"shared_summary", "stages", b"stages", "total_seconds", b"total_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cache_hit", b"cache_hit", "compressed_bytes", b"compressed_bytes", "degraded", b"degraded", "dictionary", b"dictionary", "group", b"group", "mode", b"mode", "model", b"model", "original_bytes", b"original_bytes", "piecewise_bytes", b"piecewise_bytes", "quality", b"quality", "ratio", b"ratio", "reason", b"reason", "requested_mode", b"requested_mode", "shared_summary", b"shared_summary", "stages", b"stages", "total_seconds", b"total_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -411,11 +424,16 @@ class BatchCompressRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     IN_ORDER_FIELD_NUMBER: _builtins.int
+    DICTIONARY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The caller's id, echoed in the answer."""
     in_order: _builtins.bool
     """Read from the first message only: answer in request order instead of as
     items finish.
+    """
+    dictionary: _builtins.str
+    """Read from the first message only: the dictionary of every item whose
+    request names none.
     """
     @_builtins.property
     def request(self) -> Global___CompressRequest:
@@ -427,10 +445,11 @@ class BatchCompressRequest(_message.Message):
         id: _builtins.str = ...,
         request: Global___CompressRequest | None = ...,
         in_order: _builtins.bool = ...,
+        dictionary: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "in_order", b"in_order", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dictionary", b"dictionary", "id", b"id", "in_order", b"in_order", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1102,3 +1121,346 @@ class SemanticBody(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SemanticBody: _TypeAlias = SemanticBody  # noqa: Y015
+
+@_typing.final
+class TrainDictionaryRequest(_message.Message):
+    """TrainDictionaryRequest is one message of a TrainDictionary stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    ZSTD_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """First message only: the name the dictionary is stored under, 1-64 of
+    A-Z a-z 0-9 . _ - (a name points at its latest dictionary).
+    """
+    zstd_bytes: _builtins.int
+    """First message only: the zstd dictionary's size bound in bytes (0: the
+    server's `dictionaries.zstd_bytes`).
+    """
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Texts of the corpus, each at most `compression.max_text_bytes`."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        samples: _abc.Iterable[_builtins.str] | None = ...,
+        zstd_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "samples", b"samples", "zstd_bytes", b"zstd_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainDictionaryRequest: _TypeAlias = TrainDictionaryRequest  # noqa: Y015
+
+@_typing.final
+class TrainDictionaryResponse(_message.Message):
+    """TrainDictionaryResponse describes the dictionary trained."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DICTIONARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dictionary(self) -> Global___DictionaryInfo: ...
+    def __init__(
+        self,
+        *,
+        dictionary: Global___DictionaryInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dictionary", b"dictionary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dictionary", b"dictionary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainDictionaryResponse: _TypeAlias = TrainDictionaryResponse  # noqa: Y015
+
+@_typing.final
+class ImportDictionaryResponse(_message.Message):
+    """ImportDictionaryResponse describes the dictionary imported."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DICTIONARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dictionary(self) -> Global___DictionaryInfo: ...
+    def __init__(
+        self,
+        *,
+        dictionary: Global___DictionaryInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dictionary", b"dictionary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dictionary", b"dictionary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportDictionaryResponse: _TypeAlias = ImportDictionaryResponse  # noqa: Y015
+
+@_typing.final
+class DictionaryInfo(_message.Message):
+    """DictionaryInfo describes one stored dictionary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    ZSTD_BYTES_FIELD_NUMBER: _builtins.int
+    PRIMER_BYTES_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SAMPLE_BYTES_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_FIELD_NUMBER: _builtins.int
+    TRAINING_SECONDS_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name it was trained or imported under."""
+    id: _builtins.str
+    """Its id: the SHA-256 of its contents, hex. Envelopes store the first 8 hex
+    digits.
+    """
+    zstd_bytes: _builtins.int
+    """The trained zstd dictionary's size in bytes."""
+    primer_bytes: _builtins.int
+    """The LOSSLESS primer's size in UTF-8 bytes (0: none)."""
+    samples: _builtins.int
+    """Samples and their bytes it was trained on."""
+    sample_bytes: _builtins.int
+    created_unix: _builtins.float
+    """When it was trained, in seconds since the Unix epoch."""
+    training_seconds: _builtins.float
+    """Seconds training took."""
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names that point at it now."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.str = ...,
+        zstd_bytes: _builtins.int = ...,
+        primer_bytes: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        sample_bytes: _builtins.int = ...,
+        created_unix: _builtins.float = ...,
+        training_seconds: _builtins.float = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "id", b"id", "name", b"name", "names", b"names", "primer_bytes", b"primer_bytes", "sample_bytes", b"sample_bytes", "samples", b"samples", "training_seconds", b"training_seconds", "zstd_bytes", b"zstd_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DictionaryInfo: _TypeAlias = DictionaryInfo  # noqa: Y015
+
+@_typing.final
+class DictionaryFile(_message.Message):
+    """DictionaryFile is the export format: one self-checking file per dictionary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    ZSTD_FIELD_NUMBER: _builtins.int
+    PRIMER_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SAMPLE_BYTES_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_FIELD_NUMBER: _builtins.int
+    TRAINING_SECONDS_FIELD_NUMBER: _builtins.int
+    format: _builtins.int
+    """1. A reader refuses formats newer than it knows."""
+    id: _builtins.bytes
+    """The SHA-256 of the contents (see `core/dictionary.py`): tag, zstd length,
+    zstd, primer. A file whose contents do not hash to it is refused.
+    """
+    zstd: _builtins.bytes
+    primer: _builtins.str
+    name: _builtins.str
+    samples: _builtins.int
+    sample_bytes: _builtins.int
+    created_unix: _builtins.float
+    training_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        format: _builtins.int = ...,
+        id: _builtins.bytes = ...,
+        zstd: _builtins.bytes = ...,
+        primer: _builtins.str = ...,
+        name: _builtins.str = ...,
+        samples: _builtins.int = ...,
+        sample_bytes: _builtins.int = ...,
+        created_unix: _builtins.float = ...,
+        training_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "format", b"format", "id", b"id", "name", b"name", "primer", b"primer", "sample_bytes", b"sample_bytes", "samples", b"samples", "training_seconds", b"training_seconds", "zstd", b"zstd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DictionaryFile: _TypeAlias = DictionaryFile  # noqa: Y015
+
+@_typing.final
+class ImportDictionaryRequest(_message.Message):
+    """ImportDictionaryRequest carries an exported dictionary file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    file: _builtins.bytes
+    """The file's bytes, as ExportDictionary returned them."""
+    name: _builtins.str
+    """The name to store it under; empty: the name in the file."""
+    def __init__(
+        self,
+        *,
+        file: _builtins.bytes = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportDictionaryRequest: _TypeAlias = ImportDictionaryRequest  # noqa: Y015
+
+@_typing.final
+class ExportDictionaryRequest(_message.Message):
+    """ExportDictionaryRequest names a dictionary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DICTIONARY_FIELD_NUMBER: _builtins.int
+    dictionary: _builtins.str
+    """A name, or an id (at least its first 8 hex digits)."""
+    def __init__(
+        self,
+        *,
+        dictionary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dictionary", b"dictionary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDictionaryRequest: _TypeAlias = ExportDictionaryRequest  # noqa: Y015
+
+@_typing.final
+class ExportDictionaryResponse(_message.Message):
+    """ExportDictionaryResponse holds a dictionary file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    file: _builtins.bytes
+    """A serialized DictionaryFile."""
+    @_builtins.property
+    def info(self) -> Global___DictionaryInfo: ...
+    def __init__(
+        self,
+        *,
+        file: _builtins.bytes = ...,
+        info: Global___DictionaryInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDictionaryResponse: _TypeAlias = ExportDictionaryResponse  # noqa: Y015
+
+@_typing.final
+class ListDictionariesRequest(_message.Message):
+    """ListDictionariesRequest asks for every stored dictionary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDictionariesRequest: _TypeAlias = ListDictionariesRequest  # noqa: Y015
+
+@_typing.final
+class ListDictionariesResponse(_message.Message):
+    """ListDictionariesResponse lists dictionaries, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DICTIONARIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dictionaries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DictionaryInfo]: ...
+    def __init__(
+        self,
+        *,
+        dictionaries: _abc.Iterable[Global___DictionaryInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dictionaries", b"dictionaries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDictionariesResponse: _TypeAlias = ListDictionariesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteDictionaryRequest(_message.Message):
+    """DeleteDictionaryRequest names the dictionary to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DICTIONARY_FIELD_NUMBER: _builtins.int
+    dictionary: _builtins.str
+    """A name, or an id (at least its first 8 hex digits)."""
+    def __init__(
+        self,
+        *,
+        dictionary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dictionary", b"dictionary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDictionaryRequest: _TypeAlias = DeleteDictionaryRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDictionaryResponse(_message.Message):
+    """DeleteDictionaryResponse says what was deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deleted(self) -> Global___DictionaryInfo: ...
+    def __init__(
+        self,
+        *,
+        deleted: Global___DictionaryInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDictionaryResponse: _TypeAlias = DeleteDictionaryResponse  # noqa: Y015

@@ -55,6 +55,31 @@ class CompressionServiceStub:
                 request_serializer=llmcompress_dot_v1_dot_compression__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=llmcompress_dot_v1_dot_compression__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.TrainDictionary = channel.stream_unary(
+                '/llmcompress.v1.CompressionService/TrainDictionary',
+                request_serializer=llmcompress_dot_v1_dot_compression__pb2.TrainDictionaryRequest.SerializeToString,
+                response_deserializer=llmcompress_dot_v1_dot_compression__pb2.TrainDictionaryResponse.FromString,
+                _registered_method=True)
+        self.ImportDictionary = channel.unary_unary(
+                '/llmcompress.v1.CompressionService/ImportDictionary',
+                request_serializer=llmcompress_dot_v1_dot_compression__pb2.ImportDictionaryRequest.SerializeToString,
+                response_deserializer=llmcompress_dot_v1_dot_compression__pb2.ImportDictionaryResponse.FromString,
+                _registered_method=True)
+        self.ExportDictionary = channel.unary_unary(
+                '/llmcompress.v1.CompressionService/ExportDictionary',
+                request_serializer=llmcompress_dot_v1_dot_compression__pb2.ExportDictionaryRequest.SerializeToString,
+                response_deserializer=llmcompress_dot_v1_dot_compression__pb2.ExportDictionaryResponse.FromString,
+                _registered_method=True)
+        self.ListDictionaries = channel.unary_unary(
+                '/llmcompress.v1.CompressionService/ListDictionaries',
+                request_serializer=llmcompress_dot_v1_dot_compression__pb2.ListDictionariesRequest.SerializeToString,
+                response_deserializer=llmcompress_dot_v1_dot_compression__pb2.ListDictionariesResponse.FromString,
+                _registered_method=True)
+        self.DeleteDictionary = channel.unary_unary(
+                '/llmcompress.v1.CompressionService/DeleteDictionary',
+                request_serializer=llmcompress_dot_v1_dot_compression__pb2.DeleteDictionaryRequest.SerializeToString,
+                response_deserializer=llmcompress_dot_v1_dot_compression__pb2.DeleteDictionaryResponse.FromString,
+                _registered_method=True)
 
 
 class CompressionServiceServicer:
@@ -91,6 +116,45 @@ class CompressionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrainDictionary(self, request_iterator, context):
+        """TrainDictionary trains a corpus dictionary from samples streamed to the
+        server and stores it under a name (the name then points at it). The first
+        message names it; samples may come in any message. Nothing is stored
+        unless training finishes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportDictionary(self, request, context):
+        """ImportDictionary stores a dictionary file made by ExportDictionary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportDictionary(self, request, context):
+        """ExportDictionary returns a dictionary as one file, readable by any server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDictionaries(self, request, context):
+        """ListDictionaries lists the dictionaries this server (and its Redis) holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDictionary(self, request, context):
+        """DeleteDictionary deletes a dictionary and the names pointing at it.
+        Envelopes coded with it can no longer be reconstructed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompressionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +177,31 @@ def add_CompressionServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=llmcompress_dot_v1_dot_compression__pb2.GetStatsRequest.FromString,
                     response_serializer=llmcompress_dot_v1_dot_compression__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'TrainDictionary': grpc.stream_unary_rpc_method_handler(
+                    servicer.TrainDictionary,
+                    request_deserializer=llmcompress_dot_v1_dot_compression__pb2.TrainDictionaryRequest.FromString,
+                    response_serializer=llmcompress_dot_v1_dot_compression__pb2.TrainDictionaryResponse.SerializeToString,
+            ),
+            'ImportDictionary': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportDictionary,
+                    request_deserializer=llmcompress_dot_v1_dot_compression__pb2.ImportDictionaryRequest.FromString,
+                    response_serializer=llmcompress_dot_v1_dot_compression__pb2.ImportDictionaryResponse.SerializeToString,
+            ),
+            'ExportDictionary': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportDictionary,
+                    request_deserializer=llmcompress_dot_v1_dot_compression__pb2.ExportDictionaryRequest.FromString,
+                    response_serializer=llmcompress_dot_v1_dot_compression__pb2.ExportDictionaryResponse.SerializeToString,
+            ),
+            'ListDictionaries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDictionaries,
+                    request_deserializer=llmcompress_dot_v1_dot_compression__pb2.ListDictionariesRequest.FromString,
+                    response_serializer=llmcompress_dot_v1_dot_compression__pb2.ListDictionariesResponse.SerializeToString,
+            ),
+            'DeleteDictionary': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDictionary,
+                    request_deserializer=llmcompress_dot_v1_dot_compression__pb2.DeleteDictionaryRequest.FromString,
+                    response_serializer=llmcompress_dot_v1_dot_compression__pb2.DeleteDictionaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +313,141 @@ class CompressionService:
             '/llmcompress.v1.CompressionService/GetStats',
             llmcompress_dot_v1_dot_compression__pb2.GetStatsRequest.SerializeToString,
             llmcompress_dot_v1_dot_compression__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainDictionary(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/llmcompress.v1.CompressionService/TrainDictionary',
+            llmcompress_dot_v1_dot_compression__pb2.TrainDictionaryRequest.SerializeToString,
+            llmcompress_dot_v1_dot_compression__pb2.TrainDictionaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportDictionary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmcompress.v1.CompressionService/ImportDictionary',
+            llmcompress_dot_v1_dot_compression__pb2.ImportDictionaryRequest.SerializeToString,
+            llmcompress_dot_v1_dot_compression__pb2.ImportDictionaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportDictionary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmcompress.v1.CompressionService/ExportDictionary',
+            llmcompress_dot_v1_dot_compression__pb2.ExportDictionaryRequest.SerializeToString,
+            llmcompress_dot_v1_dot_compression__pb2.ExportDictionaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDictionaries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmcompress.v1.CompressionService/ListDictionaries',
+            llmcompress_dot_v1_dot_compression__pb2.ListDictionariesRequest.SerializeToString,
+            llmcompress_dot_v1_dot_compression__pb2.ListDictionariesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDictionary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmcompress.v1.CompressionService/DeleteDictionary',
+            llmcompress_dot_v1_dot_compression__pb2.DeleteDictionaryRequest.SerializeToString,
+            llmcompress_dot_v1_dot_compression__pb2.DeleteDictionaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,22 @@ class CompressionServiceStub:
     """GetStats reports recent per-stage latency, the slowest stage, cache
     statistics, and the tokens and cost of this server's model calls.
     """
+    TrainDictionary: _grpc.StreamUnaryMultiCallable[_compression_pb2.TrainDictionaryRequest, _compression_pb2.TrainDictionaryResponse]
+    """TrainDictionary trains a corpus dictionary from samples streamed to the
+    server and stores it under a name (the name then points at it). The first
+    message names it; samples may come in any message. Nothing is stored
+    unless training finishes.
+    """
+    ImportDictionary: _grpc.UnaryUnaryMultiCallable[_compression_pb2.ImportDictionaryRequest, _compression_pb2.ImportDictionaryResponse]
+    """ImportDictionary stores a dictionary file made by ExportDictionary."""
+    ExportDictionary: _grpc.UnaryUnaryMultiCallable[_compression_pb2.ExportDictionaryRequest, _compression_pb2.ExportDictionaryResponse]
+    """ExportDictionary returns a dictionary as one file, readable by any server."""
+    ListDictionaries: _grpc.UnaryUnaryMultiCallable[_compression_pb2.ListDictionariesRequest, _compression_pb2.ListDictionariesResponse]
+    """ListDictionaries lists the dictionaries this server (and its Redis) holds."""
+    DeleteDictionary: _grpc.UnaryUnaryMultiCallable[_compression_pb2.DeleteDictionaryRequest, _compression_pb2.DeleteDictionaryResponse]
+    """DeleteDictionary deletes a dictionary and the names pointing at it.
+    Envelopes coded with it can no longer be reconstructed.
+    """
 
 @_typing.type_check_only
 class CompressionServiceAsyncStub(CompressionServiceStub):
@@ -67,6 +83,22 @@ class CompressionServiceAsyncStub(CompressionServiceStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_compression_pb2.GetStatsRequest, _compression_pb2.GetStatsResponse]  # type: ignore[assignment]
     """GetStats reports recent per-stage latency, the slowest stage, cache
     statistics, and the tokens and cost of this server's model calls.
+    """
+    TrainDictionary: _aio.StreamUnaryMultiCallable[_compression_pb2.TrainDictionaryRequest, _compression_pb2.TrainDictionaryResponse]  # type: ignore[assignment]
+    """TrainDictionary trains a corpus dictionary from samples streamed to the
+    server and stores it under a name (the name then points at it). The first
+    message names it; samples may come in any message. Nothing is stored
+    unless training finishes.
+    """
+    ImportDictionary: _aio.UnaryUnaryMultiCallable[_compression_pb2.ImportDictionaryRequest, _compression_pb2.ImportDictionaryResponse]  # type: ignore[assignment]
+    """ImportDictionary stores a dictionary file made by ExportDictionary."""
+    ExportDictionary: _aio.UnaryUnaryMultiCallable[_compression_pb2.ExportDictionaryRequest, _compression_pb2.ExportDictionaryResponse]  # type: ignore[assignment]
+    """ExportDictionary returns a dictionary as one file, readable by any server."""
+    ListDictionaries: _aio.UnaryUnaryMultiCallable[_compression_pb2.ListDictionariesRequest, _compression_pb2.ListDictionariesResponse]  # type: ignore[assignment]
+    """ListDictionaries lists the dictionaries this server (and its Redis) holds."""
+    DeleteDictionary: _aio.UnaryUnaryMultiCallable[_compression_pb2.DeleteDictionaryRequest, _compression_pb2.DeleteDictionaryResponse]  # type: ignore[assignment]
+    """DeleteDictionary deletes a dictionary and the names pointing at it.
+    Envelopes coded with it can no longer be reconstructed.
     """
 
 class CompressionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,6 +138,52 @@ class CompressionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_compression_pb2.GetStatsResponse, _abc.Awaitable[_compression_pb2.GetStatsResponse]]:
         """GetStats reports recent per-stage latency, the slowest stage, cache
         statistics, and the tokens and cost of this server's model calls.
+        """
+
+    @_abc_1.abstractmethod
+    def TrainDictionary(
+        self,
+        request_iterator: _MaybeAsyncIterator[_compression_pb2.TrainDictionaryRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_compression_pb2.TrainDictionaryResponse, _abc.Awaitable[_compression_pb2.TrainDictionaryResponse]]:
+        """TrainDictionary trains a corpus dictionary from samples streamed to the
+        server and stores it under a name (the name then points at it). The first
+        message names it; samples may come in any message. Nothing is stored
+        unless training finishes.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportDictionary(
+        self,
+        request: _compression_pb2.ImportDictionaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compression_pb2.ImportDictionaryResponse, _abc.Awaitable[_compression_pb2.ImportDictionaryResponse]]:
+        """ImportDictionary stores a dictionary file made by ExportDictionary."""
+
+    @_abc_1.abstractmethod
+    def ExportDictionary(
+        self,
+        request: _compression_pb2.ExportDictionaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compression_pb2.ExportDictionaryResponse, _abc.Awaitable[_compression_pb2.ExportDictionaryResponse]]:
+        """ExportDictionary returns a dictionary as one file, readable by any server."""
+
+    @_abc_1.abstractmethod
+    def ListDictionaries(
+        self,
+        request: _compression_pb2.ListDictionariesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compression_pb2.ListDictionariesResponse, _abc.Awaitable[_compression_pb2.ListDictionariesResponse]]:
+        """ListDictionaries lists the dictionaries this server (and its Redis) holds."""
+
+    @_abc_1.abstractmethod
+    def DeleteDictionary(
+        self,
+        request: _compression_pb2.DeleteDictionaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compression_pb2.DeleteDictionaryResponse, _abc.Awaitable[_compression_pb2.DeleteDictionaryResponse]]:
+        """DeleteDictionary deletes a dictionary and the names pointing at it.
+        Envelopes coded with it can no longer be reconstructed.
         """
 
 def add_CompressionServiceServicer_to_server(servicer: CompressionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

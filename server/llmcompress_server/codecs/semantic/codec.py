@@ -34,6 +34,7 @@ from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ...backends import TextBackend
 from ...core.config import Config, QualityGate, SemanticCoder, SemanticSummary
+from ...core.dictionary import Dictionary
 from ...core.envelope import ModelIdentity, model_name
 from ...core.errors import CannotEncode, PreconditionFailed
 from ...telemetry.stages import StageClock
@@ -423,7 +424,9 @@ class SemanticCodec:
         expansion = await self._expand(body, original_bytes, tier)
         return expansion.text, [note for r in expansion.results for note in r.fallbacks]
 
-    async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded:
+    async def decode(
+        self, env: pb.Envelope, clock: StageClock, dictionary: Dictionary | None = None
+    ) -> Decoded:
         body = await self._open(env, clock)
         required = required_entities(body)
         model = model_name(env.model)

@@ -35,6 +35,8 @@ class CachedResult:
     reason: str = ""
     quality: pb.QualityScores | None = None
     piecewise_bytes: int = 0
+    # The short id of the corpus dictionary the envelope names, as 8 hex digits ("" none).
+    dictionary: str = ""
 
     def pack(self, key: bytes) -> bytes:
         meta = {
@@ -76,6 +78,7 @@ class CachedResult:
                 quality=quality,
                 # Entries written before the field existed had no piecewise coding.
                 piecewise_bytes=int(meta.get("piecewise_bytes", 0)),
+                dictionary=f"{env.dictionary:08x}" if env.dictionary else "",
             )
         except (ValueError, KeyError, TypeError, LLMCompressError) as exc:
             raise CorruptEntry(f"unreadable entry: {exc}") from None

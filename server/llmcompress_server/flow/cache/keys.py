@@ -62,4 +62,8 @@ def key_for(codec: object, data: bytes, mode: Mode, opts: CompressOptions) -> by
     if cache_params is None:
         return None
     params = cache_params(opts)
-    return None if params is None else cache_key(data, mode, params)
+    if params is None:
+        return None
+    if opts.dictionary is not None:
+        params = {**params, "dictionary": opts.dictionary.hex}
+    return cache_key(data, mode, params)
