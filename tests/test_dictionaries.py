@@ -221,7 +221,7 @@ async def test_errors_have_their_status_and_store_nothing(
 
         listing = await stub.ListDictionaries(pb.ListDictionariesRequest())
         assert list(listing.dictionaries) == []
-        assert not list(Path(app.config.dictionaries.directory).glob("*.llmcd"))
+        assert not list(app.config.dictionaries.directory.glob("*.llmcd"))
 
 
 async def test_a_file_that_does_not_match_its_id_is_data_loss(
