@@ -31,6 +31,8 @@ class Serve:
     def __init__(self, log: Path, port: int | None = None, **env: str) -> None:
         self.port = port or free_port()
         self.log = log
+        # Its own dictionaries folder (kept across `restart`), never the user's.
+        env.setdefault("LLMC_DICTIONARIES__PATH", str(log.with_suffix(".dictionaries")))
         self.env = env
         self.proc = self._spawn()
 

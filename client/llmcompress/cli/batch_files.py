@@ -93,6 +93,8 @@ def result_line(ident: str, result: CompressResult) -> str:
     }
     if s.quality is not None:
         stats["quality"] = round(s.quality.overall, 4)
+    if s.dictionary:
+        stats["dictionary"] = s.dictionary
     envelope = base64.b64encode(result.envelope).decode("ascii")
     return json.dumps({"id": ident, "envelope": envelope, "stats": stats}) + "\n"
 

@@ -451,6 +451,13 @@ class DictionaryStore:
         samples.check()
         start = time.perf_counter()
         size = zstd_bytes or self.config.zstd_bytes
+        log.info(
+            "training dictionary %s on %d samples (%d bytes), zstd up to %d bytes",
+            name,
+            len(samples.samples),
+            samples.total,
+            size,
+        )
         attributes = {"llmc.samples": len(samples.samples), "llmc.bytes": samples.total}
         with self.events.tracer.start_as_current_span("dictionary.train", attributes=attributes):
             trained = await asyncio.to_thread(train_zstd, samples.samples, size)
