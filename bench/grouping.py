@@ -1,13 +1,18 @@
 """Near-duplicate grouping in BatchCompress, grouped vs ungrouped in one run, against the
-simulated Ollama: items/s, model calls per item, quality per item.
+simulated Ollama: items/s, generation and embedding calls per item, identifiers kept,
+quality per item.
 
-The corpus is `groups` passages, each sent `variants` times with its own ticket
-number in front ("Ticket 48213: ..."), one group after the other. Each setting
+The corpus is `groups` passages, each sent `variants` times with its own
+identifier line in front ("TICKET-48213\n..."), one group after the other. The
+simulator's summaries leave a document's first line out (as a real model's
+often leave out such a line), so an identifier comes back only if the envelope
+keeps it. Each setting
 gets a fresh in-process server on the same simulator (a process of its own);
 the grouped and ungrouped runs alternate, once with the quality gate on request
 only (the issue's acceptance: calls per item of the summary alone) and once
 with it on every item (the default: an expansion and an embedding per item).
-Model calls are the simulator's own count. Every envelope is then
+Model calls are the simulator's own count, by kind: generation (chat) and
+embedding. Every envelope is then
 reconstructed (outside the timing) to check that it holds its own ticket.
 This is done on two simulators (`BACKENDS`): one with slots to spare, where
 this machine's CPU sets the pace, and one whose 2 slots are the bottleneck.
@@ -55,13 +60,26 @@ def near_duplicates(
     for g, passage in enumerate(chosen):
         for v in range(variants):
             ticket = str(tickets[g * variants + v])
-            out.append((f"{passage['id']}#{v}", ticket, f"Ticket {ticket}: {passage['text']}"))
+            out.append(
+                (f"{passage['id']}#{v}", f"TICKET-{ticket}", f"TICKET-{ticket}\n{passage['text']}")
+            )
     return out
 
 
-def _sim_calls(port: int) -> int:
+GENERATION_PATHS = ("/api/chat", "/api/generate", "/v1/chat/completions")
+EMBEDDING_PATHS = ("/api/embed", "/v1/embeddings")
+
+
+def _sim_calls(port: int) -> dict[str, int]:
+    """The simulator's model calls so far: all, generation and embedding."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/sim/stats", timeout=10) as reply:
-        return int(json.loads(reply.read())["calls"])
+        stats = json.loads(reply.read())
+    paths = stats["paths"]
+    return {
+        "all": int(stats["calls"]),
+        "generation": sum(int(paths.get(p, 0)) for p in GENERATION_PATHS),
+        "embedding": sum(int(paths.get(p, 0)) for p in EMBEDDING_PATHS),
+    }
 
 
 async def _run(
@@ -92,7 +110,8 @@ async def _run(
             t0 = time.perf_counter()
             answers = [r async for r in stub.BatchCompress(requests(), timeout=3600)]
             seconds = time.perf_counter() - t0
-            calls = await asyncio.to_thread(_sim_calls, port) - calls0
+            calls1 = await asyncio.to_thread(_sim_calls, port)
+            calls = {k: calls1[k] - calls0[k] for k in calls1}
             kept = await _tickets_kept(stub, items, answers)
     finally:
         await app.stop(grace=0)
@@ -110,8 +129,10 @@ async def _run(
         "errors": len(answers) - len(results),
         "seconds": seconds,
         "items_per_s": len(items) / seconds,
-        "model_calls": calls,
-        "model_calls_per_item": calls / len(items),
+        "model_calls": calls["all"],
+        "model_calls_per_item": calls["all"] / len(items),
+        "generation_calls_per_item": calls["generation"] / len(items),
+        "embedding_calls_per_item": calls["embedding"] / len(items),
         "groups": len({s.group for s in stats if s.group}),
         "shared_summary": sum(s.shared_summary for s in stats),
         "stored_modes": modes,
@@ -129,7 +150,7 @@ async def _tickets_kept(
     items: list[tuple[str, str, str]],
     answers: list[pb.BatchCompressResponse],
 ) -> float:
-    """Share of items whose reconstruction holds their own ticket and no other one."""
+    """Share of items whose reconstruction holds their own identifier and no other one."""
     tickets = {item_id: ticket for item_id, ticket, _ in items}
     every = set(tickets.values())
     good = 0
@@ -137,7 +158,7 @@ async def _tickets_kept(
         if answer.WhichOneof("outcome") != "result":
             continue
         back = await stub.Reconstruct(pb.ReconstructRequest(envelope=answer.result.envelope))
-        numbers = set(re.findall(r"\d+", back.text)) & every
+        numbers = set(re.findall(r"TICKET-\d+", back.text)) & every
         good += numbers == {tickets[answer.id]}
     return good / len(items)
 
@@ -161,6 +182,7 @@ async def measure(passages: list[dict[str, str]], *, variants: int = 4) -> dict[
     return {
         "calls_per_item_on_request": first["calls_per_item_on_request"],
         "calls_per_item_always": first["calls_per_item_always"],
+        "generation_calls_per_item_on_request": first["generation_calls_per_item_on_request"],
         "settings": settings,
     }
 
@@ -175,6 +197,7 @@ async def _measure_backend(
         "-m",
         SIMULATOR,
         *("--port", str(port), "--slots", str(slots), "--latency", str(latency)),
+        "--summary-skips-first-line",
         cwd=ROOT,
     )
     runs: dict[str, dict[str, Any]] = {}
@@ -198,5 +221,9 @@ async def _measure_backend(
         out[f"calls_per_item_{gate}"] = {
             "grouped": grouped["model_calls_per_item"],
             "ungrouped": ungrouped["model_calls_per_item"],
+        }
+        out[f"generation_calls_per_item_{gate}"] = {
+            "grouped": grouped["generation_calls_per_item"],
+            "ungrouped": ungrouped["generation_calls_per_item"],
         }
     return out

@@ -354,11 +354,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
         )
     )
     grouping = results.get("grouping", {})
-    calls = grouping.get("calls_per_item_on_request") if grouping.get("available") else None
+    calls = (
+        grouping.get("generation_calls_per_item_on_request") if grouping.get("available") else None
+    )
     rows.append(
         _target(
-            "BatchCompress near-duplicates: model calls per item, grouped",
-            "issue 17",
+            "BatchCompress near-duplicates: generation calls per item, grouped",
+            "issues 17, 34",
             "<= 0.4 (gate on request)",
             f"{calls['grouped']:.2f} (ungrouped {calls['ungrouped']:.2f})" if calls else "-",
             None if calls is None else calls["grouped"] <= 0.4,
@@ -667,13 +669,15 @@ def _grouping_section(results: dict[str, Any]) -> list[str]:
     if not data.get("available"):
         return [*lines, f"Not measured: {data.get('reason', 'not run')}."]
     lines.append(
-        "Passages of at least 40 words, each sent 4 times with its own ticket number, one "
-        "group after the other; model calls are the simulator's count; `own ticket` is the "
-        "share of envelopes whose Reconstruct holds their own ticket and no other. The four "
-        "runs of a simulator are run one after the other in one process."
+        "Passages of at least 40 words, each sent 4 times with its own first line "
+        "`TICKET-<n>`, one group after the other; the simulator's summaries leave a "
+        "document's first line out; model calls are the simulator's count, generation "
+        "(chat) and embedding apart; `identifiers kept` is the share of envelopes whose "
+        "Reconstruct holds their own ticket and no other. The four runs of a simulator are "
+        "run one after the other in one process."
     )
-    header = ["run", "items/s", "model calls/item", "groups", "shared summary",
-              "quality mean (min)", "stored", "own ticket"]  # fmt: skip
+    header = ["run", "items/s", "generation calls/item", "embedding calls/item", "groups",
+              "shared summary", "quality mean (min)", "stored", "identifiers kept"]  # fmt: skip
     for name, setting in data["settings"].items():
         lines += ["", f"### Simulated Ollama, {name}: {setting['items']} items", ""]
         rows = []
@@ -685,7 +689,9 @@ def _grouping_section(results: dict[str, Any]) -> list[str]:
             )
             stored = ", ".join(f"{k} {v}" for k, v in sorted(run["stored_modes"].items()))
             rows.append([run_name, f"{run['items_per_s']:.1f}",
-                         f"{run['model_calls_per_item']:.2f}", str(run["groups"]),
+                         f"{run.get('generation_calls_per_item', float('nan')):.2f}",
+                         f"{run.get('embedding_calls_per_item', float('nan')):.2f}",
+                         str(run["groups"]),
                          str(run["shared_summary"]), quality, stored,
                          f"{run['own_ticket_kept']:.0%}"])  # fmt: skip
         lines += _table(header, rows)

@@ -19,7 +19,9 @@ It speaks the documented Ollama API closely enough for the service's backend:
 Replies: `format` as a JSON schema gets a valid instance of that schema (strings
 are taken from the last user message); `format: "json"` gets `{}`; otherwise the
 reply is the first `num_predict` words of the last user message (or
-`SimOptions.reply(request_body) -> str` when set).
+`SimOptions.reply(request_body) -> str` when set). With `summary_skips_first_line`,
+a summary request's strings leave the document's first line out, as a real
+model's summary often leaves out an identifier line (`--summary-skips-first-line`).
 
 Behaviour, as in Ollama: `slots` requests run at once (OLLAMA_NUM_PARALLEL),
 up to `max_queue` more wait (OLLAMA_MAX_QUEUE; beyond it 503 "server busy"),
@@ -102,6 +104,7 @@ class SimOptions:
     # When set, /v1/* requests need "Authorization: Bearer <api_key>" (else 401).
     api_key: str | None = None
     reply: Callable[[dict[str, Any]], str] | None = None
+    summary_skips_first_line: bool = False
 
 
 @dataclass
@@ -484,8 +487,18 @@ class SimOllama:
             body = {**body, "format": fmt, "options": {"num_predict": body.get("max_tokens")}}
         if self.options.reply is not None:
             return self.options.reply(body)
-        words = _words(body)
         fmt = body.get("format")
+        last = [m for m in body.get("messages") or [] if m.get("role") == "user"][-1:]
+        if (
+            self.options.summary_skips_first_line
+            and isinstance(fmt, dict)
+            and last
+            and "Summarize the document" in str(last[0].get("content", ""))
+        ):
+            # "Document:", the fence, the document's first line: the summary starts after.
+            content = str(last[0]["content"]).split("\n", 3)[-1]
+            body = {**body, "messages": [{"role": "user", "content": content}]}
+        words = _words(body)
         budget = int((body.get("options") or {}).get("num_predict", 24) or 24)
         budget = budget if budget > 0 else 24
         if isinstance(fmt, dict):
@@ -611,6 +624,7 @@ async def _main() -> None:
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--summary-skips-first-line", action="store_true")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after N s (0: never)")
     args = parser.parse_args()
     sim = SimOllama(
@@ -620,6 +634,7 @@ async def _main() -> None:
             latency=args.latency,
             fail_rate=args.fail_rate,
             error_rate=args.error_rate,
+            summary_skips_first_line=args.summary_skips_first_line,
         ),
         host=args.host,
     )

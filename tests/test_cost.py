@@ -112,6 +112,13 @@ async def test_semantic_calls_count_reported_tokens_times_prices(priced: Priced)
     metrics = await asyncio.to_thread(scrape, priced.telemetry.metrics_port)
     tokens = metrics["llmc_model_tokens_total"]
     cost = metrics["llmc_cost_total"]
+    # Calls counted by kind: generation (chat) and embeddings apart, as the backend got them.
+    calls = metrics["llmc_model_calls_total"]
+    assert (
+        total(calls, backend="ollama", model=CHAT, operation="chat") == sim.stats.paths["/api/chat"]
+    )
+    embeds = sim.stats.paths.get("/api/embed", 0)
+    assert total(calls, backend="ollama", operation="embeddings") == embeds
     for model in {*reported_in, *reported_out}:
         got_in = total(tokens, backend="ollama", model=model, type="input")
         got_out = total(tokens, backend="ollama", model=model, type="output")

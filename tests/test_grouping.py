@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -26,6 +26,7 @@ from llmcompress_server.codecs.semantic.grouping import (
 )
 from llmcompress_server.core.config import ConfigError
 from llmcompress_server.core.envelope import ModelIdentity
+from llmcompress_server.core.events import CodingJobEnded, ModelCallEnded
 from llmcompress_server.telemetry import setup_telemetry
 from tests.conftest import SimFactory, StartServer, load_corpus, make_config
 from tests.sim_ollama import SimOllama, SimOptions
@@ -339,3 +340,117 @@ async def test_spans_name_the_group(sim_ollama: SimFactory, corpus: list[dict[st
     assert all((s.attributes or {}).get("llmc.group.shared_summary") for s in shared)
     gates = [(s.attributes or {}).get("llmc.group.shared_expansion") for s in spans]
     assert gates.count(True) == 2 * (VARIANTS - 1)
+
+
+# ---- Issue 34: each item of a group keeps what tells it apart ---------------------------
+
+ID_GROUPS, NUMBER_GROUPS = 50, 20
+
+
+def told_apart_items(corpus: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(id, what tells the item apart, text): 50 groups of four near-duplicates that differ
+    only in a first line `TICKET-<n>`, then 20 groups of four that differ only in one number
+    inside a sentence; each group one corpus passage cut to 1,200 bytes."""
+    chosen = [p for p in corpus if len(p["text"].encode()) >= 1200][: ID_GROUPS + NUMBER_GROUPS]
+    assert len(chosen) == ID_GROUPS + NUMBER_GROUPS
+    items = []
+    for g, p in enumerate(chosen):
+        passage = p["text"].encode()[:1200].decode("utf-8", "ignore")
+        for v in range(VARIANTS):
+            n = g * VARIANTS + v
+            if g < ID_GROUPS:
+                own, text = f"TICKET-{1000 + n}", f"TICKET-{1000 + n}\n{passage}"
+            else:
+                own = str(30_011 + 7 * n)
+                text = f"The order of {own} units was received in full.\n{passage}"
+            items.append((f"{p['id']}#{v}", own, text))
+    return items
+
+
+@dataclass
+class CallsByKind:
+    """An event sink counting successful model calls by operation (chat, embeddings)."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None: ...
+    def cache_event(self, event: str, tier: str, seconds: float) -> None: ...
+    def backend_error(self, kind: str, endpoint: str) -> None: ...
+    def coding_job(self, job: CodingJobEnded) -> None: ...
+
+    def model_called(self, call: ModelCallEnded) -> None:
+        if not call.failed:
+            self.calls[call.operation] = self.calls.get(call.operation, 0) + 1
+
+
+async def told_apart_run(
+    stub: pb_grpc.CompressionServiceStub,
+    items: list[tuple[str, str, str]],
+    target: float,
+    counted: CallsByKind,
+) -> tuple[list[pb.BatchCompressResponse], dict[str, int], dict[str, str]]:
+    """The BatchCompress answers, the model calls they took by kind, and each item's
+    reconstruction."""
+
+    async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+        for item_id, _, text in items:
+            req = pb.CompressRequest(text=text, target_ratio=target, skip_cache=True)
+            yield pb.BatchCompressRequest(id=item_id, request=req)
+
+    answers = [a async for a in stub.BatchCompress(requests(), timeout=7200)]
+    calls = dict(counted.calls)  # before Reconstruct's expansions
+    back = {}
+    for answer in answers:
+        assert answer.WhichOneof("outcome") == "result", answer.error.message
+        rebuilt = await stub.Reconstruct(pb.ReconstructRequest(envelope=answer.result.envelope))
+        back[answer.id] = rebuilt.text
+    return answers, calls, back
+
+
+def assert_told_apart(items: list[tuple[str, str, str]], back: dict[str, str]) -> None:
+    """Every reconstruction holds its own ticket or number and no other item's."""
+    own = {item_id: mark for item_id, mark, _ in items}
+    every = set(own.values())
+    wrong = {}
+    for item_id, text in back.items():
+        found = set(re.findall(r"TICKET-\d+|\d+", text)) & every
+        if found != {own[item_id]}:
+            wrong[item_id] = sorted(found)
+    assert not wrong, wrong
+
+
+async def test_grouped_items_keep_their_own_identifier_and_number(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    """Issue 34 on the simulated Ollama, whose summaries leave the line that differs out:
+    every reconstruction holds its own ticket or number, at <= 0.4 generation calls an item."""
+    items = told_apart_items(corpus)
+    sim = await SimOllama(SimOptions(slots=8, summary_skips_first_line=True)).start()
+    counted = CallsByKind()
+    try:
+        app = await start_server(
+            make_config(
+                model={
+                    "backend": "ollama",
+                    "ollama": {"endpoints": [sim.url]},
+                    "quality_threshold": 0,
+                },
+                performance={"max_concurrent": 8, "max_queue": 512},
+                compression={"default_mode": "semantic", "quality_gate": "on_request"},
+                cache={"enabled": False},
+                llm={"rate_limit": 0, "fallback_embedded": False, "health_interval": 0},
+            ),
+            sinks=[counted],
+        )
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            stub = pb_grpc.CompressionServiceStub(channel)
+            answers, compress_calls, back = await told_apart_run(stub, items, 8.0, counted)
+    finally:
+        await sim.close()
+    stats = {a.id: a.result.stats for a in answers}
+    assert all(s.mode == pb.MODE_SEMANTIC for s in stats.values())
+    assert sum(s.shared_summary for s in stats.values()) == len(items) * 3 // 4
+    assert_told_apart(items, back)
+    per_item = compress_calls.get("chat", 0) / len(items)
+    print(f"generation calls per item {per_item:.3f}, calls by kind {compress_calls}")
+    assert per_item <= 0.4, compress_calls

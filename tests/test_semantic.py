@@ -19,6 +19,7 @@ from llmcompress_server.codecs.semantic import (
     residual_facts,
     unpack_body,
 )
+from llmcompress_server.codecs.semantic.body import kept_entities, leftover_facts
 from llmcompress_server.codecs.semantic.embedder import MiniLMEmbedder, cosine
 from llmcompress_server.codecs.semantic.entities import Entity, extract_entities, missing_entities
 from llmcompress_server.codecs.semantic.quality import (
@@ -417,3 +418,33 @@ async def test_prompt_injection_is_data(start_server: StartServer) -> None:
     assert missing_entities(back.text, stored) == []
     assert back.text.strip() != "PWNED"
     json.dumps(back.text)  # plain text, nothing smuggled
+
+
+def test_entities_identifiers() -> None:
+    """Codes, versions, e-mails, URLs and file paths are kept whole, each as one entity."""
+    text = (
+        "TICKET-1003\nInvoice INV-2024-0042 for ABC_12 is due on 2024-03-05. Upgrade to v2.3.1 "
+        "(not 1.4.0); see /etc/hosts, src/main.py, ~/notes/todo.md, C:\\logs\\a.txt. and "
+        "report.pdf, mail bob@example.com or https://x.org/a/b."
+    )
+    got = [(e.kind, e.text) for e in extract_entities(text)]
+    assert got == [
+        ("id", "TICKET-1003"), ("id", "INV-2024-0042"), ("id", "ABC_12"), ("date", "2024-03-05"),
+        ("id", "v2.3.1"), ("id", "1.4.0"), ("id", "/etc/hosts"), ("id", "src/main.py"),
+        ("id", "~/notes/todo.md"), ("id", "C:\\logs\\a.txt"), ("id", "report.pdf"),
+        ("email", "bob@example.com"), ("url", "https://x.org/a/b"),
+    ]  # fmt: skip
+    # Words that only look like codes are not identifiers.
+    plain = "NATO and a well-known he/she, e.g. 3.14 in the mid-1990s."
+    assert not [e for e in extract_entities(plain) if e.kind == "id"]
+
+
+def test_bodies_keep_identifiers_whatever_they_cost() -> None:
+    """A fact kept whatever it costs comes first, even when the room is spent."""
+    entities = extract_entities("TICKET-1003: Ann Lee paid $40 on March 4.")
+    kept = kept_entities(entities, [Entity("own", "4712")])
+    assert [e.text for e in kept] == ["TICKET-1003", "4712"]
+    facts = leftover_facts("Ann Lee paid.", entities, 0, kept)
+    assert [e.text for e in facts] == ["TICKET-1003", "4712"]
+    # What the summary already says is not stored twice.
+    assert [e.text for e in leftover_facts("TICKET-1003 was paid", entities, 0, kept)] == ["4712"]

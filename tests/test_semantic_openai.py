@@ -18,6 +18,12 @@ from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.codecs.semantic.quality import body_of
 from tests.conftest import StartServer
+from tests.test_grouping import (
+    CallsByKind,
+    assert_told_apart,
+    told_apart_items,
+    told_apart_run,
+)
 
 pytestmark = pytest.mark.model
 # One summary under a JSON schema takes seconds on an idle 2-core box and minutes on a
@@ -143,3 +149,38 @@ async def test_batch_of_50_over_the_server(
         (s.degraded, s.reason) for s in others
     ]
     assert len(semantic) >= 40, [s.reason for s in stats if s.mode != pb.MODE_SEMANTIC]
+
+
+@pytest.mark.timeout(7200)
+async def test_grouped_items_keep_their_own_identifier_and_number(
+    llama_server: str, start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    """Issue 34 on the real model: 50 groups of four that differ in a `TICKET-<n>` line and
+    20 that differ in one number inside a sentence; every reconstruction holds its own
+    ticket or number and no other item's, at <= 0.4 generation calls an item."""
+    items = told_apart_items(corpus)
+    counted = CallsByKind()
+    app = await start_server(
+        model={**server_config(llama_server), "quality_threshold": 0.0},
+        performance={"max_concurrent": 8, "max_queue": 512},
+        compression={
+            "default_mode": "semantic",
+            "quality_gate": "on_request",
+            "max_tokens": 48,
+            "expand_max_tokens": 48,
+        },
+        cache={"enabled": False},
+        llm=SLOW_SERVER,
+        sinks=[counted],
+    )
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        answers, calls, back = await told_apart_run(stub, items, 8.0, counted)
+    stats = [a.result.stats for a in answers]
+    semantic = sum(s.mode == pb.MODE_SEMANTIC for s in stats)
+    shared = sum(s.shared_summary for s in stats)
+    per_item = calls.get("chat", 0) / len(items)
+    print(f"llama server: {semantic} SEMANTIC, {shared} shared summaries, generation calls "
+          f"per item {per_item:.3f}, calls by kind {calls}")  # fmt: skip
+    assert_told_apart(items, back)
+    assert per_item <= 0.4, calls

@@ -15,6 +15,8 @@ Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
                                                   server_address (host)
     llmc_cache_lookups_total           counter    tier, result=hit|miss
     llmc_cache_events_total            counter    tier, event (store, evict, error, ...)
+    llmc_model_calls_total             counter    backend, model, operation=chat|embeddings|coding
+                                                  (successful calls: generation and embedding apart)
     llmc_model_tokens_total            counter    backend, model, type=input|output,
                                                   operation=chat|embeddings|coding
     llmc_cost_total                    counter    backend, model (tokens x cost.prices; 0 unpriced)
@@ -90,6 +92,11 @@ COUNTERS = (
     ("llmc_backend_errors", "Failed model backend calls, by kind"),
     ("llmc_cache_lookups", "Cache lookups by tier and result"),
     ("llmc_cache_events", "Other cache events (store, evict, error, ...)"),
+    (
+        "llmc_model_calls",
+        "Successful model calls, by operation (chat: generation, embeddings, coding: "
+        "LOSSLESS evaluations)",
+    ),
     (
         "llmc_model_tokens",
         "Tokens of successful model calls as the backend counted them, by type "
@@ -216,6 +223,7 @@ class Metrics:
             self.counters["llmc_backend_errors"].add(1, {"kind": error, "server.address": server})
             return
         labels = {"backend": call.backend, "model": call.model}
+        self.counters["llmc_model_calls"].add(1, {**labels, "operation": call.operation})
         for kind, count in (("input", call.input_tokens), ("output", call.output_tokens)):
             self.histograms["gen_ai.client.token.usage"].record(
                 count, {**attributes, "gen_ai.token.type": kind}

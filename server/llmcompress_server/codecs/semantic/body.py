@@ -3,12 +3,15 @@
 Decode requires `facts + extract_entities(summary)`. A body stores the entities its summary
 misses only in the room the summary leaves, most wanted kinds first (`leftover_facts`): a
 fact on the Facts line, out of context, is the last resort (an abstractive expansion is asked
-to weave the stored ones in).
+to weave the stored ones in). Some entities are kept whatever they cost (`kept_entities`:
+identifiers, and a grouped item's own difference from its group): the summary shrinks to make
+room for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import brotli
 
@@ -20,7 +23,19 @@ from .quality import with_facts_line
 
 # Kinds a reader asks for by value come first on a Facts line short of room; names last
 # (a name out of context says least, and the extract's sentences hold most of them).
-_FACT_ORDER = {"date": 0, "time": 0, "money": 0, "percent": 0, "email": 0, "url": 0, "number": 1}
+# Identifiers and a grouped item's own words come before everything: they are what tells a
+# record from its near-duplicates.
+_FACT_ORDER = {
+    "id": -1,
+    "own": -1,
+    "date": 0,
+    "time": 0,
+    "money": 0,
+    "percent": 0,
+    "email": 0,
+    "url": 0,
+    "number": 1,
+}
 _NAME_ORDER = 2
 
 
@@ -35,18 +50,49 @@ def residual_facts(summary: str, entities: list[Entity]) -> list[Entity]:
     return [e for e in entities if missing_entities(summary, [e]) or e.text not in recoverable]
 
 
+def kept_entities(entities: Sequence[Entity], own: Sequence[Entity] = ()) -> list[Entity]:
+    """The entities a body stores whatever summary words they cost: the text's identifiers,
+    then `own` (a grouped item's words where it differs from its group), each once."""
+    kept: list[Entity] = []
+    seen: set[str] = set()
+    for e in [*(e for e in entities if e.kind == "id"), *own]:
+        if e.text not in seen:
+            seen.add(e.text)
+            kept.append(e)
+    return kept
+
+
+def _needed(extract: str, kept: Entity) -> bool:
+    """Whether a kept entity must be stored beside `extract`: always when it is missing from
+    it; an identifier also when extraction there would not find it (as `residual_facts`)."""
+    if kept.kind == "own":
+        return bool(missing_entities(extract, [kept]))
+    return bool(residual_facts(extract, [kept]))
+
+
+def kept_missing(extract: str, kept: Sequence[Entity]) -> list[Entity]:
+    """The kept entities (`kept_entities`) a body with this summary or extract must store."""
+    return [e for e in kept if _needed(extract, e)]
+
+
 def fact_bytes(fact: Entity) -> int:
     """Bytes a stored fact takes in a body (its coded layout line: kind, tab, text, newline)."""
     return len(fact.kind.encode("utf-8")) + len(fact.text.encode("utf-8")) + 2
 
 
-def leftover_facts(extract: str, entities: list[Entity], room: int) -> list[Entity]:
-    """The entities `extract` misses that fit in `room` bytes, most wanted kinds first, each
-    kind in order of appearance; stored in that order."""
+def leftover_facts(
+    extract: str, entities: list[Entity], room: int, kept_first: Sequence[Entity] = ()
+) -> list[Entity]:
+    """Every entity of `kept_first` that `extract` misses, then the other entities it misses
+    that fit in what is left of `room` bytes, most wanted kinds first, each kind in order of
+    appearance; stored in that order."""
+    kept = kept_missing(extract, kept_first)
+    room -= sum(fact_bytes(f) for f in kept)
+    taken = {f.text for f in kept_first}
     missing = sorted(
-        residual_facts(extract, entities), key=lambda e: _FACT_ORDER.get(e.kind, _NAME_ORDER)
+        residual_facts(extract, [e for e in entities if e.text not in taken]),
+        key=lambda e: _FACT_ORDER.get(e.kind, _NAME_ORDER),
     )
-    kept: list[Entity] = []
     for fact in missing:
         if fact_bytes(fact) <= room:
             kept.append(fact)

@@ -21,7 +21,11 @@ pipeline falls back as `compression.semantic_fallback` says. Everything decode
 needs is in the envelope; the codec holds no per-text state. The body itself is
 body.py; fitting it to the target size, fit.py. In a BatchCompress group of
 near-duplicates (`grouping.py`), a member first tries its leader's summary and
-is gated on the leader's expansion, both adapted to its own text.
+is gated on the leader's expansion, both adapted to its own text. Every body
+keeps the text's identifiers, and a grouped one its own difference from its
+group (`grouping.difference`), whatever summary words they cost
+(`body.kept_entities`); a member whose difference alone would not fit in the
+room its target leaves a body makes its own summary instead.
 """
 
 from __future__ import annotations
@@ -41,7 +45,14 @@ from ...telemetry.stages import StageClock
 from .. import BelowQuality, CompressOptions, Decoded, Encoded, TooShort
 from ..lossless import LosslessCodec
 from . import summary_coding
-from .body import keep_extract, required_entities, unpack_body
+from .body import (
+    fact_bytes,
+    keep_extract,
+    kept_entities,
+    kept_missing,
+    required_entities,
+    unpack_body,
+)
 from .embedder import MiniLMEmbedder
 from .entities import Entity, extract_entities, missing_entities
 from .extractive import Ranked, Vector, rank_text, read_structure
@@ -56,7 +67,7 @@ from .fit import (
     summary_budget,
     trimmed,
 )
-from .grouping import Membership, SharedSummary, adapt
+from .grouping import Membership, SharedSummary, adapt, difference
 from .quality import score, with_facts_line
 from .summarize import (
     EXPAND_SYSTEM,
@@ -186,6 +197,11 @@ class SemanticCodec:
         if member is not None and not self.extractive:
             with clock.stage("semantic.group", **{"llmc.group": member.group.leader_id}) as span:
                 shared = await self._shared(text, member)
+                if shared is not None and not self._difference_fits(
+                    text, entities, opts, shared[1]
+                ):
+                    shared = None
+                    span.set_attribute("llmc.group.left", True)
                 span.set_attribute("llmc.group.shared_summary", shared is not None)
         attempts: list[tuple[str | None, tuple[SharedSummary, str] | None]] = [
             *([(None, shared)] if shared is not None else []),
@@ -281,12 +297,13 @@ class SemanticCodec:
             if opts.group is not None and opts.group.leader and tier is None:
                 opts.group.group.publish(SharedSummary(text, summary.text, summary.result))
         words = summary.text.split()
+        kept = self._kept(text, entities, opts)
         if coder is not None:
             coded = await fit_coded(
                 coder,
                 data,
                 target,
-                trimmed(summary.text, entities),
+                trimmed(summary.text, entities, kept),
                 len(words),
                 opts,
                 clock,
@@ -298,7 +315,7 @@ class SemanticCodec:
                 return _with_content(*coded)
         with clock.stage("semantic.facts"):
             model = summary.result.model
-            body = await fit_words(summary.text, entities, data, target, model, len(words))
+            body = await fit_words(summary.text, entities, data, target, model, len(words), kept)
         encoded = Encoded(
             envelope=pb.Envelope(mode=pb.MODE_SEMANTIC, semantic=body),
             model=model,
@@ -330,7 +347,7 @@ class SemanticCodec:
         with clock.stage("semantic.rank") as span:
             ranked = await asyncio.to_thread(rank_text, self.embedder, text, entities, structure)
             span.set_attribute("llmc.sentences", len(structure.units))
-        candidate = picked(ranked, entities)
+        candidate = picked(ranked, entities, self._kept(text, entities, opts))
         found = None
         if coder is not None:
             found = await fit_coded(
@@ -357,6 +374,25 @@ class SemanticCodec:
         if not ranked.holds_whole(plain.summary):
             raise TooShort(_too_short(text, opts, room, smallest))
         return encoded, plain, ranked.document
+
+    @staticmethod
+    def _kept(text: str, entities: list[Entity], opts: CompressOptions) -> list[Entity]:
+        """The entities this body keeps whatever they cost: its identifiers, and in a group
+        what tells it apart from the group (taken when its body is fitted, so a leader is
+        told apart from every member that joined while its summary was made)."""
+        own = difference(opts.group, text) if opts.group is not None else []
+        return kept_entities(entities, own)
+
+    def _difference_fits(
+        self, text: str, entities: list[Entity], opts: CompressOptions, adapted: str
+    ) -> bool:
+        """Whether the kept entities the adapted shared summary misses fit in the room the
+        target leaves a body: a difference larger than that costs more than a summary of
+        the item's own."""
+        data = text.encode("utf-8")
+        room = body_room(data, len(data) / opts.target_ratio, None, self.coder)
+        missing = kept_missing(adapted, self._kept(text, entities, opts))
+        return sum(fact_bytes(e) for e in missing) <= room
 
     @staticmethod
     async def _shared(text: str, member: Membership) -> tuple[SharedSummary, str] | None:

@@ -1,8 +1,10 @@
 """Deterministic entity extraction for SEMANTIC mode: regexes and capitalisation heuristics.
 
-Finds e-mails, URLs, dates, times, money, percentages, numbers and proper
-names in English prose and chat logs, verbatim and in order of first
-appearance. No model is involved, so compress and reconstruct agree on it.
+Finds e-mails, URLs, identifiers (codes such as TICKET-1003 or INV-2024-0042,
+versions such as v2.3.1, file paths and names), dates, times, money,
+percentages, numbers and proper names in English prose and chat logs, verbatim
+and in order of first appearance. No model is involved, so compress and
+reconstruct agree on it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,26 @@ _MONTHS = (
 )
 _WEEKDAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
 _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
+# File extensions a bare file name is recognised by ("report.pdf"); a path needs none.
+_EXTENSIONS = (
+    "py|txt|md|rst|json|yaml|yml|toml|ini|cfg|conf|csv|tsv|log|pdf|docx?|xlsx?|pptx?|png|jpe?g|"
+    "gif|svg|zip|tar|gz|tgz|bz2|xz|sh|c|h|cc|cpp|hpp|rs|go|java|js|ts|tsx|html?|css|xml|sql|"
+    "proto|lock|exe|dll|so|whl|deb|rpm|bin|dat|bak|tmp"
+)
+# Identifiers: what tells one record from its near-duplicates. A code is capitals (and
+# digits) joined to more parts by - _ or #, with a digit somewhere (TICKET-1003,
+# INV-2024-0042, ABC_12; not NATO or well-known); a version has two dots or a leading v
+# (v2.3.1, 1.4.0, v2.3); a path has a slash between two parts (/etc/hosts, ~/a/b,
+# src/main.py, C:\\logs\\a.txt); a file name ends in a known extension.
+_IDENTIFIER = re.compile(
+    r"(?<![\w/\\.~-])(?:"
+    r"(?=[A-Z0-9]*[-_#])(?=[\w#-]*\d)[A-Z][A-Z0-9]*(?:[-_#][A-Za-z0-9]+)+"
+    r"|v\d+(?:\.\d+)+(?:-[A-Za-z0-9.]+)?|\d+(?:\.\d+){2,}(?:-[A-Za-z0-9.]+)?"
+    r"|(?:~|\.{1,2})?/[\w.-]*\w(?:/[\w.-]*\w)+|[A-Za-z]:(?:\\[\w.-]*\w)+"
+    r"|[\w-]+(?:/[\w.-]+)+\.(?:" + _EXTENSIONS + r")"
+    r"|[\w-]+(?:\.[\w-]+)*\.(?:" + _EXTENSIONS + r")"
+    r")(?![\w/\\#-]|\.\w)"
+)
 
 # Order matters: earlier kinds claim their span first, so "$5.2 million" is
 # money, not the number 5.2, and "10:30" is a time, not two numbers. A leading
@@ -26,6 +48,7 @@ _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")),
     ("url", re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>()\"']+[^\s<>()\"'.,;:!?]")),
+    ("id", _IDENTIFIER),
     (
         "date",
         re.compile(
@@ -58,6 +81,12 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 _HINTS: dict[str, tuple[re.Pattern[str], ...]] = {
     "email": (re.compile("@"),),
     "url": (re.compile(r"://|www\."),),
+    "id": (
+        re.compile(r"[A-Z0-9][-_#][A-Za-z0-9]"),
+        re.compile(r"\d\.\d+\.\d|v\d\.\d"),
+        re.compile(r"\w/\w|[A-Za-z]:\\"),
+        re.compile(r"\w\.(?:" + _EXTENSIONS + r")\b"),
+    ),
     "date": (re.compile(_MONTHS), re.compile(r"\d[-/]\d")),
     "time": (re.compile(r"\d(?::\d|\s?[AaPp]\.?[Mm])"),),
     "money": (
@@ -100,7 +129,7 @@ _SENTENCE_START = re.compile(r"(?:^|[.!?:;\"\u201c`'(\-]\s*|\n\s*)$")
 
 @dataclass(frozen=True)
 class Entity:
-    kind: str  # email, url, date, time, money, percent, number, name
+    kind: str  # email, url, id, date, time, money, percent, number, name
     text: str
 
 

@@ -8,12 +8,14 @@ of every prefix of whole pieces, and the longest that fits is kept (then one
 decode pass verifies it). Sentences (or summary words) come first and facts
 get the room they leave, most wanted kinds first; only a coded abstractive body
 (`trimmed`, a rarely chosen variant) still stores every fact its summary misses.
+Kept entities (`body.kept_entities`: identifiers, a grouped item's own words) are
+the exception: they are stored whatever summary words or sentences they cost.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import brotli
@@ -25,7 +27,14 @@ from ...telemetry.stages import StageClock
 from .. import CompressOptions, Encoded
 from ..lossless import LosslessCodec
 from . import summary_coding
-from .body import leftover_facts, pack_body, pack_body_off_loop, residual_facts
+from .body import (
+    fact_bytes,
+    kept_missing,
+    leftover_facts,
+    pack_body,
+    pack_body_off_loop,
+    residual_facts,
+)
 from .entities import Entity
 from .extractive import Ranked, pieces
 from .summarize import trim_words
@@ -72,28 +81,39 @@ class Cut:
 Candidate = Callable[[int], Cut]
 
 
-def trimmed(summary: str, entities: list[Entity]) -> Candidate:
-    """Candidates of an abstractive summary: its first n words (pieces: a word each)."""
+def trimmed(summary: str, entities: list[Entity], kept: Sequence[Entity] = ()) -> Candidate:
+    """Candidates of an abstractive summary: its first n words (pieces: a word each); the
+    kept entities it misses first among the facts."""
     words = summary.split()
 
     def candidate(n: int) -> Cut:
         pieces = [w if i == 0 else f" {w}" for i, w in enumerate(words[:n])]
-        return Cut(pieces, residual_facts(trim_words(summary, n), entities))
+        cut = trim_words(summary, n)
+        first = kept_missing(cut, kept)
+        taken = {e.text for e in first}
+        return Cut(
+            pieces, first + [e for e in residual_facts(cut, entities) if e.text not in taken]
+        )
 
     return candidate
 
 
-def picked(ranked: Ranked, entities: list[Entity]) -> Candidate:
+def picked(ranked: Ranked, entities: list[Entity], kept: Sequence[Entity] = ()) -> Candidate:
     """Candidates of an extract: the best-ranked sentences that fit in n bytes, in the
     original's structure (pieces: a unit each), then the facts they miss that fit in what
-    is left."""
+    is left. Kept entities the sentences miss are stored first: the sentences are chosen
+    again in the room they leave."""
 
     def candidate(n: int) -> Cut:
         chosen = ranked.select(n)
         parts = pieces(ranked.structure, chosen.units, chosen.stamped)
+        reserve = sum(fact_bytes(e) for e in kept_missing("".join(parts), kept))
+        if reserve:
+            chosen = ranked.select(max(0, n - reserve - len(summary_coding.FACTS_MARK)))
+            parts = pieces(ranked.structure, chosen.units, chosen.stamped)
         used = sum(len(p.encode("utf-8")) for p in parts)
         room = n - used - len(summary_coding.FACTS_MARK)
-        return Cut(parts, leftover_facts("".join(parts), entities, room))
+        return Cut(parts, leftover_facts("".join(parts), entities, room, kept))
 
     return candidate
 
@@ -226,12 +246,14 @@ async def fit_words(
     target: float,
     model: ModelIdentity,
     words: int,
+    kept: Sequence[Entity] = (),
 ) -> pb.SemanticBody:
-    """The most summary words whose envelope meets the target size, then the facts they
-    miss while they still fit (most wanted kinds first: `leftover_facts`'s order).
+    """The most summary words whose envelope meets the target size beside the kept entities
+    they miss, then the other facts they miss while they still fit (most wanted kinds
+    first: `leftover_facts`'s order).
 
     At least a few words always remain, so a text can miss the target ratio; it never
-    loses its summary to its facts.
+    loses its summary to its facts, nor a kept entity to its summary.
     """
     split = summary.split()
     # Everything in the envelope but its body is the same for every cut: seal once.
@@ -248,7 +270,8 @@ async def fit_words(
     lo, hi, fit = floor, words, floor
     while lo <= hi:
         mid = (lo + hi) // 2
-        if size(" ".join(split[:mid]), [], 5) <= target:
+        words_cut = " ".join(split[:mid])
+        if size(words_cut, kept_missing(words_cut, kept), 5) <= target:
             fit, lo = mid, mid + 1
         else:
             hi = mid - 1
@@ -256,8 +279,9 @@ async def fit_words(
     # Facts probed at the fast level too (a q11 probe per fact was most of a BatchCompress
     # item's CPU), then the exact (q11) body, dropping the last fact, then words, in the
     # rare case it is larger: one q11 pass for almost every text.
-    facts: list[Entity] = []
-    for fact in leftover_facts(cut, entities, int(target)):
+    must = kept_missing(cut, kept)
+    facts: list[Entity] = list(must)
+    for fact in leftover_facts(cut, entities, int(target), kept)[len(must) :]:
         if size(cut, [*facts, fact], 5) <= target:
             facts.append(fact)
     while True:
@@ -265,10 +289,12 @@ async def fit_words(
         sealed.semantic.CopyFrom(body)
         if len(sealed.SerializeToString(deterministic=True)) <= target:
             return body
-        if facts:
+        if len(facts) > len(must):
             facts.pop()
         elif fit > floor:
             fit -= 1
             cut = trim_words(summary, fit)
+            must = kept_missing(cut, kept)
+            facts = list(must)
         else:
             return body

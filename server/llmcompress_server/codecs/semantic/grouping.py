@@ -7,6 +7,9 @@ instead of asking the model for their own. Each member then stores the
 leader's summary adapted to its own text (`adapt`: the words where the two
 texts differ swapped in) plus its own residual facts, so its envelope is
 complete on its own; see the SEMANTIC codec for the per-item quality check.
+What tells the items of a group apart is kept in each one (`difference`): a
+member's own words where it differs from its leader, and the leader's own
+words where it differs from the members that joined before it was stored.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from ...backends import ChatResult
-from .entities import extract_entities
+from .entities import Entity, extract_entities
 from .near_duplicates import NearDuplicateIndex
 
 # Words, numbers and single symbols, with their positions in the text.
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+# A leader is told apart from at most this many of its members' texts.
+MEMBER_TEXTS = 8
+# Punctuation around a whitespace-delimited word that is not part of it ("4711," -> 4711).
+_EDGE = "\"'()[]{}<>.,;:!?"
 
 
 @dataclass(frozen=True)
@@ -39,9 +46,12 @@ class Group:
     """One group of near-duplicates: its leader's id, and what its members await from the
     leader: the summary, then (quality gate on) the leader's reconstruction of it."""
 
-    def __init__(self, leader_id: str) -> None:
+    def __init__(self, leader_id: str, leader_text: str = "") -> None:
         self.leader_id = leader_id
+        self.leader_text = leader_text
         self.members = 1
+        # The texts of the first members to join: what the leader is told apart from.
+        self.member_texts: list[str] = []
         loop = asyncio.get_running_loop()
         self._summary: asyncio.Future[SharedSummary | None] = loop.create_future()
         self._rebuilt: asyncio.Future[str | None] = loop.create_future()
@@ -104,8 +114,10 @@ class StreamGroups:
             leader, similarity, _ = found
             group = self._groups[(options, leader)]
             group.members += 1
+            if len(group.member_texts) < MEMBER_TEXTS:
+                group.member_texts.append(text)
             return Membership(group, leader=False, similarity=similarity)
-        group = self._groups[(options, self._joined)] = Group(item_id)
+        group = self._groups[(options, self._joined)] = Group(item_id, text)
         for gone in index.add(self._joined, text):  # leaders that left the window
             self._groups.pop((options, gone))
         return Membership(group, leader=True)
@@ -161,3 +173,47 @@ def _leader_only(leader_text: str, text: str) -> tuple[str, ...]:
 
 def _mentions(text: str, words: str) -> bool:
     return re.search(r"(?<!\w)" + re.escape(words) + r"(?!\w)", text) is not None
+
+
+def own_words(reference: str, text: str) -> list[Entity]:
+    """The words of `text` where it differs from `reference` (replaced or inserted), each
+    widened to its whole whitespace-delimited word (TICKET-1011, not 1011) and stripped of
+    edge punctuation, in order, each once: kind "own"."""
+    return [Entity("own", w) for w in _own_words(reference, text)]
+
+
+@functools.lru_cache(maxsize=256)
+def _own_words(reference: str, text: str) -> tuple[str, ...]:
+    a, b = _spans(reference), _spans(text)
+    matcher = difflib.SequenceMatcher(None, [t for t, _, _ in a], [t for t, _, _ in b], False)
+    out: list[str] = []
+    end = -1
+    for tag, _, _, j1, j2 in matcher.get_opcodes():
+        if tag not in ("replace", "insert"):
+            continue
+        start, stop = b[j1][1], b[j2 - 1][2]
+        while start > 0 and not text[start - 1].isspace():
+            start -= 1
+        while stop < len(text) and not text[stop].isspace():
+            stop += 1
+        if start < end:  # the same word as the last difference
+            continue
+        end = stop
+        for word in text[start:stop].split():
+            word = word.strip(_EDGE)
+            if word and word not in out:
+                out.append(word)
+    return tuple(out)
+
+
+def difference(membership: Membership, text: str) -> list[Entity]:
+    """What tells this item apart from its group: a member's own words against its leader,
+    a leader's own words against the members that have joined it so far."""
+    group = membership.group
+    references = list(group.member_texts) if membership.leader else [group.leader_text]
+    out: list[Entity] = []
+    for reference in references:
+        for word in own_words(reference, text):
+            if word not in out:
+                out.append(word)
+    return out
