@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-widths bench-streaming bench-alice29 roundtrip clean stubs proto-baseline
+.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-widths bench-streaming bench-dictionaries bench-alice29 roundtrip clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -134,6 +134,7 @@ bench-quick: OUT = $(or $(BENCH_OUT),docs/benchmarks/quick)
 bench-lossless: OUT = $(or $(BENCH_OUT),docs/benchmarks/lossless-all)
 bench-widths: OUT = $(or $(BENCH_OUT),docs/benchmarks/engine_widths)
 bench-streaming: OUT = $(or $(BENCH_OUT),docs/benchmarks/streaming)
+bench-dictionaries: OUT = $(or $(BENCH_OUT),docs/benchmarks/dictionaries)
 bench-alice29: OUT = $(or $(BENCH_OUT),docs/benchmarks/alice29)
 roundtrip: OUT = $(or $(BENCH_OUT),docs/benchmarks/roundtrip)
 
@@ -156,6 +157,9 @@ bench-streaming: install ## ZSTD BatchCompress of short and medium records, 1 an
 	$(PY) -m bench.streaming --out $(OUT) $(BENCH_ARGS)
 
 ALICE29 ?= corpus/alice29.txt
+bench-dictionaries: install ## each exact mode with and without a corpus dictionary on the changelog corpora, split by package (about 15 min); docs/benchmarks/dictionaries
+	$(PY) -m bench.dictionaries --out $(OUT) $(BENCH_ARGS)
+
 bench-alice29: install ## the whole alice29.txt as one LOSSLESS text: bits per byte and the share coded piecewise; docs/benchmarks/alice29
 	$(PY) -m bench.lossless --text $(ALICE29) --no-speed --out $(OUT) $(BENCH_ARGS)
 

@@ -645,6 +645,7 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     lines += _grouping_section(results)
     lines += _streaming_section(results)
+    lines += _dictionaries_section(results)
     lines += ["", "## Subsets", ""]
     lines += [f"- {name}: {how}" for name, how in results["subsets"].items()]
     lines += ["", "## Plots", ""]
@@ -660,6 +661,18 @@ def _streaming_section(results: dict[str, Any]) -> list[str]:
     if not data.get("available"):
         return [*lines, f"Not measured: {data.get('reason', 'not run')}."]
     return [*lines, table(data), "", profile_table(data["profile"])]
+
+
+def _dictionaries_section(results: dict[str, Any]) -> list[str]:
+    from bench.dictionaries import __doc__ as how
+    from bench.dictionaries import table
+
+    data = results.get("dictionaries", {})
+    lines = ["", "## Corpus dictionaries (bench.dictionaries)", ""]
+    if not data.get("available"):
+        return [*lines, f"Not measured: {data.get('reason', 'not run')}."]
+    about = (how or "").split("\n\n")[1].replace("\n", " ")
+    return [*lines, about, "", table(data)]
 
 
 def _grouping_section(results: dict[str, Any]) -> list[str]:

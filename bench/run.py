@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT / "corpus" / "passages.jsonl"
 DEFAULT_EDGES = [1024, 2048, 4096]
 # Sections beside the per-mode tables; all but "overhead" are bench.<name> modules.
-SECTIONS = ("lossless", "semantic", "cache", "overhead", "grouping", "streaming")
+SECTIONS = ("lossless", "semantic", "cache", "overhead", "grouping", "streaming", "dictionaries")
 Rows = list[dict[str, str]]
 
 
@@ -399,6 +399,10 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             results[name] = await optional_section(
                 "bench.streaming", limit=200 if quick else None, repeats=1 if quick else 2
             )
+        elif name == "dictionaries":
+            # Its own corpora (corpus/debian-changelogs, split by package) and server process.
+            lossless = 0 if profile.name == "quick" else 24
+            results[name] = await optional_section("bench.dictionaries", lossless=lossless)
         elif name == "grouping":
             # Its own near-duplicate corpus, built from the passages (bench/grouping.py).
             results[name] = await optional_section("bench.grouping", rows)

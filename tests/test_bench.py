@@ -23,6 +23,8 @@ from llmcompress_server.codecs.zstd import ZstdCodec
 from llmcompress_server.core.config import load_config
 from llmcompress_server.core.envelope import seal
 
+from .conftest import CORPUS
+
 EDGES = [1024, 2048, 4096]
 
 
@@ -190,3 +192,25 @@ async def test_bench_against_a_server_with_token_auth(
     assert len(items) == 2 and all(it["exact"] for it in items)
     assert bench_main(["--token", "t", "--corpus", str(corpus_file)]) == 2
     assert "give --server too" in capsys.readouterr().err
+
+
+def test_the_dictionaries_bench_measures_each_row_on_held_out_documents(tmp_path: Path) -> None:
+    """bench.dictionaries on a small corpus of one kind, ZSTD rows only (no model): the
+    dictionary is trained on one split and every row codes the other, all answered."""
+    from bench.dictionaries import measure, split_rows
+
+    source = CORPUS.parent / "debian-changelogs" / "changelog-items.jsonl"
+    lines = source.read_text(encoding="utf-8").splitlines()
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(lines[:400] + lines[-200:]) + "\n", encoding="utf-8")
+    train, test = split_rows(small, 0, 0)
+    assert train and test and not set(train) & set(test)
+    result = measure([("small", small, 0, 0)], lossless=0)
+    (corpus,) = result["corpora"]
+    rows = corpus["rows"]
+    assert set(rows) == {"ZSTD", "ZSTD with the dictionary", "brotli -11 (raw, in process)"}
+    assert corpus["test_texts"] == len(test) and corpus["train_texts"] == len(train)
+    assert all(r["items"] == len(test) for r in rows.values())
+    assert rows["ZSTD"]["error_count"] == rows["ZSTD with the dictionary"]["error_count"] == 0
+    assert rows["ZSTD with the dictionary"]["named_dictionary"] == len(test)
+    assert rows["ZSTD with the dictionary"]["ratio"] > rows["ZSTD"]["ratio"]

@@ -1,0 +1,280 @@
+"""Corpus dictionaries: each exact mode with and without one, on corpora of one kind, split
+by document.
+
+For each corpus a dictionary is trained through TrainDictionary on its `train` split,
+then every row codes the same `test` texts (other documents: for the Debian changelogs,
+other source packages). The service rows stream the texts through one BatchCompress call
+to `llmc serve` (a process of its own, default config, LOSSLESS verify on; every text is
+new to its cache) from this process, and give items/s and text B/s at the client and the
+envelope ratio (text bytes / envelope bytes). brotli -11 is the same texts coded in this process,
+raw (no envelope, nothing to reconstruct them with but brotli). LOSSLESS rows code the
+first `--lossless` test texts only (the packaged model on this CPU). Any JSONL corpus can
+be measured with `--corpus FILE` (lines with "text", and "split" train/test or else a
+"source" or "id" whose hash splits by document).
+
+    python -m bench.dictionaries --out docs/benchmarks/dictionaries
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import brotli
+
+from bench.lossless import ROOT, _commit
+from llmcompress import BatchItem, Client
+
+CHANGELOGS = ROOT / "corpus" / "debian-changelogs"
+# (name, file, smallest and largest text in bytes kept; 0: no bound)
+CORPORA = (
+    ("changelog items, 100-200 B", CHANGELOGS / "changelog-items.jsonl", 100, 200),
+    ("changelog entries", CHANGELOGS / "changelog-entries.jsonl", 0, 0),
+    ("changelog records, 2-4 KB", CHANGELOGS / "changelog-medium.jsonl", 2000, 4000),
+)
+START_WITHIN = 300.0
+
+
+def split_rows(path: Path, low: int, high: int) -> tuple[list[str], list[str]]:
+    """(train, test) texts: by the row's "split", else by a hash of its document."""
+    train: list[str] = []
+    test: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        text = row["text"]
+        size = len(text.encode("utf-8"))
+        if (low and size < low) or (high and size > high):
+            continue
+        split = row.get("split")
+        if split is None:
+            doc = str(row.get("source", row.get("id", text)))
+            split = "test" if hashlib.sha256(doc.encode()).digest()[0] < 77 else "train"
+        (test if split == "test" else train).append(text)
+    return train, test
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(folder: Path, model: bool) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LLMC_MONITORING__PROMETHEUS_PORT": "0",
+        "LLMC_DICTIONARIES__PATH": str(folder),
+        "LLMC_MODEL__EMBEDDED__PRELOAD": "true" if model else "false",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmcompress.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + START_WITHIN
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"llmc serve did not listen on {port}") from None
+            time.sleep(0.1)
+
+
+def stream(client: Client, texts: list[str], mode: str, dictionary: str | None) -> dict[str, Any]:
+    items = [BatchItem(str(i), t, mode=mode, dictionary=dictionary) for i, t in enumerate(texts)]
+    start = time.perf_counter()
+    envelopes: dict[str, int] = {}
+    errors: list[str] = []
+    named = degraded = 0
+    for answer in client.compress_stream(items, timeout=3600):
+        if answer.result is None:
+            errors.append(f"{answer.id}: {answer.error}")
+            continue
+        envelopes[answer.id] = len(answer.result.envelope)
+        named += bool(answer.result.stats.dictionary)
+        degraded += answer.result.stats.degraded
+    seconds = time.perf_counter() - start
+    text_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    return {
+        "items": len(texts),
+        "seconds": seconds,
+        "items_per_s": len(texts) / seconds,
+        "bytes_per_s": text_bytes / seconds,
+        "ratio": text_bytes / max(sum(envelopes.values()), 1),
+        "envelope_bytes": sum(envelopes.values()),
+        "text_bytes": text_bytes,
+        "named_dictionary": named,
+        "degraded": degraded,
+        "errors": errors[:5],
+        "error_count": len(errors),
+    }
+
+
+def brotli_row(texts: list[str]) -> dict[str, Any]:
+    data = [t.encode("utf-8") for t in texts]
+    start = time.perf_counter()
+    out = sum(len(brotli.compress(d, quality=11)) for d in data)
+    seconds = time.perf_counter() - start
+    total = sum(len(d) for d in data)
+    return {
+        "items": len(data),
+        "seconds": seconds,
+        "items_per_s": len(data) / seconds,
+        "bytes_per_s": total / seconds,
+        "ratio": total / out,
+        "text_bytes": total,
+        "envelope_bytes": out,
+    }
+
+
+def measure_corpus(
+    client: Client, name: str, path: Path, low: int, high: int, lossless: int
+) -> dict[str, Any]:
+    train, test = split_rows(path, low, high)
+    start = time.perf_counter()
+    info = client.train_dictionary(f"bench-{len(train)}", train, timeout=3600)
+    trained_in = time.perf_counter() - start
+    rows: dict[str, Any] = {}
+    rows["ZSTD"] = stream(client, test, "zstd", None)
+    rows["ZSTD with the dictionary"] = stream(client, test, "zstd", info.id)
+    rows["brotli -11 (raw, in process)"] = brotli_row(test)
+    few = test[:lossless]
+    if few:
+        rows["LOSSLESS"] = stream(client, few, "lossless", None)
+        rows["LOSSLESS with the primer"] = stream(client, few, "lossless", info.id)
+    return {
+        "name": name,
+        "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+        "bounds": [low, high],
+        "train_texts": len(train),
+        "test_texts": len(test),
+        "mean_test_bytes": sum(len(t.encode()) for t in test) / max(len(test), 1),
+        "dictionary": {
+            "id": info.id,
+            "zstd_bytes": info.zstd_bytes,
+            "primer_bytes": info.primer_bytes,
+            "samples": info.samples,
+            "sample_bytes": info.sample_bytes,
+            "training_seconds": info.training_seconds,
+            "train_call_seconds": trained_in,
+        },
+        "rows": rows,
+    }
+
+
+def measure(
+    corpora: list[tuple[str, Path, int, int]] | None = None, lossless: int = 24
+) -> dict[str, Any]:
+    corpora = list(CORPORA) if corpora is None else corpora
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="llmc-bench-dicts-") as folder:
+        proc, address = start_server(Path(folder), model=lossless > 0)
+        try:
+            with Client(address, timeout=3600) as client:
+                if lossless:
+                    # The model loads on the first LOSSLESS item: not in any row's time.
+                    client.compress("warm up the model " * 4, "lossless")
+                results = [
+                    measure_corpus(client, name, path, low, high, lossless)
+                    for name, path, low, high in corpora
+                ]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    return {
+        "available": True,
+        "commit": _commit(),
+        "loadavg_start": list(load0),
+        "loadavg_end": list(os.getloadavg()),
+        "lossless_texts": lossless,
+        "corpora": results,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    out = []
+    for c in result["corpora"]:
+        d = c["dictionary"]
+        rows = c["rows"]
+        out += [
+            f"### {c['name']}",
+            "",
+            f"`{c['file']}`: trained on {c['train_texts']:,} texts, tested on "
+            f"{c['test_texts']:,} others (mean {c['mean_test_bytes']:,.0f} B). Dictionary "
+            f"{d['id'][:8]}: zstd {d['zstd_bytes']:,} B, primer {d['primer_bytes']:,} B, "
+            f"trained in {d['training_seconds']:.2f} s ({d['train_call_seconds']:.2f} s with "
+            "the upload).",
+            "",
+            "| row | texts | ratio | items/s | text KB/s | vs the row without |",
+            "|---|---|---|---|---|---|",
+        ]
+        pairs = {
+            "ZSTD with the dictionary": "ZSTD",
+            "LOSSLESS with the primer": "LOSSLESS",
+        }
+        for label, r in rows.items():
+            versus = ""
+            base = rows.get(pairs.get(label, ""))
+            if base:
+                versus = (
+                    f"ratio **{r['ratio'] / base['ratio']:.2f}x**, items/s "
+                    f"**{r['items_per_s'] / base['items_per_s']:.0%}**"
+                )
+            errors = f" ({r['error_count']} errors)" if r.get("error_count") else ""
+            out.append(
+                f"| {label}{errors} | {r['items']:,} | {r['ratio']:.3f} | "
+                f"{r['items_per_s']:,.1f} | {r['bytes_per_s'] / 1024:,.1f} | {versus} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.dictionaries", description=__doc__)
+    parser.add_argument("--corpus", type=Path, action="append", help="a JSONL corpus instead")
+    parser.add_argument("--lossless", type=int, default=24, help="LOSSLESS texts per corpus")
+    parser.add_argument("--out", type=Path, help="write dictionaries.{md,json} here")
+    args = parser.parse_args(argv)
+    corpora = [(p.name, p.resolve(), 0, 0) for p in args.corpus] if args.corpus else list(CORPORA)
+    result = measure(corpora, args.lossless)
+    command = "python -m bench.dictionaries" + "".join(f" --corpus {p}" for p in args.corpus or [])
+    text = "\n".join(
+        [
+            "# Corpus dictionaries",
+            "",
+            f"`{command} --lossless {args.lossless}`, commit {result['commit']}, load "
+            f"{result['loadavg_start'][0]:.1f} -> {result['loadavg_end'][0]:.1f}, "
+            f"{os.cpu_count()} cores.",
+            "",
+            (__doc__ or "").split("\n\n")[1].replace("\n", " "),
+            "",
+            table(result),
+        ]
+    )
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "dictionaries.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "dictionaries.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
