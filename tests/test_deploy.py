@@ -396,6 +396,12 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
         telemetry.metrics.compressed("Compress", stats)
         # No model here either: a coding engine job's event, as the LOSSLESS codec sends it.
         telemetry.metrics.coding_job(CodingJobEnded("encode", 0.01, 0.5, 100, 16))
+        # A dictionary's training and an item coded with one, as the store and the
+        # request interceptor report them.
+        telemetry.metrics.dictionary_trained(0.2, 500)
+        telemetry.metrics.compressed(
+            "BatchCompress", pb.Stats(mode=pb.MODE_ZSTD, ratio=1.6, dictionary="0a1b2c3d")
+        )
         url = f"http://127.0.0.1:{telemetry.metrics_port}/metrics"
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
     finally:
