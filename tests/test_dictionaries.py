@@ -7,6 +7,7 @@ packages).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -321,3 +322,32 @@ def test_only_whole_valid_files_are_listed(tmp_path: Path) -> None:
 def test_the_default_folder_is_the_users_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
     assert DictionariesConfig().directory == Path("/srv/data/llmcompress/dictionaries")
+
+
+async def test_llmc_dict_commands(
+    server: App, train_texts: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmcompress.cli.main import main as llmc
+
+    def run(*args: str) -> int:
+        return llmc([*args, "--server", server.address])
+
+    corpus = tmp_path / "notes.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(train_texts)),
+        encoding="utf-8",
+    )
+    assert await asyncio.to_thread(run, "dict", "list") == 0
+    assert "no dictionaries" in capsys.readouterr().out
+    assert await asyncio.to_thread(run, "dict", "train", str(corpus), "--name", "notes") == 0
+    out = capsys.readouterr()
+    (dictionary_id,) = out.out.split()
+    assert "trained notes" in out.err and len(dictionary_id) == 64
+    assert await asyncio.to_thread(run, "dict", "list") == 0
+    assert dictionary_id[:8] in capsys.readouterr().out
+    # Deleting asks for --yes and says what it breaks.
+    assert await asyncio.to_thread(run, "dict", "delete", "notes") == 2
+    assert "can no longer be reconstructed" in capsys.readouterr().err
+    assert await asyncio.to_thread(run, "dict", "delete", "notes", "--yes") == 0
+    assert await asyncio.to_thread(run, "dict", "export", "notes", "-o", str(tmp_path / "x")) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
