@@ -22,6 +22,7 @@ from llmcompress_server.backends.embedded import EmbeddedEngine
 from llmcompress_server.codecs import CompressOptions
 from llmcompress_server.codecs.lossless import LosslessCodec, primed_layout
 from llmcompress_server.codecs.primer import choose_primer, primer_text
+from llmcompress_server.codecs.semantic import summary_coding
 from llmcompress_server.coding.layout import Schedule
 from llmcompress_server.coding.primer import PrimerStates
 from llmcompress_server.core.config import load_config
@@ -219,3 +220,23 @@ async def test_choose_primer_on_the_codec_fits_its_budget(wide: LosslessCodec) -
     primer = await wide.choose_primer(TRAIN[:300], 100)
     assert primer
     assert len(await wide.primer_tokens(Dictionary(primer=primer))) <= 100
+
+
+async def test_a_semantic_coded_body_goes_through_the_same_primer(wide: LosslessCodec) -> None:
+    summary = TEST[4]
+    primer = await wide.primer_tokens(PRIMER_A)
+    coded = await summary_coding.code_prefixes(wide, [summary], 1 << 20, primer)
+    assert coded is not None
+    whole = coded.prefixes[-1]
+    body = pb.LosslessBody(
+        fingerprint=coded.fingerprint, stream=whole.stream, n_tokens=whole.tokens
+    )
+    assert await summary_coding.decodes_to(wide, body, coded.tokens, primer)
+    assert not await summary_coding.decodes_to(wide, body, coded.tokens)
+    env = pb.Envelope(
+        mode=pb.MODE_SEMANTIC,
+        model=wide.engine.identity.to_pb(),
+        original_length=len(summary.encode()),
+        semantic=pb.SemanticBody(coded=body),
+    )
+    assert await summary_coding.decode_text(wide, env, primer) == summary

@@ -34,6 +34,7 @@ from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ...backends import TextBackend
 from ...core.config import Config, QualityGate, SemanticCoder, SemanticSummary
+from ...core.dictionary import Dictionary
 from ...core.envelope import ModelIdentity, model_name
 from ...core.errors import CannotEncode, PreconditionFailed
 from ...telemetry.stages import StageClock
@@ -165,6 +166,8 @@ class SemanticCodec:
         if self.coder is not None:
             fingerprint = self.coder.fingerprint.SerializeToString(deterministic=True)
             params["coder_fingerprint"] = fingerprint.hex()
+            if opts.dictionary is not None and opts.dictionary.primer:
+                params["primer"] = opts.dictionary.hex
         return params
 
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded:
@@ -397,8 +400,11 @@ class SemanticCodec:
             model=tier,
         )
 
-    async def _open(self, env: pb.Envelope, clock: StageClock) -> pb.SemanticBody:
-        """The plain body (summary, facts, extractive) of a stored one."""
+    async def _open(
+        self, env: pb.Envelope, clock: StageClock, dictionary: Dictionary | None = None
+    ) -> pb.SemanticBody:
+        """The plain body (summary, facts, extractive) of a stored one; `dictionary`: the
+        one its coded body was coded with."""
         stored = env.semantic
         if not stored.HasField("coded"):
             body = unpack_body(stored)
@@ -410,7 +416,9 @@ class SemanticCodec:
                     "this server has no embedded engine; reconstruct it on a server that has"
                 )
             with clock.stage("semantic.decode", **{"llmc.tokens": stored.coded.n_tokens}):
-                body = summary_coding.parse_coded_text(await summary_coding.decode_text(coder, env))
+                primer = await coder.primer_tokens(dictionary)
+                coded = await summary_coding.decode_text(coder, env, primer)
+                body = summary_coding.parse_coded_text(coded)
         body.extractive = stored.extractive
         return body
 
@@ -423,8 +431,10 @@ class SemanticCodec:
         expansion = await self._expand(body, original_bytes, tier)
         return expansion.text, [note for r in expansion.results for note in r.fallbacks]
 
-    async def decode(self, env: pb.Envelope, clock: StageClock) -> Decoded:
-        body = await self._open(env, clock)
+    async def decode(
+        self, env: pb.Envelope, clock: StageClock, dictionary: Dictionary | None = None
+    ) -> Decoded:
+        body = await self._open(env, clock, dictionary)
         required = required_entities(body)
         model = model_name(env.model)
         if body.extractive:
