@@ -74,8 +74,12 @@ T = TypeVar("T")
 MAX_WIDTH = 64
 MAX_THREADS = 64
 
-# A chosen primer's size in tokens, by default (see `choose_primer`).
-PRIMER_TOKENS = 1024
+# A chosen primer's size in tokens, by default (see `choose_primer`). Every step of a
+# primed stream attends over the primer's cells too: a width-1 step measured 14 ms with
+# an empty context, 15 ms after 256 cells, 17 ms after 512, 18 ms after 1,024. On 40
+# test changelog items (bench/primer.py, width 1, verify on) a 128-token budget (103
+# tokens) made bodies 9.1% smaller at 95% of the speed; 256 tokens 10.1% at 89%.
+PRIMER_TOKENS = 128
 # Primers tokenized, by dictionary id (a few recent ones: tokenizing is cheap).
 _PRIMER_TOKENS_KEPT = 16
 
