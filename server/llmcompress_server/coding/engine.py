@@ -8,6 +8,12 @@ and a stream codes the same whatever else runs. Streams of other widths or
 thread counts (older envelopes) run on a context of their own, built on
 demand: at most one beside the engine's own, freed when idle.
 
+A primed stream (a corpus dictionary's primer, coding/primer.py) starts from
+the primer's KV cells instead of the start token alone: the cells a stream of
+the primer's tokens left in its slot at this context key (`snapshot`), copied
+into the new stream's slot as they are, so encoder and decoder start from the
+same bytes at the same positions.
+
 Each lane (one thread, its own contexts) runs steps while it has work; jobs
 wait in a bounded queue and enter slots as they free up, the job with the
 fewest active slots first. A cancelled or failed job leaves its slots at the
@@ -18,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,13 +52,39 @@ class ContextKey:
     n_ctx: int  # per stream
 
 
+# llama_state_seq_get_data of one slot: a sequence's KV cells, positions and all.
+SeqState = Any  # a ctypes array of c_uint8
+
+
+@dataclass(frozen=True, eq=False)
+class PrimerState:
+    """A primer's KV cells at one context key, what a primed stream starts from: `length`
+    cells (the start token at position 0, then every primer token but the last), and
+    `next_token`, the primer's last token, the primed stream's first input (at position
+    `length`). Never changed once made: every slot it enters gets a copy of `cells`."""
+
+    key: ContextKey
+    length: int
+    next_token: int
+    cells: SeqState
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.cells)
+
+
 @dataclass
 class StreamWork:
-    """One stream to code: `coder` gets `n_tokens` rows, `row_model` stands between."""
+    """One stream to code: `coder` gets `n_tokens` rows, `row_model` stands between.
+    `primer`: the KV cells the stream starts from (None: the start token alone).
+    `snapshot`: called (in the lane thread) with the slot's KV state when the stream
+    finishes, before anything else enters the slot: how a primer's cells are made."""
 
     coder: Coder
     row_model: RowModel
     n_tokens: int
+    primer: PrimerState | None = None
+    snapshot: Callable[[SeqState], None] | None = None
 
 
 @dataclass
@@ -97,6 +130,7 @@ class _Slot:
     coded: int = 0
     pos: int = 0
     token: int = 0  # the input of the next step
+    restore: PrimerState | None = None  # cells to copy into the slot before its first step
 
 
 @dataclass
@@ -162,7 +196,13 @@ class CodingContext:
         return [i for i, s in enumerate(self.slots) if s is None]
 
     def put(self, index: int, job: _Job, work: StreamWork) -> None:
-        self.slots[index] = _Slot(job, work, token=self.start_token)
+        primer = work.primer
+        if primer is None:
+            self.slots[index] = _Slot(job, work, token=self.start_token)
+        else:
+            self.slots[index] = _Slot(
+                job, work, pos=primer.length, token=primer.next_token, restore=primer
+            )
 
     def drop_dead(self) -> list[_Job]:
         """Free the slots of cancelled or failed jobs; the jobs that lost a slot."""
@@ -180,7 +220,11 @@ class CodingContext:
         batch, memory = self.batch, self.memory
         for i, slot in enumerate(self.slots):
             token, pos = (self.start_token, 0) if slot is None else (slot.token, slot.pos)
-            if pos == 0:
+            if slot is not None and slot.restore is not None:
+                # A new primed stream: the slot starts with the primer's cells.
+                self._restore(i, slot.restore)
+                slot.restore = None
+            elif pos == 0:
                 # A new stream, or padding: the slot starts empty.
                 llama_cpp.llama_memory_seq_rm(memory, i, -1, -1)
             batch.token[i] = token
@@ -213,6 +257,8 @@ class CodingContext:
                 weights = slot.work.row_model.distribution(self._view[i])
                 token = slot.work.coder.code(weights)
                 slot.work.row_model.update(token)
+                if slot.coded + 1 == slot.work.n_tokens and slot.work.snapshot is not None:
+                    slot.work.snapshot(self._state(i))
             except Exception as exc:  # this job fails; its neighbours go on
                 if job.error is None:
                     job.error = exc
@@ -229,6 +275,30 @@ class CodingContext:
             if slot.pos == self.key.n_ctx:
                 self._slide(i, slot)
         return finished, rows
+
+    def _state(self, index: int) -> SeqState:
+        """The KV state of slot `index`'s sequence (llama_state_seq_get_data)."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, index)
+        cells = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self.ctx, cells, size, index) != size:
+            raise BackendError("llama.cpp could not copy a primer's KV cells out of its slot")
+        return cells
+
+    def _restore(self, index: int, primer: PrimerState) -> None:
+        """Slot `index` emptied, then given the primer's cells. An empty slot's cells start
+        at its first cell, so the primer's land at cells 0..length-1 on both sides.
+        A failure fails every job of this step (as a failed llama_decode does): it means
+        state made by another context, a bug."""
+        if primer.key != self.key:
+            raise AssertionError("a primer's cells restored into a context of another key")
+        llama_cpp.llama_memory_seq_rm(self.memory, index, -1, -1)
+        cells = primer.cells
+        if not llama_cpp.llama_state_seq_set_data(self.ctx, cells, len(cells), index):
+            llama_cpp.llama_memory_seq_rm(self.memory, index, -1, -1)
+            raise BackendError(
+                "llama.cpp could not copy a primer's KV cells into a coding slot",
+                retryable=False,
+            )
 
     def _slide(self, index: int, slot: _Slot) -> None:
         """The stream filled its context: drop the `slide` oldest tokens after the start
@@ -360,8 +430,12 @@ class CodingEngine:
                     f"{self.queue_size}); retry later",
                     retry_after=1.0,
                 )
-            if schedule is not Schedule.SLIDE and any(w.n_tokens > key.n_ctx for w in streams):
-                raise ValueError("a stream longer than its context under a RESET layout")
+            if any(w.primer is not None and w.primer.key != key for w in streams):
+                raise ValueError("a primer's cells made at another context key")
+            if schedule is not Schedule.SLIDE and any(
+                w.n_tokens + (w.primer.length if w.primer else 0) > key.n_ctx for w in streams
+            ):
+                raise ValueError("a stream (and its primer) longer than its context under RESET")
             job = _Job(key, schedule, [w for w in streams if w.n_tokens > 0], future)
             if not job.streams:
                 future.set_result(JobTiming())
@@ -559,6 +633,8 @@ __all__ = [
     "ContextKey",
     "EngineStats",
     "JobTiming",
+    "PrimerState",
+    "SeqState",
     "StreamWork",
     "slide_tokens",
 ]

@@ -178,3 +178,22 @@ class StreamEvaluator:
         token = self.tokens[self._i]
         self._i += 1
         return token
+
+
+class StreamCodeLength:
+    """Feeds a known token sequence without coding, adding up its ideal code length in bits
+    (-log2 of each token's probability under the row's weights): what choosing a primer
+    compares. A float64 sum, for measuring only: nothing decodes by it."""
+
+    def __init__(self, tokens: Sequence[int]) -> None:
+        self.tokens = tokens
+        self.bits = 0.0
+        self._i = 0
+
+    def code(self, weights: Weights) -> int:
+        token = self.tokens[self._i]
+        total = float(weights.sum(dtype=np.float64))
+        p = float(weights[token]) / total if total > 0 else 0.0
+        self.bits += -math.log2(p) if p > 0 else 64.0
+        self._i += 1
+        return token

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .engine import CodingEngine, ContextKey, JobTiming, StreamWork
+from .engine import CodingEngine, ContextKey, JobTiming, PrimerState, StreamWork
 from .layout import Layout
 from .rows import RowModelFactory, StreamDecoder, StreamEncoder, StreamEvaluator
 
@@ -24,12 +24,14 @@ async def encode_tokens(
     tokens: Sequence[int],
     row_models: RowModelFactory,
     n_streams: int,
+    primer: PrimerState | None = None,
 ) -> tuple[list[bytes], JobTiming]:
-    """`tokens` as `n_streams` coded streams (little-endian uint32 words each)."""
+    """`tokens` as `n_streams` coded streams (little-endian uint32 words each), every one
+    starting from `primer`'s cells (None: from the start token alone)."""
     parts = split(tokens, layout.lengths(len(tokens), n_streams))
     encoders = [StreamEncoder(part) for part in parts]
     timing = await engine.run(
-        [StreamWork(e, row_models(), len(p)) for e, p in zip(encoders, parts, strict=True)],
+        [StreamWork(e, row_models(), len(p), primer) for e, p in zip(encoders, parts, strict=True)],
         key,
         layout.schedule,
     )
@@ -43,13 +45,16 @@ async def decode_tokens(
     n_tokens: int,
     streams: Sequence[bytes],
     row_models: RowModelFactory,
+    primer: PrimerState | None = None,
 ) -> tuple[list[int], JobTiming]:
-    """The tokens of `streams`; DataLoss when a stream is damaged. The caller has checked
-    that `len(streams)` is valid for `n_tokens` (`Layout.valid_count`)."""
+    """The tokens of `streams` (coded after `primer`); DataLoss when a stream is damaged.
+    The caller has checked that `len(streams)` is valid for `n_tokens` (`Layout.valid_count`)."""
     lengths = layout.lengths(n_tokens, len(streams))
     decoders = [StreamDecoder(s, n) for s, n in zip(streams, lengths, strict=True)]
     timing = await engine.run(
-        [StreamWork(d, row_models(), d.n_tokens) for d in decoders], key, layout.schedule
+        [StreamWork(d, row_models(), d.n_tokens, primer) for d in decoders],
+        key,
+        layout.schedule,
     )
     return [t for d in decoders for t in d.finish()], timing
 
@@ -61,11 +66,12 @@ async def evaluate_tokens(
     tokens: Sequence[int],
     row_models: RowModelFactory,
     n_streams: int,
+    primer: PrimerState | None = None,
 ) -> JobTiming:
     """The schedule with no coding: the engine's raw speed on `tokens`."""
     parts = split(tokens, layout.lengths(len(tokens), n_streams))
     return await engine.run(
-        [StreamWork(StreamEvaluator(p), row_models(), len(p)) for p in parts],
+        [StreamWork(StreamEvaluator(p), row_models(), len(p), primer) for p in parts],
         key,
         layout.schedule,
     )

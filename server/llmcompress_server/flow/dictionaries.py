@@ -31,7 +31,7 @@ from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..core.config import DictionariesConfig
 from ..core.dictionary import Dictionary, content_id, short_of
-from ..core.errors import DataLoss, InvalidInput, NotFound, PreconditionFailed
+from ..core.errors import DataLoss, InvalidInput, LLMCompressError, NotFound, PreconditionFailed
 from ..core.events import Events
 
 log = logging.getLogger(__name__)
@@ -461,10 +461,7 @@ class DictionaryStore:
         attributes = {"llmc.samples": len(samples.samples), "llmc.bytes": samples.total}
         with self.events.tracer.start_as_current_span("dictionary.train", attributes=attributes):
             trained = await asyncio.to_thread(train_zstd, samples.samples, size)
-            primer = ""
-            if self.choose_primer is not None and self.config.primer_tokens > 0:
-                texts = [s.decode("utf-8") for s in samples.samples]
-                primer = await self.choose_primer(texts, self.config.primer_tokens)
+            primer = await self._primer(samples)
         stored = StoredDictionary(
             Dictionary(zstd=trained, primer=primer),
             name=name,
@@ -487,6 +484,18 @@ class DictionaryStore:
             stored.training_seconds,
         )
         return stored
+
+    async def _primer(self, samples: TrainingInput) -> str:
+        """The LOSSLESS primer, or "" when this server has no model to choose one with."""
+        if self.choose_primer is None or self.config.primer_tokens <= 0:
+            return ""
+        texts = [s.decode("utf-8") for s in samples.samples]
+        try:
+            return await self.choose_primer(texts, self.config.primer_tokens)
+        except LLMCompressError as exc:
+            # The zstd half is still worth having; LOSSLESS codes as without a dictionary.
+            log.warning("dictionary trained without a LOSSLESS primer: %s", exc)
+            return ""
 
     async def import_file(self, data: bytes, name: str = "") -> StoredDictionary:
         stored = StoredDictionary.from_file(data)

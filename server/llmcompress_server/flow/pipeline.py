@@ -133,6 +133,7 @@ class Pipeline:
                 "llmc.bytes": outcome.original_bytes,
                 "llmc.envelope_bytes": len(outcome.envelope),
                 "llmc.degraded": outcome.degraded,
+                "llmc.dictionary": outcome.dictionary,
             }
         )
         return outcome

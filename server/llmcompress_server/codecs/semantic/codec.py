@@ -177,6 +177,8 @@ class SemanticCodec:
         if self.coder is not None:
             fingerprint = self.coder.fingerprint.SerializeToString(deterministic=True)
             params["coder_fingerprint"] = fingerprint.hex()
+            if opts.dictionary is not None and opts.dictionary.primer:
+                params["primer"] = opts.dictionary.hex
         return params
 
     async def encode(self, text: str, opts: CompressOptions, clock: StageClock) -> Encoded:
@@ -434,8 +436,11 @@ class SemanticCodec:
             model=tier,
         )
 
-    async def _open(self, env: pb.Envelope, clock: StageClock) -> pb.SemanticBody:
-        """The plain body (summary, facts, extractive) of a stored one."""
+    async def _open(
+        self, env: pb.Envelope, clock: StageClock, dictionary: Dictionary | None = None
+    ) -> pb.SemanticBody:
+        """The plain body (summary, facts, extractive) of a stored one; `dictionary`: the
+        one its coded body was coded with."""
         stored = env.semantic
         if not stored.HasField("coded"):
             body = unpack_body(stored)
@@ -447,7 +452,9 @@ class SemanticCodec:
                     "this server has no embedded engine; reconstruct it on a server that has"
                 )
             with clock.stage("semantic.decode", **{"llmc.tokens": stored.coded.n_tokens}):
-                body = summary_coding.parse_coded_text(await summary_coding.decode_text(coder, env))
+                primer = await coder.primer_tokens(dictionary)
+                coded = await summary_coding.decode_text(coder, env, primer)
+                body = summary_coding.parse_coded_text(coded)
         body.extractive = stored.extractive
         return body
 
@@ -463,7 +470,7 @@ class SemanticCodec:
     async def decode(
         self, env: pb.Envelope, clock: StageClock, dictionary: Dictionary | None = None
     ) -> Decoded:
-        body = await self._open(env, clock)
+        body = await self._open(env, clock, dictionary)
         required = required_entities(body)
         model = model_name(env.model)
         if body.extractive:

@@ -208,8 +208,9 @@ async def fit_coded(
         return None
     parts = cut.pieces + summary_coding.fact_pieces(cut.facts)
     raw = sum(len(p.encode("utf-8")) for p in parts)
+    primer = await coder.primer_tokens(opts.dictionary)
     with clock.stage("semantic.code", **{"llmc.bytes": raw}):
-        found = await summary_coding.code_prefixes(coder, parts, int(room) + 8)
+        found = await summary_coding.code_prefixes(coder, parts, int(room) + 8, primer)
     if found is None:
         return None
     tokens, prefixes = found.tokens, found.prefixes
@@ -223,7 +224,9 @@ async def fit_coded(
     best = max(fitting, key=lambda p: p.pieces) if fitting else prefixes[0]
     if opts.verify:
         with clock.stage("semantic.verify", **{"llmc.tokens": best.tokens}):
-            exact = await summary_coding.decodes_to(coder, body_of(best), tokens[: best.tokens])
+            exact = await summary_coding.decodes_to(
+                coder, body_of(best), tokens[: best.tokens], primer
+            )
         if not exact:
             log.error("SEMANTIC coded summary did not round-trip; packing it with brotli")
             return None
@@ -235,6 +238,7 @@ async def fit_coded(
         model=model,
         backend=backend,
         piecewise_bytes=sum(found.piecewise[: best.pieces]),
+        dictionary=opts.dictionary if primer else None,
     )
     return encoded, plain
 

@@ -59,9 +59,10 @@ def parse_coded_text(text: str) -> pb.SemanticBody:
     return body
 
 
-async def decode_text(coder: LosslessCodec, env: pb.Envelope) -> str:
-    """The coded text of a SEMANTIC envelope; PreconditionFailed when this server's model
-    or engine differs from the one that coded it, DataLoss when it is corrupt."""
+async def decode_text(coder: LosslessCodec, env: pb.Envelope, primer: Sequence[int] = ()) -> str:
+    """The coded text of a SEMANTIC envelope (coded after `primer`, a dictionary's);
+    PreconditionFailed when this server's model or engine differs from the one that coded
+    it, DataLoss when it is corrupt."""
     await coder.engine.start()
     coder.check_model(env.model)
     coded = env.semantic.coded
@@ -69,7 +70,7 @@ async def decode_text(coder: LosslessCodec, env: pb.Envelope) -> str:
     # The coded text is at most the summary plus the facts, both bounded by
     # the original; the slack covers the layout's separators.
     bound = 2 * env.original_length + 1024
-    tokens = await coder.decode_tokens(coded, bound)
+    tokens = await coder.decode_tokens(coded, bound, primer)
     data = await coder.detokenize(tokens)
     try:
         return data.decode("utf-8")
@@ -141,7 +142,7 @@ class CodedPrefixes:
 
 
 async def code_prefixes(
-    coder: LosslessCodec, pieces: Sequence[str], limit: int
+    coder: LosslessCodec, pieces: Sequence[str], limit: int, primer: Sequence[int] = ()
 ) -> CodedPrefixes | None:
     """One token-by-token coding pass over `pieces`, each tokenized on its own, keeping the
     coded stream of every prefix of whole pieces up to the first past `limit` bytes.
@@ -151,11 +152,11 @@ async def code_prefixes(
     if split is None:
         return None
     tokens = [t for part in split for t in part.tokens]
-    if len(tokens) > coder.n_ctx:
+    if len(tokens) + len(primer) > coder.n_ctx:
         return None
     ends = list(np.cumsum([len(part.tokens) for part in split]))
     encoder = PrefixEncoder(tokens, ends, limit)
-    fingerprint = await coder.code_stream(encoder, len(tokens))
+    fingerprint = await coder.code_stream(encoder, len(tokens), primer)
     prefixes = [Prefix(0, 0, b"")]
     prefixes += [
         Prefix(k + 1, int(end), encoder.streams[int(end)])
@@ -165,12 +166,14 @@ async def code_prefixes(
     return CodedPrefixes(tokens, prefixes, fingerprint, [p.piecewise_bytes for p in split])
 
 
-async def decodes_to(coder: LosslessCodec, body: pb.LosslessBody, tokens: Sequence[int]) -> bool:
+async def decodes_to(
+    coder: LosslessCodec, body: pb.LosslessBody, tokens: Sequence[int], primer: Sequence[int] = ()
+) -> bool:
     """Decode a coded stream: True only when it gives exactly `tokens` back (verify)."""
     if not tokens:
         return not body.stream
     try:
-        back = await coder.decode_tokens(body, len(tokens))
+        back = await coder.decode_tokens(body, len(tokens), primer)
     except DataLoss:
         return False
     return back == list(tokens)
