@@ -95,8 +95,9 @@ def make_config(**sections: dict[str, Any]) -> Config:
     ZSTD at level 19 for every size (TEST_ZSTD_LEVEL)."""
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 2},
-        # Never the user's own dictionaries: a folder of this config's.
-        "dictionaries": {"path": tempfile.mkdtemp(prefix="llmc-dicts-")},
+        # Never the user's own dictionaries: a folder of this config's. No LOSSLESS primer
+        # unless a test asks (choosing one loads the model).
+        "dictionaries": {"path": tempfile.mkdtemp(prefix="llmc-dicts-"), "primer_tokens": 0},
         "monitoring": {"enable_prometheus": False},
         "model": {"embedded": {"preload": False}},
         "compression": {"zstd_level": TEST_ZSTD_LEVEL},
