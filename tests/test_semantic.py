@@ -448,3 +448,21 @@ def test_bodies_keep_identifiers_whatever_they_cost() -> None:
     assert [e.text for e in facts] == ["TICKET-1003", "4712"]
     # What the summary already says is not stored twice.
     assert [e.text for e in leftover_facts("TICKET-1003 was paid", entities, 0, kept)] == ["4712"]
+
+
+def test_an_expansion_keeps_no_identifier_the_body_lacks() -> None:
+    """A small model shown TICKET-1046 writes TICKET-1047 (seen on llama-cpp-python's server
+    with the packaged model); an identifier the summary and facts lack is dropped, and
+    everything else the model wrote stays."""
+    from llmcompress_server.codecs.semantic.summarize import without_invented_ids
+
+    source = "TICKET-1046\nThe printer on floor 2 fails; see /etc/cups/printers.conf"
+    generated = (
+        "Ticket TICKET-1046 follows TICKET-1047 and INV-2024-0042; edit /etc/cups/printers.conf."
+    )
+    assert without_invented_ids(generated, source) == (
+        "Ticket TICKET-1046 follows and ; edit /etc/cups/printers.conf."
+    )
+    assert (
+        without_invented_ids("No codes at all, 42 pages.", source) == "No codes at all, 42 pages."
+    )

@@ -9,12 +9,13 @@ remote backends) and is validated, with a bounded number of retries.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...backends import ChatRequest, ChatResult, TextBackend
 from ...core.errors import CannotEncode
-from .entities import Entity, missing_entities
+from .entities import Entity, extract_entities, missing_entities
 from .quality import with_facts_line
 
 # Average bytes per English word (with its space) and per model token; used
@@ -177,6 +178,19 @@ class Expansion:
     appended: list[Entity]
 
 
+def without_invented_ids(generated: str, source: str) -> str:
+    """`generated` without the identifiers `source` (the summary and facts) lacks. A small
+    model continues patterns: shown TICKET-1046 it writes TICKET-1047, another record's
+    code. An identifier is exactly what a reader tells records apart by, so one the body
+    does not hold is dropped rather than passed off as this record's."""
+    invented = {
+        e.text for e in extract_entities(generated) if e.kind == "id" and e.text not in source
+    }
+    for code in sorted(invented, key=len, reverse=True):
+        generated = re.sub(rf"(?<![\w-]){re.escape(code)}(?![\w-])", "", generated)
+    return re.sub(r"[ \t]{2,}", " ", generated) if invented else generated
+
+
 async def expand(
     backend: TextBackend,
     summary: str,
@@ -201,9 +215,10 @@ async def expand(
         )
     )
     results = [result]
+    source = "\n".join([summary, *(f.text for f in facts)])
     # The summary leads: it is the one part the compressor chose, and a small
     # model's expansion drifts; keeping it makes the reconstruction faithful first.
-    text = f"{summary}\n\n{result.text.strip()}".strip()
+    text = f"{summary}\n\n{without_invented_ids(result.text, source).strip()}".strip()
     missing = missing_entities(text, required)
     for attempt in range(retries):
         if not missing:
@@ -220,7 +235,7 @@ async def expand(
             )
         )
         results.append(more)
-        addition = more.text.strip()
+        addition = without_invented_ids(more.text, source).strip()
         if addition:
             text = f"{text} {addition}"
         missing = missing_entities(text, required)
