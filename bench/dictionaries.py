@@ -7,8 +7,8 @@ other source packages). The service rows stream the texts through one BatchCompr
 to `llmc serve` (a process of its own, default config, LOSSLESS verify on; every text is
 new to its cache) from this process, and give items/s and text B/s at the client and the
 envelope ratio (text bytes / envelope bytes). brotli -11 is the same texts coded in this process,
-raw (no envelope, nothing to reconstruct them with but brotli). LOSSLESS rows code the
-first `--lossless` test texts only (the packaged model on this CPU). Any JSONL corpus can
+raw (no envelope, nothing to reconstruct them with but brotli). LOSSLESS rows code only
+the first test texts up to `--lossless` bytes (the packaged model on this CPU). Any JSONL corpus can
 be measured with `--corpus FILE` (lines with "text", and "split" train/test or else a
 "source" or "id" whose hash splits by document).
 
@@ -155,7 +155,11 @@ def measure_corpus(
     rows["ZSTD"] = stream(client, test, "zstd", None)
     rows["ZSTD with the dictionary"] = stream(client, test, "zstd", info.id)
     rows["brotli -11 (raw, in process)"] = brotli_row(test)
-    few = test[:lossless]
+    few: list[str] = []
+    for text in test:  # the first test texts up to `lossless` bytes: the model is slow here
+        if sum(len(t.encode("utf-8")) for t in few) >= lossless:
+            break
+        few.append(text)
     if few:
         rows["LOSSLESS"] = stream(client, few, "lossless", None)
         rows["LOSSLESS with the primer"] = stream(client, few, "lossless", info.id)
@@ -180,7 +184,7 @@ def measure_corpus(
 
 
 def measure(
-    corpora: list[tuple[str, Path, int, int]] | None = None, lossless: int = 24
+    corpora: list[tuple[str, Path, int, int]] | None = None, lossless: int = 12_000
 ) -> dict[str, Any]:
     corpora = list(CORPORA) if corpora is None else corpora
     load0 = os.getloadavg()
@@ -203,7 +207,7 @@ def measure(
         "commit": _commit(),
         "loadavg_start": list(load0),
         "loadavg_end": list(os.getloadavg()),
-        "lossless_texts": lossless,
+        "lossless_bytes": lossless,
         "corpora": results,
     }
 
@@ -249,7 +253,13 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dictionaries", description=__doc__)
     parser.add_argument("--corpus", type=Path, action="append", help="a JSONL corpus instead")
-    parser.add_argument("--lossless", type=int, default=24, help="LOSSLESS texts per corpus")
+    parser.add_argument(
+        "--lossless",
+        type=int,
+        default=12_000,
+        metavar="BYTES",
+        help="LOSSLESS rows code the first test texts up to this many bytes (0: none)",
+    )
     parser.add_argument("--out", type=Path, help="write dictionaries.{md,json} here")
     args = parser.parse_args(argv)
     corpora = [(p.name, p.resolve(), 0, 0) for p in args.corpus] if args.corpus else list(CORPORA)

@@ -401,7 +401,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             )
         elif name == "dictionaries":
             # Its own corpora (corpus/debian-changelogs, split by package) and server process.
-            lossless = 0 if profile.name == "quick" else 24
+            lossless = 0 if profile.name == "quick" else 12_000
             results[name] = await optional_section("bench.dictionaries", lossless=lossless)
         elif name == "grouping":
             # Its own near-duplicate corpus, built from the passages (bench/grouping.py).
