@@ -353,6 +353,7 @@ async def test_llmc_dict_commands(
     assert "NOT_FOUND" in capsys.readouterr().err
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("width", [1, 4])
 async def test_a_primed_lossless_item_of_a_batch_decodes_alone(
     start_server: StartServer, train_texts: list[str], test_texts: list[str], width: int

@@ -30,6 +30,8 @@ from llmcompress_server.core.dictionary import Dictionary
 from llmcompress_server.core.errors import DataLoss
 from llmcompress_server.telemetry.stages import StageClock
 
+pytestmark = pytest.mark.model
+
 ITEMS = Path(__file__).resolve().parents[1] / "corpus" / "debian-changelogs"
 N_CTX = 256
 
