@@ -217,8 +217,9 @@ async def test_errors_have_their_status_and_store_nothing(
         assert "dictionaries.max_training_bytes" in (upload.details() or "")
         assert sent < 10_000
 
-        bad_name = await status_of(train(stub, "no spaces", train_texts[:100]))
-        assert bad_name.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for name in ("no spaces", "..", ".hidden", "a/b", "x" * 65):
+            bad_name = await status_of(train(stub, name, train_texts[:100]))
+            assert bad_name.code() == grpc.StatusCode.INVALID_ARGUMENT, name
 
         listing = await stub.ListDictionaries(pb.ListDictionariesRequest())
         assert list(listing.dictionaries) == []

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 FILE_FORMAT = 1
 SUFFIX = ".llmcd"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# A name is also a file name under `names/`: no leading dot ("..", hidden files).
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 # An id given instead of a name: at least the 8 hex digits an envelope stores.
 _ID_PATTERN = re.compile(r"^[0-9a-f]{8,64}$")
 # How long a replica trusts its memory of where a name points before asking Redis again:

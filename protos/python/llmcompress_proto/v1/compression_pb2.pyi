@@ -1133,7 +1133,8 @@ class TrainDictionaryRequest(_message.Message):
     ZSTD_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """First message only: the name the dictionary is stored under, 1-64 of
-    A-Z a-z 0-9 . _ - (a name points at its latest dictionary).
+    A-Z a-z 0-9 . _ - not starting with a dot (a name points at its latest
+    dictionary).
     """
     zstd_bytes: _builtins.int
     """First message only: the zstd dictionary's size bound in bytes (0: the
