@@ -71,6 +71,9 @@ class Cut:
 
     pieces: list[str]
     facts: list[Entity]
+    # How many of the first facts are kept entities (identifiers, a grouped item's own
+    # words): a coded prefix must hold them.
+    kept: int = 0
 
     @property
     def summary(self) -> str:
@@ -92,7 +95,9 @@ def trimmed(summary: str, entities: list[Entity], kept: Sequence[Entity] = ()) -
         first = kept_missing(cut, kept)
         taken = {e.text for e in first}
         return Cut(
-            pieces, first + [e for e in residual_facts(cut, entities) if e.text not in taken]
+            pieces,
+            first + [e for e in residual_facts(cut, entities) if e.text not in taken],
+            kept=len(first),
         )
 
     return candidate
@@ -113,7 +118,8 @@ def picked(ranked: Ranked, entities: list[Entity], kept: Sequence[Entity] = ()) 
             parts = pieces(ranked.structure, chosen.units, chosen.stamped)
         used = sum(len(p.encode("utf-8")) for p in parts)
         room = n - used - len(summary_coding.FACTS_MARK)
-        return Cut(parts, leftover_facts("".join(parts), entities, room, kept))
+        must = len(kept_missing("".join(parts), kept))
+        return Cut(parts, leftover_facts("".join(parts), entities, room, kept), kept=must)
 
     return candidate
 
@@ -166,6 +172,10 @@ def fit_packed(candidate: Candidate, hi: int, data: bytes, target: float) -> pb.
     return body
 
 
+# Coding passes fit_coded makes to find a prefix that holds the kept facts.
+_KEPT_TRIES = 3
+
+
 async def fit_coded(
     coder: LosslessCodec,
     data: bytes,
@@ -203,24 +213,36 @@ async def fit_coded(
             n, lo = mid, mid + 1
         else:
             top = mid - 1
-    cut = candidate(n)
-    if summary_coding.coded_text(cut.summary, cut.facts) is None:
-        return None
-    parts = cut.pieces + summary_coding.fact_pieces(cut.facts)
-    raw = sum(len(p.encode("utf-8")) for p in parts)
     primer = await coder.primer_tokens(opts.dictionary)
-    with clock.stage("semantic.code", **{"llmc.bytes": raw}):
-        found = await summary_coding.code_prefixes(coder, parts, int(room) + 8, primer)
-    if found is None:
+    for _ in range(_KEPT_TRIES):
+        cut = candidate(n)
+        if summary_coding.coded_text(cut.summary, cut.facts) is None:
+            return None
+        parts = cut.pieces + summary_coding.fact_pieces(cut.facts)
+        raw = sum(len(p.encode("utf-8")) for p in parts)
+        with clock.stage("semantic.code", **{"llmc.bytes": raw}):
+            found = await summary_coding.code_prefixes(coder, parts, int(room) + 8, primer)
+        if found is None:
+            return None
+        tokens, prefixes = found.tokens, found.prefixes
+
+        def body_of(
+            prefix: summary_coding.Prefix, fingerprint: pb.EngineFingerprint = found.fingerprint
+        ) -> pb.LosslessBody:
+            return pb.LosslessBody(
+                fingerprint=fingerprint, stream=prefix.stream, n_tokens=prefix.tokens
+            )
+
+        # A prefix that cuts into the kept facts would lose what the body must keep.
+        need = len(cut.pieces) + cut.kept
+        fitting = [p for p in prefixes if envelope_size(body_of(p)) <= target]
+        if not cut.kept or any(p.pieces >= need for p in fitting):
+            break
+        if n == 0:
+            return None  # not even the kept facts alone fit: brotli packing keeps them
+        n = n * 2 // 3  # the estimate was short: fewer summary pieces, coded again
+    else:
         return None
-    tokens, prefixes = found.tokens, found.prefixes
-
-    def body_of(prefix: summary_coding.Prefix) -> pb.LosslessBody:
-        return pb.LosslessBody(
-            fingerprint=found.fingerprint, stream=prefix.stream, n_tokens=prefix.tokens
-        )
-
-    fitting = [p for p in prefixes if envelope_size(body_of(p)) <= target]
     best = max(fitting, key=lambda p: p.pieces) if fitting else prefixes[0]
     if opts.verify:
         with clock.stage("semantic.verify", **{"llmc.tokens": best.tokens}):
