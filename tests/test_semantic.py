@@ -466,3 +466,17 @@ def test_an_expansion_keeps_no_identifier_the_body_lacks() -> None:
     assert (
         without_invented_ids("No codes at all, 42 pages.", source) == "No codes at all, 42 pages."
     )
+
+
+def test_versions_are_identifiers_and_ip_addresses_are_not() -> None:
+    from llmcompress_server.codecs.semantic.entities import extract_entities
+
+    def ids(text: str) -> list[str]:
+        return [e.text for e in extract_entities(text) if e.kind == "id"]
+
+    assert ids("Upgrade to 1.2.3-rc1. Then v2.0.0-beta.2 and v2.3.") == [
+        "1.2.3-rc1",
+        "v2.0.0-beta.2",
+        "v2.3",
+    ]
+    assert ids("db-primary-01 at 10.20.4.11 (OPS-3318)") == ["OPS-3318"]

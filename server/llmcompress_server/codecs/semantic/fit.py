@@ -240,7 +240,10 @@ async def fit_coded(
             break
         if n == 0:
             return None  # not even the kept facts alone fit: brotli packing keeps them
-        n = n * 2 // 3  # the estimate was short: fewer summary pieces, coded again
+        # The estimate was short: fewer summary pieces, in proportion to the overshoot of
+        # the shortest prefix that holds them (coded only up to a little past the room).
+        holding = [envelope_size(body_of(p)) for p in prefixes if p.pieces >= need]
+        n = max(0, min(n - 1, int(n * target / min(holding)) if holding else n * 4 // 5))
     else:
         return None
     best = max(fitting, key=lambda p: p.pieces) if fitting else prefixes[0]
