@@ -30,7 +30,8 @@ _EXTENSIONS = (
 # digits) joined to more parts by - _ or #, with a digit somewhere (TICKET-1003,
 # INV-2024-0042, ABC_12; not NATO or well-known); a version has two dots or a leading v
 # (v2.3.1, 1.4.0, v2.3; not an IP address, 10.20.4.11, which names a host, not a record:
-# kept at any cost, a hosts list would be kept whole); a path has a slash between two parts (/etc/hosts, ~/a/b,
+# kept at any cost, a hosts list would be kept whole); a path has a slash between two
+# parts (/etc/hosts, ~/a/b,
 # src/main.py, C:\\logs\\a.txt); a file name ends in a known extension.
 _IDENTIFIER = re.compile(
     r"(?<![\w/\\.~-])(?:"
