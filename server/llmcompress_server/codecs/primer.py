@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 SEPARATOR = "\n\n"
 # Samples looked at, at most (a fixed pseudo-random subset beyond): bounds the work.
 MAX_SAMPLES = 4000
+# Characters a token covers, about, in English text: sizes the pieces of long samples.
+CHARS_PER_TOKEN = 4
 # Word n-grams of these lengths are what samples share.
 GRAM_LENGTHS = (1, 2, 3)
 
@@ -35,10 +37,33 @@ def grams(text: str) -> set[Gram]:
     return {tuple(words[i : i + n]) for n in GRAM_LENGTHS for i in range(len(words) - n + 1)}
 
 
-def looked_at(samples: Sequence[str]) -> list[str]:
-    """The distinct non-blank samples, at most MAX_SAMPLES of them (a seeded subset, so
-    the same samples always give the same primer)."""
-    unique = list(dict.fromkeys(s for s in samples if s.strip()))
+def pieces(sample: str, most: int) -> list[str]:
+    """`sample` whole when it has at most `most` characters, else its paragraphs (blank-line
+    separated), and a paragraph still over `most` as runs of its lines: a corpus of long
+    records (multi-entry changelogs, chat sessions) offers pieces a small budget can hold."""
+    if len(sample) <= most:
+        return [sample]
+    out: list[str] = []
+    for paragraph in sample.split("\n\n"):
+        if len(paragraph) <= most:
+            out.append(paragraph)
+            continue
+        run: list[str] = []
+        for line in paragraph.split("\n"):
+            if run and len("\n".join([*run, line])) > most:
+                out.append("\n".join(run))
+                run = []
+            run.append(line[:most])
+        out.append("\n".join(run))
+    return out
+
+
+def looked_at(samples: Sequence[str], most: int | None = None) -> list[str]:
+    """The distinct non-blank samples (or their pieces of at most `most` characters), at
+    most MAX_SAMPLES of them (a seeded subset, so the same samples always give the same
+    primer)."""
+    split = (p for s in samples for p in (pieces(s, most) if most else [s]))
+    unique = list(dict.fromkeys(s for s in split if s.strip()))
     if len(unique) > MAX_SAMPLES:
         unique = random.Random(0).sample(unique, MAX_SAMPLES)
     return unique
@@ -48,7 +73,9 @@ async def cover(samples: Sequence[str], budget: int, count_tokens: CountTokens) 
     """Samples in order of pick (greedy) within `budget` tokens: each adds the most weight
     of grams not yet covered per token, a gram weighing log2 of the number of samples it
     occurs in (grams of one sample weigh nothing: they help no other)."""
-    pool = looked_at(samples)
+    # Pieces of at most about the budget (a token is ~4 characters of English): a sample
+    # longer than the whole budget could never be picked.
+    pool = looked_at(samples, budget * CHARS_PER_TOKEN)
     sets = [grams(s) for s in pool]
     df = Counter(g for gs in sets for g in gs)
     weight = {g: math.log2(n) for g, n in df.items() if n > 1}
