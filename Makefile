@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install proto proto-check run test test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-widths bench-streaming bench-dictionaries bench-alice29 roundtrip clean stubs proto-baseline
+.PHONY: help install proto proto-check run test test-pending test-fast lint fmt node fuzz soak bench bench-quick bench-full bench-lossless bench-widths bench-streaming bench-dictionaries bench-alice29 roundtrip clean stubs proto-baseline
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -75,11 +75,14 @@ proto-check: $(STAMP) ## fail when the committed stubs differ from what protos/ 
 run: install ## serve with the embedded model on $(HOST):$(PORT)
 	$(VENV)/bin/llmc serve --host $(HOST) --port $(PORT)
 
-test: install node ## run the whole test suite
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install node ## run the whole test suite (but the pending acceptance tests of open issues)
+	$(PY) -m pytest -m "not pending" $(PYTEST_ARGS)
+
+test-pending: install node ## the acceptance tests of open issues that do not pass yet (see each one's docstring)
+	$(PY) -m pytest -m pending $(PYTEST_ARGS)
 
 test-fast: install node ## tests that neither load the model nor run the load tests
-	$(PY) -m pytest -m "not model and not load" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not model and not load and not pending" $(PYTEST_ARGS)
 
 FUZZ_RUNS ?= 100000
 # The model's decoders cost up to seconds an input: fewer inputs, and atheris by time.
