@@ -23,7 +23,7 @@ from llmcompress_server.core.config import DictionariesConfig
 from llmcompress_server.core.dictionary import Dictionary
 from llmcompress_server.flow.dictionaries import DiskDictionaries, StoredDictionary
 
-from .conftest import CORPUS, StartServer
+from .conftest import CORPUS, RedisServer, StartServer
 
 Stub = pb_grpc.CompressionServiceStub
 ITEMS = CORPUS.parent / "debian-changelogs" / "changelog-items.jsonl"
@@ -398,3 +398,21 @@ async def test_a_primed_lossless_item_of_a_batch_decodes_alone(
         for i, text in enumerate(texts):
             back = await stub.Reconstruct(pb.ReconstructRequest(envelope=answers[str(i)].envelope))
             assert back.text == text
+
+
+async def test_a_dictionary_the_shared_redis_cannot_take_is_unavailable_and_says_so(
+    start_server: StartServer, redis_server: RedisServer, train_texts: list[str]
+) -> None:
+    app = await start_server(cache={"redis_url": redis_server.url})
+    channel, stub = await open_stub(app)
+    async with channel:
+        info = await train(stub, "shared", train_texts[:300])
+        redis_server.kill()
+        err = await status_of(train(stub, "later", train_texts[300:600]))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert "import it again when Redis is back" in (err.details() or "")
+        gone = await status_of(
+            stub.DeleteDictionary(pb.DeleteDictionaryRequest(dictionary=info.id))
+        )
+        assert gone.code() == grpc.StatusCode.UNAVAILABLE
+        assert "was not deleted" in (gone.details() or "")

@@ -77,6 +77,12 @@ class DeadlineExceeded(LLMCompressError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class SharedStoreDown(LLMCompressError):
+    """The Redis that replicas share is unreachable for a write that must reach it."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class BackendError(LLMCompressError):
     code = grpc.StatusCode.UNAVAILABLE
 

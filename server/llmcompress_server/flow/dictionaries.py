@@ -31,7 +31,14 @@ from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..core.config import DictionariesConfig
 from ..core.dictionary import Dictionary, content_id, short_of
-from ..core.errors import DataLoss, InvalidInput, LLMCompressError, NotFound, PreconditionFailed
+from ..core.errors import (
+    DataLoss,
+    InvalidInput,
+    LLMCompressError,
+    NotFound,
+    PreconditionFailed,
+    SharedStoreDown,
+)
 from ..core.events import Events
 
 log = logging.getLogger(__name__)
@@ -515,7 +522,15 @@ class DictionaryStore:
         async with self._lock:
             await asyncio.to_thread(self.disk.save, stored, name)
             if self.redis is not None:
-                await self.redis.save(stored, name)
+                try:
+                    await self.redis.save(stored, name)
+                except Exception as exc:
+                    raise SharedStoreDown(
+                        f"dictionary {stored.hex[:8]} ({name}) is stored on this server, but "
+                        f"the Redis the replicas share ({self.redis.where}) could not take it "
+                        f"({exc}); import it again when Redis is back, or the other replicas "
+                        "will not find it"
+                    ) from None
             self._by_hex.setdefault(stored.hex, stored)
             self._names[name] = _Name(stored.hex, time.monotonic())
 
@@ -524,7 +539,14 @@ class DictionaryStore:
         async with self._lock:
             names = [n for n, p in (await self._all_names()).items() if p == stored.hex]
             if self.redis is not None:
-                await self.redis.forget(stored.hex, names)
+                try:
+                    await self.redis.forget(stored.hex, names)
+                except Exception as exc:  # deleted nowhere rather than on this server alone
+                    raise SharedStoreDown(
+                        f"dictionary {stored.hex[:8]} was not deleted: the Redis the replicas "
+                        f"share ({self.redis.where}) is unreachable ({exc}); try again when it "
+                        "is back"
+                    ) from None
             await asyncio.to_thread(self.disk.forget, stored.hex, names)
             self._by_hex.pop(stored.hex, None)
             for n in names:
