@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -387,8 +387,10 @@ class _WrongTokenLossless(LosslessCodec):
     """Fault injection: the verify decode returns a wrong token sequence, as a
     nondeterministic engine would. No real part here misbehaves on demand."""
 
-    async def decode_tokens(self, body: pb.LosslessBody, original_length: int) -> list[int]:
-        tokens = await super().decode_tokens(body, original_length)
+    async def decode_tokens(
+        self, body: pb.LosslessBody, original_length: int, primer: Sequence[int] = ()
+    ) -> list[int]:
+        tokens = await super().decode_tokens(body, original_length, primer)
         return [tokens[0] + 1, *tokens[1:]]
 
 
