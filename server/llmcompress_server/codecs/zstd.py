@@ -36,12 +36,12 @@ def _params(level: int) -> zstandard.ZstdCompressionParameters:
 
 @functools.lru_cache(maxsize=32)
 def _zstd_dict(zstd: bytes, level: int | None = None) -> zstandard.ZstdCompressionDict:
-    """The trained dictionary, digested once for `level` (compressing) or for decompressing
-    (None): without that, zstd digests its ~110 KB for every frame."""
+    """The trained dictionary, digested once: for `level` when compressing, and (None) for
+    decompressing, where zstandard keeps the digest on the object at its first frame.
+    A new object per frame would digest its ~110 KB every time (18 against 10 µs a frame
+    on the changelog items)."""
     trained = zstandard.ZstdCompressionDict(zstd)
-    if level is None:
-        pass  # decompression digests per frame; zstandard has no precomputed DDict
-    else:
+    if level is not None:
         trained.precompute_compress(compression_params=_params(level))
     return trained
 

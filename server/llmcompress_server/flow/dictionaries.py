@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..core.config import DictionariesConfig
-from ..core.dictionary import Dictionary, content_id, short_of
+from ..core.dictionary import Dictionary, content_id
 from ..core.errors import (
     DataLoss,
     InvalidInput,
@@ -600,7 +600,3 @@ async def read_training(
     if first:
         raise InvalidInput("the TrainDictionary stream was empty: send a name and samples")
     return name, size, samples
-
-
-def short_id_of(hex_id: str) -> int:
-    return short_of(bytes.fromhex(hex_id))
