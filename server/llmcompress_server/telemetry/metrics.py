@@ -38,19 +38,22 @@ The seed's `throughput_per_minute` is `sum(rate(llmc_items_total[1m])) * 60`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import grpc
-from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from llmcompress_proto.v1 import compression_pb2 as pb
 
 from ..core.domain import Mode
-from ..core.errors import InvalidInput
 from ..core.events import CodingJobEnded, ModelCallEnded
 from .cost import Pricing
+from .tally import AttributeKey, HistogramTally, Tally, attribute_key, export_histograms
 
 # Latencies span a 1 ms zstd call to a minutes-long CPU summary.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -122,6 +125,9 @@ PROBED_GAUGES = (
     ),
 )
 
+# The instrumentation scope of every instrument here.
+METER_NAME = "llmcompress_server"
+
 # Distinct dictionaries given their own label value; the rest count as "other" (ids are
 # unbounded, a time series each is not).
 DICTIONARY_LABELS = 32
@@ -137,18 +143,22 @@ class Metrics:
     errors) of every server it is passed to, and the request interceptor's counter."""
 
     def __init__(self, meter_provider: MeterProvider, pricing: Pricing | None = None) -> None:
-        meter = meter_provider.get_meter("llmcompress_server")
+        meter = meter_provider.get_meter(METER_NAME)
         self.pricing = pricing if pricing is not None else Pricing({})
-        self.histograms: dict[str, Histogram] = {
-            name: meter.create_histogram(
-                name, unit=unit, description=text, explicit_bucket_boundaries_advisory=buckets
-            )
+        # Kept here and handed to the readers at collection (`tally.export_histograms`):
+        # an OTel record costs more than a short item's whole path.
+        self.histograms: dict[str, HistogramTally] = {
+            name: HistogramTally(name, unit, text, buckets)
             for buckets, rows in HISTOGRAMS.items()
             for name, unit, text in rows
         }
-        self.counters: dict[str, Counter] = {
-            name: meter.create_counter(name, description=text) for name, text in COUNTERS
-        }
+        self._stage_histogram = self.histograms["llmc_stage_duration"]
+        self._stage_keys: dict[str, AttributeKey] = {}
+        self.counters: dict[str, Tally] = {name: Tally() for name, _ in COUNTERS}
+        for name, text in COUNTERS:
+            meter.create_observable_counter(
+                name, callbacks=[self.counters[name].observe], description=text
+            )
         self._coding_probes: list[CodingProbe] = []
         self._dictionary_labels: set[str] = set()
         for index, (name, description) in enumerate(
@@ -171,6 +181,11 @@ class Metrics:
             meter.create_observable_gauge(
                 name, callbacks=[_observer(self._probes[name], label)], description=description
             )
+
+    def export_histograms(self, readers: Sequence[MetricReader], resource: Resource) -> None:
+        """Hand the histograms to `readers` (those of the MeterProvider this was built with)."""
+        histograms = list(self.histograms.values())
+        export_histograms(readers, lambda: histograms, InstrumentationScope(METER_NAME), resource)
 
     # -- gauges: read from probes at each scrape ------------------------------------------
 
@@ -210,7 +225,10 @@ class Metrics:
     # -- EventSink ------------------------------------------------------------------------
 
     def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
-        self.histograms["llmc_stage_duration"].record(seconds, {"stage": stage})
+        key = self._stage_keys.get(stage)
+        if key is None:  # stage names are the code's own: a few dozen at most
+            key = self._stage_keys[stage] = attribute_key({"stage": stage})
+        self._stage_histogram.record_keyed(seconds, key)
 
     def model_called(self, call: ModelCallEnded) -> None:
         attributes = call.attributes
@@ -289,10 +307,11 @@ class Metrics:
 
 
 def mode_label(mode: pb.Mode.ValueType) -> str:
-    try:
-        return Mode.from_pb(mode).value
-    except InvalidInput:
-        return "unspecified"
+    # A dict, not `Mode.from_pb`: this runs for every item, and the enum's checks cost µs.
+    return _MODE_LABELS.get(mode, "unspecified")
+
+
+_MODE_LABELS: dict[int, str] = {m.to_pb(): m.value for m in Mode}
 
 
 def _watch(probes: list[Probe], probe: Probe) -> Callable[[], None]:

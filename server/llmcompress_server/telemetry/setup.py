@@ -131,14 +131,14 @@ def setup_telemetry(
     if monitoring.enable_prometheus:
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
-    # No exemplars: neither export path sends them, and sampling one costs a histogram
-    # record about as much as the record itself (several per streamed item).
+    # No exemplars: neither export path sends them, and sampling one costs an OTel
+    # record about as much as the record itself.
+    resource = service_resource(env)
     meter_provider = MeterProvider(
-        metric_readers=readers,
-        resource=service_resource(env),
-        exemplar_filter=AlwaysOffExemplarFilter(),
+        metric_readers=readers, resource=resource, exemplar_filter=AlwaysOffExemplarFilter()
     )
     metrics = Metrics(meter_provider, Pricing.from_config(config.cost))
+    metrics.export_histograms(readers, resource)
     # deploy/prometheus/alerts.yml compares quality with this series: the configured bar fires.
     threshold = monitoring.alert_quality_threshold
     meter_provider.get_meter("llmcompress_server").create_observable_gauge(
