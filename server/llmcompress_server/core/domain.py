@@ -42,6 +42,7 @@ _FROM_PB: dict[pb.Mode.ValueType, Mode] = {
     pb.MODE_ZSTD: Mode.ZSTD,
 }
 _TO_PB: dict[Mode, pb.Mode.ValueType] = {v: k for k, v in _FROM_PB.items()}
+_QUALITIES = frozenset(pb.Quality.values())
 
 
 class UndecodableRequest:
@@ -70,7 +71,7 @@ class CompressCommand:
     def from_pb(cls, req: pb.CompressRequest, dictionary: str = "") -> CompressCommand:
         """`dictionary`: the stream's default, for a request that names none."""
         mode = None if req.mode == pb.MODE_UNSPECIFIED else Mode.from_pb(req.mode)
-        if req.quality not in pb.Quality.values():
+        if req.quality not in _QUALITIES:
             raise InvalidInput(
                 f"quality {req.quality} is not a known Quality; use QUALITY_LOW, "
                 "QUALITY_STANDARD, QUALITY_HIGH or QUALITY_UNSPECIFIED"
@@ -118,25 +119,36 @@ class CompressOutcome:
         return self.original_bytes / len(self.envelope) if self.envelope else 0.0
 
     def to_pb(self) -> pb.CompressResponse:
-        stats = pb.Stats(
-            original_bytes=self.original_bytes,
-            compressed_bytes=len(self.envelope),
-            ratio=self.ratio,
-            model=self.model,
-            stages=_timings_pb(self.stages),
-            cache_hit=self.cache_hit,
-            degraded=self.degraded,
-            reason=self.reason,
-            requested_mode=self.requested_mode.to_pb(),
-            mode=self.mode.to_pb(),
-            backend=self.backend,
-            total_seconds=self.total_seconds,
-            piecewise_bytes=self.piecewise_bytes,
-            dictionary=self.dictionary,
-        )
+        # Field by field, and only fields that are set: a Stats built from keywords cost
+        # 9.5 µs against 2.8, most of a short streamed item's conversions.
+        response = pb.CompressResponse(envelope=self.envelope)
+        stats = response.stats
+        stats.original_bytes = self.original_bytes
+        stats.compressed_bytes = len(self.envelope)
+        stats.ratio = self.ratio
+        stats.requested_mode = _TO_PB[self.requested_mode]
+        stats.mode = _TO_PB[self.mode]
+        stats.total_seconds = self.total_seconds
+        add = stats.stages.add
+        for name, seconds in self.stages:
+            add(stage=name, seconds=seconds)
+        if self.model:
+            stats.model = self.model
+        if self.backend:
+            stats.backend = self.backend
+        if self.cache_hit:
+            stats.cache_hit = True
+        if self.degraded:
+            stats.degraded = True
+        if self.reason:
+            stats.reason = self.reason
+        if self.piecewise_bytes:
+            stats.piecewise_bytes = self.piecewise_bytes
+        if self.dictionary:
+            stats.dictionary = self.dictionary
         if self.quality is not None:
             stats.quality.CopyFrom(self.quality)
-        return pb.CompressResponse(envelope=self.envelope, stats=stats)
+        return response
 
 
 @dataclass

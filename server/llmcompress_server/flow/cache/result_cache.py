@@ -56,15 +56,10 @@ class ResultCache:
         self.events.cache_event("hit" if hit else "miss", tier, seconds)
 
     def lookup_memory(self, key: bytes, data: bytes) -> CachedResult | None:
+        """The entry this process stored under `key` (a SHA-256 of the text and how it is
+        coded), already parsed: the checks `unpack` makes are for bytes from Redis."""
         start = time.perf_counter()
-        value = self.memory.get(key)
-        found = None
-        if value is not None:
-            try:
-                found = CachedResult.unpack(key, value, data)
-            except CorruptEntry:  # cannot happen short of a bug; never serve it
-                self.memory.delete(key)
-                self.events.cache_event("corrupt", "memory")
+        found: CachedResult | None = self.memory.get(key)
         self._looked_up(
             self._memory_stats, "memory", found is not None, time.perf_counter() - start
         )
@@ -88,24 +83,22 @@ class ResultCache:
                 self.events.cache_event("corrupt", "redis")
                 await self.redis.delete(key)
             else:
-                self.memory.set(key, value)
+                self.memory.set(key, found, found.stored_bytes)
         seconds = time.perf_counter() - start
         self._looked_up(self._redis_stats, "redis", found is not None, seconds)
         return found
 
-    def store_memory(self, key: bytes, result: CachedResult) -> bytes:
-        """Store in the in-process tier alone; returns the packed entry."""
-        value = result.pack(key)
+    def store_memory(self, key: bytes, result: CachedResult) -> None:
+        """Store in the in-process tier alone."""
         start = time.perf_counter()
-        self.memory.set(key, value)
+        self.memory.set(key, result, result.stored_bytes)
         self.events.cache_event("store", "memory", time.perf_counter() - start)
-        return value
 
     async def store(self, key: bytes, result: CachedResult) -> None:
-        value = self.store_memory(key, result)
+        self.store_memory(key, result)
         if self.redis is not None:
             start = time.perf_counter()
-            await self.redis.set(key, value)
+            await self.redis.set(key, result.pack(key))
             self.events.cache_event("store", "redis", time.perf_counter() - start)
 
     async def resolve(

@@ -26,7 +26,9 @@ class MemoryTier:
     """LRU with a fixed TTL per entry, bounded by entry count and total bytes; O(1) per call.
 
     Bytes matter as well as entries: envelopes range from tens of bytes to
-    megabytes, so 50,000 entries alone could mean 50 MB or 50 GB.
+    megabytes, so 50,000 entries alone could mean 50 MB or 50 GB. It holds any value
+    with its size in bytes; the result cache keeps parsed entries here, so a hit
+    parses nothing (an entry's JSON and envelope parse were most of a short hit's cost).
     """
 
     def __init__(
@@ -42,17 +44,17 @@ class MemoryTier:
         self.max_bytes = max_bytes
         self.ttl = ttl
         self._clock = clock
-        self._items: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[float, Any, int]] = OrderedDict()
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes) -> Any:
         item = self._items.get(key)
         if item is None:
             return None
-        expires, value = item
+        expires, value, _ = item
         if expires <= self._clock():
             self._drop(key)
             self.events.cache_event("expire", "memory", 0.0)
@@ -60,19 +62,21 @@ class MemoryTier:
         self._items.move_to_end(key)
         return value
 
-    def set(self, key: bytes, value: bytes) -> None:
-        if self.max_entries == 0 or len(value) > self.max_bytes:
+    def set(self, key: bytes, value: Any, size: int | None = None) -> None:
+        """Store `value`, counted as `size` bytes (default: its len)."""
+        size = len(value) if size is None else size
+        if self.max_entries == 0 or size > self.max_bytes:
             return
         if key in self._items:
             self._drop(key)
         now = self._clock()
         expires = now + self.ttl if self.ttl > 0 else float("inf")
-        self._items[key] = (expires, value)
-        self.bytes += len(value)
+        self._items[key] = (expires, value, size)
+        self.bytes += size
         self._purge_front(now)
         while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
-            _, (_, dropped) = self._items.popitem(last=False)
-            self.bytes -= len(dropped)
+            _, (_, _, dropped) = self._items.popitem(last=False)
+            self.bytes -= dropped
             self.events.cache_event("evict", "memory", 0.0)
 
     def delete(self, key: bytes) -> None:
@@ -80,8 +84,8 @@ class MemoryTier:
             self._drop(key)
 
     def _drop(self, key: bytes) -> None:
-        _, value = self._items.pop(key)
-        self.bytes -= len(value)
+        _, _, size = self._items.pop(key)
+        self.bytes -= size
 
     def _purge_front(self, now: float, limit: int = 4) -> None:
         # A few expired entries at the LRU end go each insert, so dead entries
@@ -89,7 +93,7 @@ class MemoryTier:
         for _ in range(limit):
             if not self._items:
                 return
-            key, (expires, _) = next(iter(self._items.items()))
+            key, (expires, _, _) = next(iter(self._items.items()))
             if expires > now:
                 return
             self._drop(key)
