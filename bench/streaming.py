@@ -101,7 +101,7 @@ LEAF_PARTS = (
 # service's own Python".
 PARTS = (
     ("spans", r"opentelemetry/(sdk/)?trace|opentelemetry/context|StageClock|use_span"),
-    ("metrics", r"opentelemetry/(sdk/)?metrics|telemetry/metrics\.py"),
+    ("metrics", r"opentelemetry/(sdk/)?metrics|telemetry/(metrics|tally)\.py"),
     ("zstd", r"zstandard|compress_bytes"),
     ("cache", r"/cache/"),
     ("envelope", r"envelope\.py"),
