@@ -155,6 +155,9 @@ class Metrics:
         self._stage_histogram = self.histograms["llmc_stage_duration"]
         self._stage_keys: dict[str, AttributeKey] = {}
         self.counters: dict[str, Tally] = {name: Tally() for name, _ in COUNTERS}
+        self._lookups = self.counters["llmc_cache_lookups"]
+        self._cache_events = self.counters["llmc_cache_events"]
+        self._cache_keys: dict[tuple[str, str], tuple[Tally, AttributeKey]] = {}
         for name, text in COUNTERS:
             meter.create_observable_counter(
                 name, callbacks=[self.counters[name].observe], description=text
@@ -255,10 +258,15 @@ class Metrics:
         )
 
     def cache_event(self, event: str, tier: str, seconds: float = 0.0) -> None:
-        if event in ("hit", "miss"):
-            self.counters["llmc_cache_lookups"].add(1, {"tier": tier, "result": event})
-        else:
-            self.counters["llmc_cache_events"].add(1, {"tier": tier, "event": event})
+        counted = self._cache_keys.get((event, tier))
+        if counted is None:  # a few dozen pairs: the code's own events and tiers
+            if event in ("hit", "miss"):
+                counted = (self._lookups, attribute_key({"tier": tier, "result": event}))
+            else:
+                counted = (self._cache_events, attribute_key({"tier": tier, "event": event}))
+            self._cache_keys[(event, tier)] = counted
+        tally, key = counted
+        tally.add_keyed(1, key)
 
     def backend_error(self, kind: str, endpoint: str) -> None:
         # `endpoint` may be a URL: the label is its host, as a model call's `server.address`.

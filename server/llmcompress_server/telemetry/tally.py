@@ -54,7 +54,10 @@ class Tally:
         self._values: dict[AttributeKey, float] = {}
 
     def add(self, amount: float, attributes: Mapping[str, Any] | None = None) -> None:
-        key = attribute_key(attributes)
+        self.add_keyed(amount, attribute_key(attributes))
+
+    def add_keyed(self, amount: float, key: AttributeKey) -> None:
+        """`add` with the attribute set already a key (`attribute_key`)."""
         with self._lock:
             self._values[key] = self._values.get(key, 0) + amount
 
