@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
@@ -34,6 +34,7 @@ from llmcompress_server.codecs.semantic.summarize import (
     InvalidSummary,
     expand,
     parse_summary,
+    summarize,
     summary_schema,
 )
 from llmcompress_server.core.domain import Mode
@@ -306,6 +307,67 @@ async def test_invalid_summary_without_fallback_is_failed_precondition(
     assert "no valid summary after 2 model calls" in details
     assert "compression.semantic_fallback" in details and "another mode" in details
     assert len(backend.calls) == 2
+
+
+async def test_near_duplicates_of_a_leader_without_a_summary_do_not_ask_again(
+    start_server: StartServer, corpus: list[dict[str, str]]
+) -> None:
+    """Four near-duplicates in one stream: the model gives their group's leader no valid
+    summary, so the members store their text the fallback way without asking it again
+    (on llama-cpp-python's server such a group took 8 calls where 2 tell the same)."""
+    app, backend = await _garbage_server(start_server, group_similar_threshold=0.5)
+    passage_text = passage(corpus, "lcet10-0067")
+    texts = [f"TICKET-{1000 + i}\n{passage_text}" for i in range(4)]
+
+    async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+        for i, text in enumerate(texts):
+            req = pb.CompressRequest(text=text, mode=pb.MODE_SEMANTIC, target_ratio=3)
+            yield pb.BatchCompressRequest(id=str(i), request=req)
+
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = pb_grpc.CompressionServiceStub(channel)
+        answers = {a.id: a for a in [a async for a in stub.BatchCompress(requests())]}
+        backs = {
+            i: await stub.Reconstruct(pb.ReconstructRequest(envelope=a.result.envelope))
+            for i, a in answers.items()
+        }
+    assert len(backend.calls) == 2  # the leader's two tries, and no member's
+    for i, text in enumerate(texts):
+        stats = answers[str(i)].result.stats
+        assert stats.mode == pb.MODE_ZSTD and stats.degraded and stats.group == "0"
+        assert backs[str(i)].exact and backs[str(i)].text == text
+        if i:
+            assert "its near-duplicate '0' got no valid summary" in stats.reason
+
+
+class ScriptedBackend(GarbageBackend):
+    """Answers its calls with `answers` in turn."""
+
+    def __init__(self, answers: list[str]) -> None:
+        super().__init__("")
+        self.answers = answers
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        self.answer = self.answers[len(self.calls) % len(self.answers)]
+        return await super().chat(request)
+
+
+async def test_a_summary_naming_identifiers_the_text_lacks_is_asked_again() -> None:
+    """A small model shown TICKET-1046 writes TICKET-1047 into the summary itself (seen on
+    llama-cpp-python's server): that try counts as failed. When every try invents some,
+    the summary keeps the first one's words without the invented identifiers."""
+    text = "TICKET-1046\nThe Library of Congress opened a digital archive of primary sources."
+    invents = '{"summary": "TICKET-1046: TICKET-1047: TICKET-1052: the archive opened."}'
+    honest = '{"summary": "TICKET-1046: the Library of Congress opened an archive."}'
+    backend = ScriptedBackend([invents, honest])
+    got = await summarize(backend, text, 200, retries=1, temperature=0.3)
+    assert (got.text, got.attempts) == (
+        "TICKET-1046: the Library of Congress opened an archive.",
+        2,
+    )
+    backend = ScriptedBackend([invents])
+    got = await summarize(backend, text, 200, retries=1, temperature=0.3)
+    assert (got.text, got.attempts) == ("TICKET-1046: the archive opened.", 2)
 
 
 # ---- through gRPC -----------------------------------------------------------------

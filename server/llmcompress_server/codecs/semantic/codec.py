@@ -199,6 +199,13 @@ class SemanticCodec:
         if member is not None and not self.extractive:
             with clock.stage("semantic.group", **{"llmc.group": member.group.leader_id}) as span:
                 shared = await self._shared(text, member)
+                if member.group.failure is not None:
+                    # Near-duplicate text, the same model and prompt: 8 calls a group of
+                    # four where 2 tell the same (measured on llama-cpp-python's server).
+                    raise CannotEncode(
+                        f"SEMANTIC failed: its near-duplicate {member.group.leader_id!r} got "
+                        f"no valid summary ({member.group.failure}); not asked again"
+                    )
                 if shared is not None and not self._difference_fits(
                     text, entities, opts, shared[1]
                 ):
@@ -223,6 +230,8 @@ class SemanticCodec:
                         text, entities, opts, clock, tier, adapted
                     )
             except InvalidSummary as exc:
+                if opts.group is not None and opts.group.leader:
+                    opts.group.group.fail(str(exc))
                 raise CannotEncode(f"SEMANTIC failed: {exc}") from exc
             if member is not None:
                 member.shared = adapted is not None

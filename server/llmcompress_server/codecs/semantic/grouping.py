@@ -52,6 +52,9 @@ class Group:
         self.members = 1
         # The texts of the first members to join: what the leader is told apart from.
         self.member_texts: list[str] = []
+        # Why the leader got no valid summary from the model (None: it did, or has not
+        # tried yet): a near-duplicate asking again would fail the same way.
+        self.failure: str | None = None
         loop = asyncio.get_running_loop()
         self._summary: asyncio.Future[SharedSummary | None] = loop.create_future()
         self._rebuilt: asyncio.Future[str | None] = loop.create_future()
@@ -66,6 +69,11 @@ class Group:
         it has none); only the first call counts."""
         if not self._rebuilt.done():
             self._rebuilt.set_result(rebuilt)
+
+    def fail(self, reason: str) -> None:
+        """The model gave the leader no valid summary; members store their text another way."""
+        self.failure = reason
+        self.close()
 
     def close(self) -> None:
         """The leader is done: members still waiting make their own summaries and expansions."""
