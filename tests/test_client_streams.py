@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import grpc
 import pytest
@@ -14,6 +15,8 @@ from llmcompress import AsyncClient, Client, Mode, Progress, RetryPolicy, Unavai
 from llmcompress._stream import PULL, RESEND, StreamDefaults, StreamRun
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.api.server import App
+from llmcompress_server.codecs.semantic.grouping import Membership
+from llmcompress_server.core.domain import CompressCommand
 
 from .conftest import StartServer
 
@@ -25,6 +28,23 @@ def served(app: App) -> int:
     return sum(s.count for s in app.stages.summary() if s.stage == "validate")
 
 
+def busy(app: App, seconds: float = 0.005) -> App:
+    """`app`, answering each BatchCompress item `seconds` late: a busy replica, so a stream
+    to it has items in flight when it stops (an idle one answers each as it arrives, and a
+    stream can be empty at any moment)."""
+    runner = app.batch
+    assert runner is not None
+    runner.compress_now = None  # every item takes the task path, where the delay is
+    inner = runner.compress
+
+    async def delayed(cmd: CompressCommand, *, group: Membership | None = None) -> Any:
+        await asyncio.sleep(seconds)
+        return await inner(cmd, group=group)
+
+    runner.compress = delayed
+    return app
+
+
 def target(apps: list[App]) -> str:
     return "ipv4:" + ",".join(app.address for app in apps)
 
@@ -33,6 +53,7 @@ async def test_async_streams_spread_and_survive_a_stopped_server(
     start_server: StartServer,
 ) -> None:
     apps = [await start_server() for _ in range(3)]
+    busy(apps[1])
     n, seen, answered = 2000, Counter[str](), list[int]()
     last: list[Progress] = []
     at_stop: list[int] = []
@@ -57,6 +78,7 @@ async def test_sync_streams_spread_and_survive_a_stopped_server(
     start_server: StartServer,
 ) -> None:
     apps = [await start_server() for _ in range(3)]
+    busy(apps[2])
     loop = asyncio.get_running_loop()
 
     def run() -> tuple[Counter[str], list[int], Progress]:

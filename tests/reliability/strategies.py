@@ -80,7 +80,7 @@ def _edit_field(
         env.mode = draw(st.integers(-2, 8))  # type: ignore[assignment]
     elif name == "length":
         env.original_length = draw(
-            st.integers(0, max_text + 2) | st.just(env.original_length + 1) | _u64
+            st.integers(0, max_text + 2) | st.just((env.original_length + 1) % 2**64) | _u64
         )
     elif name == "hash":
         env.original_hash = draw(_u64)

@@ -61,6 +61,8 @@ class App:
     engine: EmbeddedEngine | None = None
     # What model-backed codecs call: the engine, or a router over Ollama/OpenAI pools.
     backend: TextBackend | None = None
+    # Runs this server's BatchCompress streams.
+    batch: BatchRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _unregister: list[Callable[[], None]] = field(default_factory=list)
 
@@ -218,7 +220,9 @@ async def create_server(
         port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}: in use, or not an address of this host")
-    app = App(config, server, port, health_servicer, pipeline, stages, usage, engine, backend)
+    app = App(
+        config, server, port, health_servicer, pipeline, stages, usage, engine, backend, batch
+    )
     if telemetry is not None:
         metrics = telemetry.metrics
         app._unregister.append(
