@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -19,23 +18,6 @@ _META_LEN = struct.Struct(">I")
 _KEY_BYTES = 32
 # Magic, key, metadata length and its JSON keys: a packed entry's bytes beside its fields.
 _ENTRY_OVERHEAD = 120
-
-
-@functools.lru_cache(maxsize=256)
-def _meta(
-    backend: str, piecewise_bytes: int, degraded: bool, reason: str, quality: bytes | None
-) -> bytes:
-    """An entry's metadata with its length in front. Cached: a stream of short ZSTD items
-    repeats the same few (a JSON dump is most of a short item's cache store)."""
-    meta = {
-        "backend": backend,
-        "piecewise_bytes": piecewise_bytes,
-        "degraded": degraded,
-        "reason": reason,
-        "quality": None if quality is None else base64.b64encode(quality).decode("ascii"),
-    }
-    raw = json.dumps(meta, separators=(",", ":")).encode("utf-8")
-    return _META_LEN.pack(len(raw)) + raw
 
 
 class CorruptEntry(ValueError):
@@ -65,9 +47,17 @@ class CachedResult:
         return _ENTRY_OVERHEAD + len(self.envelope) + len(self.backend) + len(self.reason) + quality
 
     def pack(self, key: bytes) -> bytes:
-        quality = None if self.quality is None else self.quality.SerializeToString()
-        raw = _meta(self.backend, self.piecewise_bytes, self.degraded, self.reason, quality)
-        return b"".join((_ENTRY_MAGIC, key, raw, self.envelope))
+        meta = {
+            "backend": self.backend,
+            "piecewise_bytes": self.piecewise_bytes,
+            "degraded": self.degraded,
+            "reason": self.reason,
+            "quality": base64.b64encode(self.quality.SerializeToString()).decode("ascii")
+            if self.quality is not None
+            else None,
+        }
+        raw = json.dumps(meta, separators=(",", ":")).encode("utf-8")
+        return b"".join((_ENTRY_MAGIC, key, _META_LEN.pack(len(raw)), raw, self.envelope))
 
     @classmethod
     def unpack(cls, key: bytes, value: bytes, data: bytes) -> CachedResult:
