@@ -1,4 +1,6 @@
-"""The service's OTel instruments; `Metrics` is an event sink and the request interceptor's counter.
+"""The service's metrics, exported through OTel; `Metrics` is an event sink and the request
+interceptor's counter. Counters and histograms are kept in `tally.py` (an OTel SDK record
+costs more than a short streamed item's whole path) and read by OTel at each collection.
 
 Prometheus series (OTel's name mapping adds the unit and `_total` suffixes):
 
@@ -139,7 +141,7 @@ CodingProbe = Callable[[], tuple[int, int, int, float]]
 
 
 class Metrics:
-    """The service's OTel instruments. An `EventSink` (stages, model calls, cache, backend
+    """The service's metrics. An `EventSink` (stages, model calls, cache, backend
     errors) of every server it is passed to, and the request interceptor's counter."""
 
     def __init__(self, meter_provider: MeterProvider, pricing: Pricing | None = None) -> None:
