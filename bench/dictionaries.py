@@ -3,14 +3,18 @@ by document.
 
 For each corpus a dictionary is trained through TrainDictionary on its `train` split,
 then every row codes the same `test` texts (other documents: for the Debian changelogs,
-other source packages). The service rows stream the texts through one BatchCompress call
-to `llmc serve` (a process of its own, default config, LOSSLESS verify on; every text is
+other source packages). The service rows stream the texts through BatchCompress to
+`llmc serve` (a process of its own, default config, LOSSLESS verify on; every text is
 new to its cache) from this process, and give items/s and text B/s at the client and the
-envelope ratio (text bytes / envelope bytes). brotli -11 is the same texts coded in this process,
-raw (no envelope, nothing to reconstruct them with but brotli). LOSSLESS rows code only
-the first test texts up to `--lossless` bytes (the packaged model on this CPU). Any JSONL corpus can
-be measured with `--corpus FILE` (lines with "text", and "split" train/test or else a
-"source" or "id" whose hash splits by document).
+envelope ratio (text bytes / envelope bytes). A row with the dictionary and the row
+without take turns, chunk by chunk (ABBA), so a change in the machine's load falls on
+both. brotli -11 is the same texts coded in this process, raw (no envelope, nothing to
+reconstruct them with but brotli). LOSSLESS rows code only the first test texts up to
+`--lossless` bytes (the packaged model on this CPU). The size sweep trains dictionaries
+of several sizes in this process and codes the test texts with the server's codec and
+envelope, beside zstd's own frames. Any JSONL corpus can be measured with `--corpus
+FILE` (lines with "text", and "split" train/test or else a "source" or "id" whose hash
+splits by document).
 
     python -m bench.dictionaries --out docs/benchmarks/dictionaries
 """
@@ -30,9 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import brotli
+import zstandard
 
 from bench.lossless import ROOT, _commit
 from llmcompress import BatchItem, Client
+from llmcompress_server.codecs.zstd import ZstdCodec
+from llmcompress_server.core.dictionary import Dictionary
+from llmcompress_server.core.envelope import seal
+from llmcompress_server.flow.dictionaries import train_zstd
 
 CHANGELOGS = ROOT / "corpus" / "debian-changelogs"
 # (name, file, smallest and largest text in bytes kept; 0: no bound)
@@ -42,6 +51,12 @@ CORPORA = (
     ("changelog records, 2-4 KB", CHANGELOGS / "changelog-medium.jsonl", 2000, 4000),
 )
 START_WITHIN = 300.0
+# The rows with and without the dictionary alternate over this many chunks of the test
+# texts (ABBA order): ZSTD's, and LOSSLESS's (a few minutes each).
+ZSTD_CHUNKS = 8
+LOSSLESS_CHUNKS = 4
+# Dictionary sizes the in-process sweep trains (bytes).
+SWEEP_SIZES = (65_536, 112_640, 262_144, 524_288, 1_048_576)
 
 
 def split_rows(path: Path, low: int, high: int) -> tuple[list[str], list[str]]:
@@ -127,6 +142,106 @@ def stream(client: Client, texts: list[str], mode: str, dictionary: str | None) 
     }
 
 
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rows of its chunks."""
+    items = sum(p["items"] for p in parts)
+    seconds = sum(p["seconds"] for p in parts)
+    text_bytes = sum(p["text_bytes"] for p in parts)
+    envelope_bytes = sum(p["envelope_bytes"] for p in parts)
+    errors = [e for p in parts for e in p["errors"]]
+    return {
+        "items": items,
+        "seconds": seconds,
+        "items_per_s": items / seconds,
+        "bytes_per_s": text_bytes / seconds,
+        "ratio": text_bytes / max(envelope_bytes, 1),
+        "envelope_bytes": envelope_bytes,
+        "text_bytes": text_bytes,
+        "named_dictionary": sum(p["named_dictionary"] for p in parts),
+        "degraded": sum(p["degraded"] for p in parts),
+        "errors": errors[:5],
+        "error_count": sum(p["error_count"] for p in parts),
+        "chunks": len(parts),
+    }
+
+
+def paired_rows(
+    client: Client, texts: list[str], mode: str, dictionary: str, chunks: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`mode` without and with the dictionary, in turns over `chunks` chunks (ABBA)."""
+    size = -(-len(texts) // chunks)
+    plain: list[dict[str, Any]] = []
+    primed: list[dict[str, Any]] = []
+    for i, start in enumerate(range(0, len(texts), size)):
+        order = [(plain, None), (primed, dictionary)]
+        for parts, name in order if i % 2 == 0 else order[::-1]:
+            parts.append(stream(client, texts[start : start + size], mode, name))
+    return merge(plain), merge(primed)
+
+
+def sweep(train: list[str], test: list[str], sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    """In process, with the server's own trainer, codec and envelope: the envelope ratio of
+    the test texts with a dictionary of each size, against none; and zstd's own frames
+    (as `zstd -19 -D`: magic, dictionary id, no checksum, no envelope) for the same."""
+    samples = [t.encode("utf-8") for t in train]
+    data = [t.encode("utf-8") for t in test]
+    total = sum(len(d) for d in data)
+    codec = ZstdCodec()
+
+    def envelopes(dictionary: Dictionary | None) -> tuple[int, float]:
+        best, size = float("inf"), 0
+        for _ in range(3):
+            start = time.perf_counter()
+            size = sum(
+                len(
+                    seal(
+                        d,
+                        codec.encode_now(d, dictionary).envelope,
+                        dictionary=dictionary.short_id if dictionary else 0,
+                    )
+                )
+                for d in data
+            )
+            best = min(best, time.perf_counter() - start)
+        return size, best / max(len(data), 1) * 1e6
+
+    def raw(trained: bytes | None) -> int:
+        # Each text at the level the codec picks for its size.
+        comps = {
+            level: zstandard.ZstdCompressor(
+                level=level,
+                dict_data=zstandard.ZstdCompressionDict(trained) if trained else None,
+            )
+            for level in (codec.small_level, codec.level)
+        }
+        small, large = comps[codec.small_level], comps[codec.level]
+        return sum(len((small if len(d) <= codec.small_bytes else large).compress(d)) for d in data)
+
+    plain_bytes, plain_us = envelopes(None)
+    plain_raw = raw(None)
+    rows = []
+    for size in sizes:
+        start = time.perf_counter()
+        trained = train_zstd(samples, size)
+        seconds = time.perf_counter() - start
+        env_bytes, us = envelopes(Dictionary(zstd=trained))
+        raw_bytes = raw(trained)
+        rows.append(
+            {
+                "size_bound": size,
+                "zstd_bytes": len(trained),
+                "training_seconds": seconds,
+                "ratio": total / env_bytes,
+                "gain": plain_bytes / env_bytes,
+                "us_per_item": us,
+                "plain_ratio": total / plain_bytes,
+                "plain_us_per_item": plain_us,
+                "raw_gain": plain_raw / raw_bytes,
+            }
+        )
+    return rows
+
+
 def brotli_row(texts: list[str]) -> dict[str, Any]:
     data = [t.encode("utf-8") for t in texts]
     start = time.perf_counter()
@@ -145,15 +260,22 @@ def brotli_row(texts: list[str]) -> dict[str, Any]:
 
 
 def measure_corpus(
-    client: Client, name: str, path: Path, low: int, high: int, lossless: int
+    client: Client,
+    name: str,
+    path: Path,
+    low: int,
+    high: int,
+    lossless: int,
+    sizes: tuple[int, ...] = SWEEP_SIZES,
 ) -> dict[str, Any]:
     train, test = split_rows(path, low, high)
     start = time.perf_counter()
     info = client.train_dictionary(f"bench-{len(train)}", train, timeout=3600)
     trained_in = time.perf_counter() - start
     rows: dict[str, Any] = {}
-    rows["ZSTD"] = stream(client, test, "zstd", None)
-    rows["ZSTD with the dictionary"] = stream(client, test, "zstd", info.id)
+    rows["ZSTD"], rows["ZSTD with the dictionary"] = paired_rows(
+        client, test, "zstd", info.id, ZSTD_CHUNKS
+    )
     rows["brotli -11 (raw, in process)"] = brotli_row(test)
     few: list[str] = []
     for text in test:  # the first test texts up to `lossless` bytes: the model is slow here
@@ -161,8 +283,9 @@ def measure_corpus(
             break
         few.append(text)
     if few:
-        rows["LOSSLESS"] = stream(client, few, "lossless", None)
-        rows["LOSSLESS with the primer"] = stream(client, few, "lossless", info.id)
+        rows["LOSSLESS"], rows["LOSSLESS with the primer"] = paired_rows(
+            client, few, "lossless", info.id, LOSSLESS_CHUNKS
+        )
     return {
         "name": name,
         "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
@@ -180,11 +303,14 @@ def measure_corpus(
             "train_call_seconds": trained_in,
         },
         "rows": rows,
+        "sizes": sweep(train, test, sizes),
     }
 
 
 def measure(
-    corpora: list[tuple[str, Path, int, int]] | None = None, lossless: int = 12_000
+    corpora: list[tuple[str, Path, int, int]] | None = None,
+    lossless: int = 12_000,
+    sizes: tuple[int, ...] = SWEEP_SIZES,
 ) -> dict[str, Any]:
     corpora = list(CORPORA) if corpora is None else corpora
     load0 = os.getloadavg()
@@ -196,7 +322,7 @@ def measure(
                     # The model loads on the first LOSSLESS item: not in any row's time.
                     client.compress("warm up the model " * 4, "lossless")
                 results = [
-                    measure_corpus(client, name, path, low, high, lossless)
+                    measure_corpus(client, name, path, low, high, lossless, sizes)
                     for name, path, low, high in corpora
                 ]
         finally:
@@ -208,6 +334,7 @@ def measure(
         "loadavg_start": list(load0),
         "loadavg_end": list(os.getloadavg()),
         "lossless_bytes": lossless,
+        "sizes": list(sizes),
         "corpora": results,
     }
 
@@ -247,6 +374,24 @@ def table(result: dict[str, Any]) -> str:
                 f"{r['items_per_s']:,.1f} | {r['bytes_per_s'] / 1024:,.1f} | {versus} |"
             )
         out.append("")
+        if c.get("sizes"):
+            s0 = c["sizes"][0]
+            out += [
+                f"Dictionary size, in process (the server's trainer, codec and envelope; "
+                f"ZSTD alone: ratio {s0['plain_ratio']:.3f}, {s0['plain_us_per_item']:.1f} "
+                "µs a text):",
+                "",
+                "| size bound | dictionary B | trained in | ratio | vs ZSTD | µs a text "
+                "| zstd's own frames, vs zstd |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for s in c["sizes"]:
+                out.append(
+                    f"| {s['size_bound']:,} | {s['zstd_bytes']:,} | "
+                    f"{s['training_seconds']:.2f} s | {s['ratio']:.3f} | {s['gain']:.3f}x | "
+                    f"{s['us_per_item']:.1f} | {s['raw_gain']:.3f}x |"
+                )
+            out.append("")
     return "\n".join(out)
 
 
@@ -260,10 +405,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="BYTES",
         help="LOSSLESS rows code the first test texts up to this many bytes (0: none)",
     )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=list(SWEEP_SIZES),
+        metavar="BYTES",
+        help="dictionary sizes the in-process sweep trains (none: no sweep)",
+    )
     parser.add_argument("--out", type=Path, help="write dictionaries.{md,json} here")
     args = parser.parse_args(argv)
     corpora = [(p.name, p.resolve(), 0, 0) for p in args.corpus] if args.corpus else list(CORPORA)
-    result = measure(corpora, args.lossless)
+    result = measure(corpora, args.lossless, tuple(args.sizes))
     command = "python -m bench.dictionaries" + "".join(f" --corpus {p}" for p in args.corpus or [])
     text = "\n".join(
         [
