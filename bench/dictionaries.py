@@ -1,20 +1,20 @@
 """Corpus dictionaries: each exact mode with and without one, on corpora of one kind, split
 by document.
 
-For each corpus a dictionary is trained through TrainDictionary on its `train` split,
-then every row codes the same `test` texts (other documents: for the Debian changelogs,
-other source packages). The service rows stream the texts through BatchCompress to
-`llmc serve` (a process of its own, default config, LOSSLESS verify on; every text is
-new to its cache) from this process, and give items/s and text B/s at the client and the
-envelope ratio (text bytes / envelope bytes). A row with the dictionary and the row
-without take turns, chunk by chunk (ABBA), so a change in the machine's load falls on
-both. brotli -11 is the same texts coded in this process, raw (no envelope, nothing to
-reconstruct them with but brotli). LOSSLESS rows code only the first test texts up to
-`--lossless` bytes (the packaged model on this CPU). The size sweep trains dictionaries
-of several sizes in this process and codes the test texts with the server's codec and
-envelope, beside zstd's own frames. Any JSONL corpus can be measured with `--corpus
-FILE` (lines with "text", and "split" train/test or else a "source" or "id" whose hash
-splits by document).
+For each corpus a dictionary is trained through TrainDictionary on its `train` split
+(texts of every size), then every row codes the same `test` texts of the row's sizes
+(other documents: for the Debian changelogs, other source packages). The service rows
+stream the texts through BatchCompress to `llmc serve` (a process of its own, default
+config, LOSSLESS verify on; every text is new to its cache) from this process, and give
+items/s and text B/s at the client and the envelope ratio (text bytes / envelope bytes).
+A row with the dictionary and the row without take turns, chunk by chunk (ABBA), so a
+change in the machine's load falls on both. brotli -11 is the same texts coded in this
+process, raw (no envelope, nothing to reconstruct them with but brotli). LOSSLESS rows
+code only the first test texts up to `--lossless` bytes (the packaged model on this
+CPU). The size sweep trains dictionaries of several sizes in this process and codes the
+test texts with the server's codec and envelope, beside zstd's own frames. Any JSONL
+corpus can be measured with `--corpus FILE` (lines with "text", and "split" train/test
+or else a "source" or "id" whose hash splits by document).
 
     python -m bench.dictionaries --out docs/benchmarks/dictionaries
 """
@@ -60,7 +60,9 @@ SWEEP_SIZES = (65_536, 112_640, 262_144, 524_288, 1_048_576)
 
 
 def split_rows(path: Path, low: int, high: int) -> tuple[list[str], list[str]]:
-    """(train, test) texts: by the row's "split", else by a hash of its document."""
+    """(train, test) texts: by the row's "split", else by a hash of its document. The
+    bounds pick the test texts; training takes every size, as a user would train on a
+    sample of the whole corpus."""
     train: list[str] = []
     test: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -68,14 +70,17 @@ def split_rows(path: Path, low: int, high: int) -> tuple[list[str], list[str]]:
             continue
         row = json.loads(line)
         text = row["text"]
-        size = len(text.encode("utf-8"))
-        if (low and size < low) or (high and size > high):
-            continue
         split = row.get("split")
         if split is None:
             doc = str(row.get("source", row.get("id", text)))
             split = "test" if hashlib.sha256(doc.encode()).digest()[0] < 77 else "train"
-        (test if split == "test" else train).append(text)
+        if split != "test":
+            train.append(text)
+            continue
+        size = len(text.encode("utf-8"))
+        if (low and size < low) or (high and size > high):
+            continue
+        test.append(text)
     return train, test
 
 

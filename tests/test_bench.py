@@ -205,7 +205,7 @@ def test_the_dictionaries_bench_measures_each_row_on_held_out_documents(tmp_path
     small.write_text("\n".join(lines[:400] + lines[-200:]) + "\n", encoding="utf-8")
     train, test = split_rows(small, 0, 0)
     assert train and test and not set(train) & set(test)
-    result = measure([("small", small, 0, 0)], lossless=0)
+    result = measure([("small", small, 0, 0)], lossless=0, sizes=(4096, 16384))
     (corpus,) = result["corpora"]
     rows = corpus["rows"]
     assert set(rows) == {"ZSTD", "ZSTD with the dictionary", "brotli -11 (raw, in process)"}
@@ -214,3 +214,11 @@ def test_the_dictionaries_bench_measures_each_row_on_held_out_documents(tmp_path
     assert rows["ZSTD"]["error_count"] == rows["ZSTD with the dictionary"]["error_count"] == 0
     assert rows["ZSTD with the dictionary"]["named_dictionary"] == len(test)
     assert rows["ZSTD with the dictionary"]["ratio"] > rows["ZSTD"]["ratio"]
+    # The rows with and without the dictionary took turns over chunks of the test texts.
+    assert rows["ZSTD"]["chunks"] == rows["ZSTD with the dictionary"]["chunks"] > 1
+    # The in-process size sweep: one row per size, each coding every test text smaller
+    # than plain ZSTD, zstd's own frames too.
+    sweep = corpus["sizes"]
+    assert [s["size_bound"] for s in sweep] == [4096, 16384]
+    assert all(s["gain"] > 1 and s["raw_gain"] > 1 for s in sweep)
+    assert all(s["zstd_bytes"] <= s["size_bound"] for s in sweep)
