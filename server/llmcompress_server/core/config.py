@@ -346,10 +346,10 @@ class DictionariesConfig(_Section):
     # set they are also kept in that Redis, so replicas share them.
     path: Path | None = None
     # The trained zstd dictionary's size bound. On the three changelog corpora, coded on
-    # packages not trained on, 256 KiB gave 1.7%, 3.4% and 3.0% more than zstd's own
-    # default (110 KiB) at up to 10 µs more a text; 512 KiB -0.7% to +2.2% more again
-    # (`python -m bench.dictionaries`, its size sweep). A trainer given fewer sample bytes
-    # makes a smaller one.
+    # packages not trained on, 256 KiB gave ratios 4.3%, 3.4% and 3.0% higher than
+    # zstd's own default (110 KiB) at up to 12 µs more a text; 512 KiB 1.0-2.2% more again
+    # at up to 18 µs more (docs/benchmarks/dictionaries, its size sweep). Fewer sample
+    # bytes than the bound give a smaller dictionary.
     zstd_bytes: int = Field(262_144, ge=1024, le=4 * 1024 * 1024)
     # Training refuses fewer samples (zstd's trainer needs several; a useful one, hundreds).
     min_samples: int = Field(16, ge=8)
