@@ -175,19 +175,20 @@ def paired_rows(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """`mode` without and with the dictionary, in turns over `chunks` chunks (ABBA)."""
     size = -(-len(texts) // chunks)
-    plain: list[dict[str, Any]] = []
-    primed: list[dict[str, Any]] = []
+    without: list[dict[str, Any]] = []
+    with_it: list[dict[str, Any]] = []
     for i, start in enumerate(range(0, len(texts), size)):
-        order = [(plain, None), (primed, dictionary)]
+        order = [(without, None), (with_it, dictionary)]
         for parts, name in order if i % 2 == 0 else order[::-1]:
             parts.append(stream(client, texts[start : start + size], mode, name))
-    return merge(plain), merge(primed)
+    return merge(without), merge(with_it)
 
 
 def sweep(train: list[str], test: list[str], sizes: tuple[int, ...]) -> list[dict[str, Any]]:
     """In process, with the server's own trainer, codec and envelope: the envelope ratio of
     the test texts with a dictionary of each size, against none; and zstd's own frames
-    (as `zstd -19 -D`: magic, dictionary id, no checksum, no envelope) for the same."""
+    for the same (as `zstd -D` writes them at the codec's level for each text's size:
+    magic, dictionary id, no checksum, no envelope)."""
     samples = [t.encode("utf-8") for t in train]
     data = [t.encode("utf-8") for t in test]
     total = sum(len(d) for d in data)
