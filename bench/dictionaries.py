@@ -424,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     corpora = [(p.name, p.resolve(), 0, 0) for p in args.corpus] if args.corpus else list(CORPORA)
     result = measure(corpora, args.lossless, tuple(args.sizes))
     command = "python -m bench.dictionaries" + "".join(f" --corpus {p}" for p in args.corpus or [])
+    if tuple(args.sizes) != SWEEP_SIZES:
+        command += " --sizes" + "".join(f" {size}" for size in args.sizes)
     text = "\n".join(
         [
             "# Corpus dictionaries",
