@@ -160,7 +160,7 @@ bench-streaming: install ## ZSTD BatchCompress of short and medium records, 1 an
 	$(PY) -m bench.streaming --out $(OUT) $(BENCH_ARGS)
 
 ALICE29 ?= corpus/alice29.txt
-bench-dictionaries: install ## each exact mode with and without a corpus dictionary on the changelog corpora, split by package (about 15 min); docs/benchmarks/dictionaries
+bench-dictionaries: install ## each exact mode with and without a corpus dictionary on the changelog corpora, split by package (about 25 min); docs/benchmarks/dictionaries
 	$(PY) -m bench.dictionaries --out $(OUT) $(BENCH_ARGS)
 
 bench-alice29: install ## the whole alice29.txt as one LOSSLESS text: bits per byte and the share coded piecewise; docs/benchmarks/alice29

@@ -315,7 +315,7 @@ def measure_corpus(
 
 def measure(
     corpora: list[tuple[str, Path, int, int]] | None = None,
-    lossless: int = 12_000,
+    lossless: int = 30_000,
     sizes: tuple[int, ...] = SWEEP_SIZES,
 ) -> dict[str, Any]:
     corpora = list(CORPORA) if corpora is None else corpora
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lossless",
         type=int,
-        default=12_000,
+        default=30_000,
         metavar="BYTES",
         help="LOSSLESS rows code the first test texts up to this many bytes (0: none)",
     )
