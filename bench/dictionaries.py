@@ -8,13 +8,15 @@ stream the texts through BatchCompress to `llmc serve` (a process of its own, de
 config, LOSSLESS verify on; every text is new to its cache) from this process, and give
 items/s and text B/s at the client and the envelope ratio (text bytes / envelope bytes).
 A row with the dictionary and the row without take turns, chunk by chunk (ABBA), so a
-change in the machine's load falls on both. brotli -11 is the same texts coded in this
-process, raw (no envelope, nothing to reconstruct them with but brotli). LOSSLESS rows
-code only the first test texts up to `--lossless` bytes (the packaged model on this
-CPU). The size sweep trains dictionaries of several sizes in this process and codes the
-test texts with the server's codec and envelope, beside zstd's own frames. Any JSONL
-corpus can be measured with `--corpus FILE` (lines with "text", and "split" train/test
-or else a "source" or "id" whose hash splits by document).
+change in the machine's load falls on both; ZSTD rows code the test texts five times
+(after the first, each text ends in " (n)", so it is new to the cache again) and give
+ratios from the first. brotli -11 is the same texts coded in this process, raw (no
+envelope, nothing to reconstruct them with but brotli). LOSSLESS rows code only the
+first test texts up to `--lossless` bytes (the packaged model on this CPU). The size
+sweep trains dictionaries of several sizes in this process and codes the test texts with
+the server's codec and envelope, beside zstd's own frames. Any JSONL corpus can be
+measured with `--corpus FILE` (lines with "text", and "split" train/test or else a
+"source" or "id" whose hash splits by document).
 
     python -m bench.dictionaries --out docs/benchmarks/dictionaries
 """
@@ -55,6 +57,9 @@ START_WITHIN = 300.0
 # texts (ABBA order): ZSTD's, and LOSSLESS's (a few minutes each).
 ZSTD_CHUNKS = 8
 LOSSLESS_CHUNKS = 4
+# ZSTD rows code the test texts this many times (sizes from the first): one pass of short
+# records takes under a second, too little to tell two rows' speeds apart.
+ZSTD_ROUNDS = 5
 # Dictionary sizes the in-process sweep trains (bytes).
 SWEEP_SIZES = (65_536, 112_640, 262_144, 524_288, 1_048_576)
 
@@ -147,41 +152,49 @@ def stream(client: Client, texts: list[str], mode: str, dictionary: str | None) 
     }
 
 
-def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row from the rows of its chunks."""
+def merge(parts: list[dict[str, Any]], measured: int) -> dict[str, Any]:
+    """One row from the rows of its chunks: sizes from the first `measured` (the test texts
+    themselves), speed from them all."""
+    first = parts[:measured]
     items = sum(p["items"] for p in parts)
     seconds = sum(p["seconds"] for p in parts)
-    text_bytes = sum(p["text_bytes"] for p in parts)
-    envelope_bytes = sum(p["envelope_bytes"] for p in parts)
+    text_bytes = sum(p["text_bytes"] for p in first)
+    envelope_bytes = sum(p["envelope_bytes"] for p in first)
     errors = [e for p in parts for e in p["errors"]]
     return {
-        "items": items,
+        "items": sum(p["items"] for p in first),
+        "coded": items,
         "seconds": seconds,
         "items_per_s": items / seconds,
-        "bytes_per_s": text_bytes / seconds,
+        "bytes_per_s": sum(p["text_bytes"] for p in parts) / seconds,
         "ratio": text_bytes / max(envelope_bytes, 1),
         "envelope_bytes": envelope_bytes,
         "text_bytes": text_bytes,
-        "named_dictionary": sum(p["named_dictionary"] for p in parts),
+        "named_dictionary": sum(p["named_dictionary"] for p in first),
         "degraded": sum(p["degraded"] for p in parts),
         "errors": errors[:5],
         "error_count": sum(p["error_count"] for p in parts),
-        "chunks": len(parts),
+        "chunks": measured,
+        "rounds": len(parts) // max(measured, 1),
     }
 
 
 def paired_rows(
-    client: Client, texts: list[str], mode: str, dictionary: str, chunks: int
+    client: Client, texts: list[str], mode: str, dictionary: str, chunks: int, rounds: int = 1
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`mode` without and with the dictionary, in turns over `chunks` chunks (ABBA)."""
+    """`mode` without and with the dictionary, in turns over `chunks` chunks (ABBA), `rounds`
+    times: after the first, each text ends in " (n)", so it is new to the cache again."""
     size = -(-len(texts) // chunks)
+    starts = range(0, len(texts), size)
     without: list[dict[str, Any]] = []
     with_it: list[dict[str, Any]] = []
-    for i, start in enumerate(range(0, len(texts), size)):
-        order = [(without, None), (with_it, dictionary)]
-        for parts, name in order if i % 2 == 0 else order[::-1]:
-            parts.append(stream(client, texts[start : start + size], mode, name))
-    return merge(without), merge(with_it)
+    for n in range(rounds):
+        batch = texts if n == 0 else [f"{text} ({n})" for text in texts]
+        for i, start in enumerate(starts):
+            order = [(without, None), (with_it, dictionary)]
+            for parts, name in order if (i + n) % 2 == 0 else order[::-1]:
+                parts.append(stream(client, batch[start : start + size], mode, name))
+    return merge(without, len(starts)), merge(with_it, len(starts))
 
 
 def sweep(train: list[str], test: list[str], sizes: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -280,7 +293,7 @@ def measure_corpus(
     trained_in = time.perf_counter() - start
     rows: dict[str, Any] = {}
     rows["ZSTD"], rows["ZSTD with the dictionary"] = paired_rows(
-        client, test, "zstd", info.id, ZSTD_CHUNKS
+        client, test, "zstd", info.id, ZSTD_CHUNKS, ZSTD_ROUNDS
     )
     rows["brotli -11 (raw, in process)"] = brotli_row(test)
     few: list[str] = []

@@ -197,7 +197,7 @@ async def test_bench_against_a_server_with_token_auth(
 def test_the_dictionaries_bench_measures_each_row_on_held_out_documents(tmp_path: Path) -> None:
     """bench.dictionaries on a small corpus of one kind, ZSTD rows only (no model): the
     dictionary is trained on one split and every row codes the other, all answered."""
-    from bench.dictionaries import measure, split_rows
+    from bench.dictionaries import ZSTD_ROUNDS, measure, split_rows
 
     source = CORPUS.parent / "debian-changelogs" / "changelog-items.jsonl"
     lines = source.read_text(encoding="utf-8").splitlines()
@@ -214,8 +214,11 @@ def test_the_dictionaries_bench_measures_each_row_on_held_out_documents(tmp_path
     assert rows["ZSTD"]["error_count"] == rows["ZSTD with the dictionary"]["error_count"] == 0
     assert rows["ZSTD with the dictionary"]["named_dictionary"] == len(test)
     assert rows["ZSTD with the dictionary"]["ratio"] > rows["ZSTD"]["ratio"]
-    # The rows with and without the dictionary took turns over chunks of the test texts.
+    # The rows with and without the dictionary took turns over chunks of the test texts,
+    # ZSTD_ROUNDS times (sizes from the first round).
     assert rows["ZSTD"]["chunks"] == rows["ZSTD with the dictionary"]["chunks"] > 1
+    assert rows["ZSTD"]["rounds"] == rows["ZSTD with the dictionary"]["rounds"] == ZSTD_ROUNDS
+    assert rows["ZSTD"]["coded"] == ZSTD_ROUNDS * len(test)
     # The in-process size sweep: one row per size, each coding every test text smaller
     # than plain ZSTD, zstd's own frames too.
     sweep = corpus["sizes"]
