@@ -127,7 +127,7 @@ def stream(client: Client, texts: list[str], mode: str, dictionary: str | None) 
     start = time.perf_counter()
     envelopes: dict[str, int] = {}
     errors: list[str] = []
-    named = degraded = 0
+    named = degraded = hits = 0
     for answer in client.compress_stream(items, timeout=3600):
         if answer.result is None:
             errors.append(f"{answer.id}: {answer.error}")
@@ -135,6 +135,7 @@ def stream(client: Client, texts: list[str], mode: str, dictionary: str | None) 
         envelopes[answer.id] = len(answer.result.envelope)
         named += bool(answer.result.stats.dictionary)
         degraded += answer.result.stats.degraded
+        hits += answer.result.stats.cache_hit
     seconds = time.perf_counter() - start
     text_bytes = sum(len(t.encode("utf-8")) for t in texts)
     return {
@@ -146,6 +147,7 @@ def stream(client: Client, texts: list[str], mode: str, dictionary: str | None) 
         "envelope_bytes": sum(envelopes.values()),
         "text_bytes": text_bytes,
         "named_dictionary": named,
+        "cache_hits": hits,
         "degraded": degraded,
         "errors": errors[:5],
         "error_count": len(errors),
@@ -171,6 +173,7 @@ def merge(parts: list[dict[str, Any]], measured: int) -> dict[str, Any]:
         "envelope_bytes": envelope_bytes,
         "text_bytes": text_bytes,
         "named_dictionary": sum(p["named_dictionary"] for p in first),
+        "cache_hits": sum(p["cache_hits"] for p in parts),
         "degraded": sum(p["degraded"] for p in parts),
         "errors": errors[:5],
         "error_count": sum(p["error_count"] for p in parts),
@@ -208,10 +211,10 @@ def sweep(train: list[str], test: list[str], sizes: tuple[int, ...]) -> list[dic
     codec = ZstdCodec()
 
     def envelopes(dictionary: Dictionary | None) -> tuple[int, float]:
-        best, size = float("inf"), 0
+        best, coded = float("inf"), 0
         for _ in range(3):
             start = time.perf_counter()
-            size = sum(
+            coded = sum(
                 len(
                     seal(
                         d,
@@ -222,7 +225,7 @@ def sweep(train: list[str], test: list[str], sizes: tuple[int, ...]) -> list[dic
                 for d in data
             )
             best = min(best, time.perf_counter() - start)
-        return size, best / max(len(data), 1) * 1e6
+        return coded, best / max(len(data), 1) * 1e6
 
     def raw(trained: bytes | None) -> int:
         # Each text at the level the codec picks for its size.
