@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.api.server import App
-from llmcompress_server.core.envelope import FORMAT_VERSION
+from llmcompress_server.core.envelope import FORMAT_VERSION, seal_zstd
 
 from .conftest import StartServer, format1_zstd_envelope, load_corpus, slow_text
 
@@ -73,6 +73,16 @@ async def test_compact_envelope_of_a_short_record(stub: Stub) -> None:
     # The magic number out, the checksum in: the frame is plain zstd -19's size.
     assert len(frame) == len(plain)
     assert len(format1_zstd_envelope(data)) == len(plain) + 24  # format 1's header
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 127, 128, 300, 16_383, 16_384, 70_000])
+@pytest.mark.parametrize("dictionary", [0, 1, 0xDEADBEEF])
+def test_compact_envelope_is_written_as_protobuf_writes_it(size: int, dictionary: int) -> None:
+    # seal_zstd writes the wire format by hand: the same bytes as the message, for frames
+    # whose lengths take one, two and three varint bytes, with and without a dictionary.
+    frame = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    message = pb.Envelope(version=4, dictionary=dictionary, zstd=pb.ZstdBody(frame=frame))
+    assert seal_zstd(frame, dictionary) == message.SerializeToString(deterministic=True)
 
 
 async def test_envelopes_of_earlier_formats_still_read(stub: Stub) -> None:

@@ -10,8 +10,16 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from llmcompress_server.telemetry.metrics import LATENCY_BUCKETS
-from llmcompress_server.telemetry.tally import HistogramTally, Tally, export_histograms
+from llmcompress.v1 import compression_pb2 as pb
+from llmcompress_server.telemetry.metrics import LATENCY_BUCKETS, Metrics
+from llmcompress_server.telemetry.tally import (
+    HistogramTally,
+    Tally,
+    attribute_key,
+    export_histograms,
+)
+
+from .conftest import metric_values
 
 # On and around the bucket bounds (a value equal to a bound belongs to that bucket).
 VALUES = [0.0, 0.0005, 0.001, 0.0010001, 0.003, 0.5, 0.5, 2.0, 299.0, 300.0, 1e4]
@@ -44,7 +52,13 @@ def test_a_histogram_tally_exports_what_an_otel_histogram_would() -> None:
     )
     for i, value in enumerate(VALUES):
         theirs.record(value, LABELS[i % 2])
+    # Half one by one, half at once (as a streamed item's stages are): the same points.
+    half = len(VALUES) // 2
+    for i, value in enumerate(VALUES[:half]):
         ours.record(value, LABELS[i % 2])
+    ours.record_many(
+        (value, attribute_key(LABELS[i % 2])) for i, value in enumerate(VALUES) if i >= half
+    )
 
     expected, got = _points(theirs_reader, "latency"), _points(ours_reader, "latency")
     assert got.keys() == expected.keys() and len(got) == 2
@@ -91,3 +105,22 @@ def test_a_tally_counts_every_add_from_many_threads() -> None:
         "BatchCompress": 20000,
         "Compress": 3,
     }
+
+
+def test_items_are_counted_by_mode_and_by_the_dictionary_they_used() -> None:
+    # `Metrics.compressed` keeps each item's attribute keys: the counts and labels must be
+    # what they were when every item built its own.
+    reader = InMemoryMetricReader()
+    metrics = Metrics(MeterProvider(metric_readers=[reader]))
+    plain = pb.Stats(mode=pb.MODE_ZSTD, ratio=1.1, total_seconds=0.001)
+    named = pb.Stats(mode=pb.MODE_ZSTD, ratio=2.0, total_seconds=0.001, dictionary="0a1b2c3d")
+    degraded = pb.Stats(mode=pb.MODE_ZSTD, degraded=True, model="m", backend="ollama")
+    for stats in (plain, named, named, degraded, plain):
+        metrics.compressed("BatchCompress", stats)
+    items = metric_values(reader, "llmc_items")
+    assert items == {
+        (("mode", "zstd"), ("outcome", "ok"), ("rpc", "BatchCompress")): 4,
+        (("mode", "zstd"), ("outcome", "degraded"), ("rpc", "BatchCompress")): 1,
+    }
+    used = metric_values(reader, "llmc_dictionary_items")
+    assert used == {(("dictionary", "0a1b2c3d"), ("mode", "zstd")): 2}

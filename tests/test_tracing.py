@@ -24,7 +24,7 @@ from llmcompress.v1 import compression_pb2 as pb
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.api.server import App, create_server
 from llmcompress_server.core.config import Config
-from llmcompress_server.core.events import Events
+from llmcompress_server.core.events import Events, NullSink
 from llmcompress_server.telemetry import Telemetry, configure_logging, setup_telemetry, stages
 from llmcompress_server.telemetry.bottleneck import StageWindow
 from tests.conftest import make_config
@@ -313,6 +313,31 @@ def test_slowest_stage_is_the_leaf_not_its_parent() -> None:
     # loaded machine ten times the old 10 ms), so the child is named.
     assert summaries["lossless.encode"].self_p95 < 0.1
     assert StageWindow.slowest(list(summaries.values())) == "llm.call"
+
+
+def test_stages_reported_at_once_reach_every_sink_as_stages() -> None:
+    # compress_now reports an item's stages in one call: the window, and a sink that only
+    # overrides `stage_finished`, see each stage.
+    class Plain(NullSink):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, float, float]] = []
+
+        def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
+            self.seen.append((stage, seconds, self_seconds))
+
+    window, plain = StageWindow(), Plain()
+    events = Events([window, plain])
+    events.stages_finished([("validate", 0.001), ("zstd.encode", 0.002)])
+    stages.StageClock(events).add("zstd.encode", 0.004)
+    assert plain.seen == [
+        ("validate", 0.001, 0.001),
+        ("zstd.encode", 0.002, 0.002),
+        ("zstd.encode", 0.004, 0.004),
+    ]
+    summaries = {s.stage: s for s in window.summary()}
+    assert summaries["validate"].count == 1
+    assert summaries["zstd.encode"].count == 2
+    assert summaries["zstd.encode"].total == pytest.approx(0.006)
 
 
 async def test_llm_call_span_and_genai_metrics(traced: Traced) -> None:

@@ -95,13 +95,18 @@ class Codec(Protocol):
     ) -> Decoded: ...
 
 
-# Texts up to this size may be coded by `InlineCodec.encode_now` in the caller's thread:
+# Texts up to this size may be coded by `InlineCodec.frame_now` in the caller's thread:
 # microseconds of work, less than a hop to a worker thread or a task.
 INLINE_BYTES = 32 * 1024
 
 
 @runtime_checkable
 class InlineCodec(Protocol):
-    """A codec cheap enough to answer a short text at once, with no await (ZSTD)."""
+    """A codec cheap enough to answer a short text at once, with no await (ZSTD): the
+    compact ZSTD envelope's frame, and the dictionary it used (`envelope.seal_zstd`).
+    The frame depends on the text and the dictionary alone, never on other options, so
+    its cache key's recipe is one per dictionary."""
 
-    def encode_now(self, data: bytes, dictionary: Dictionary | None = None) -> Encoded: ...
+    def frame_now(
+        self, data: bytes, dictionary: Dictionary | None = None
+    ) -> tuple[bytes, Dictionary | None]: ...

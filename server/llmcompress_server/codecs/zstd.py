@@ -115,13 +115,19 @@ class ZstdCodec:
                 f"the zstd frame in the envelope is corrupt ({exc}); restore it from a good copy"
             ) from None
 
+    def frame_now(
+        self, data: bytes, dictionary: Dictionary | None = None
+    ) -> tuple[bytes, Dictionary | None]:
+        """The frame for `data`, in this thread (cheap below INLINE_BYTES), and the corpus
+        dictionary it was coded with (None when `dictionary` has no zstd part)."""
+        used = dictionary if dictionary is not None and dictionary.zstd else None
+        return self.compress_bytes(data, used), used
+
     def encode_now(self, data: bytes, dictionary: Dictionary | None = None) -> Encoded:
         """The envelope body for `data`, in this thread (cheap below INLINE_BYTES)."""
-        used = dictionary if dictionary is not None and dictionary.zstd else None
+        frame, used = self.frame_now(data, dictionary)
         return Encoded(
-            envelope=pb.Envelope(
-                mode=pb.MODE_ZSTD, zstd=pb.ZstdBody(frame=self.compress_bytes(data, used))
-            ),
+            envelope=pb.Envelope(mode=pb.MODE_ZSTD, zstd=pb.ZstdBody(frame=frame)),
             dictionary=used,
         )
 

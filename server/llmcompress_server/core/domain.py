@@ -53,9 +53,12 @@ class UndecodableRequest:
         self.error = error
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CompressCommand:
-    """A Compress request (or batch item), validated; None fields take the server's defaults."""
+    """A Compress request (or batch item), validated; None fields take the server's defaults.
+
+    Not frozen, though nothing changes one: a frozen dataclass's `__init__` costs 0.75 µs
+    more, and every streamed item makes one."""
 
     text: str
     mode: Mode | None = None  # None: the server's default
@@ -119,9 +122,16 @@ class CompressOutcome:
         return self.original_bytes / len(self.envelope) if self.envelope else 0.0
 
     def to_pb(self) -> pb.CompressResponse:
+        response = pb.CompressResponse()
+        self.fill(response)
+        return response
+
+    def fill(self, response: pb.CompressResponse) -> None:
+        """Write the outcome into an empty `response`, such as a BatchCompressResponse's
+        `result`: passing a built one as `result=` copies it (3 µs of a short item's ~40)."""
         # Field by field, and only fields that are set: a Stats built from keywords cost
         # 9.5 µs against 2.8, most of a short streamed item's conversions.
-        response = pb.CompressResponse(envelope=self.envelope)
+        response.envelope = self.envelope
         stats = response.stats
         stats.original_bytes = self.original_bytes
         stats.compressed_bytes = len(self.envelope)
@@ -148,7 +158,6 @@ class CompressOutcome:
             stats.dictionary = self.dictionary
         if self.quality is not None:
             stats.quality.CopyFrom(self.quality)
-        return response
 
 
 @dataclass

@@ -103,8 +103,7 @@ def seal(
     A ZSTD body is sealed compact (format 4): the codec wrote a frame that carries the
     length and a checksum, so nothing else is needed to reconstruct it."""
     if body.WhichOneof("body") == "zstd" and model is None:
-        compact = pb.Envelope(version=COMPACT_VERSION, dictionary=dictionary, zstd=body.zstd)
-        return compact.SerializeToString(deterministic=True)
+        return seal_zstd(body.zstd.frame, dictionary)
     body.magic = MAGIC
     body.version = _PLAIN_VERSION
     body.original_length = len(original)
@@ -117,6 +116,38 @@ def seal(
         body.version = FORMAT_VERSION
         body.dictionary = dictionary
     return body.SerializeToString(deterministic=True)
+
+
+# The compact ZSTD envelope's fields, as protobuf's wire format writes them (deterministic
+# serialization orders fields by number): version = 2 (varint), dictionary = 7 (fixed32),
+# zstd = 10 (a message) holding frame = 1 (bytes).
+_COMPACT_HEAD = bytes((2 << 3 | 0, COMPACT_VERSION))
+_DICTIONARY_TAG = bytes((7 << 3 | 5,))
+_ZSTD_TAG = bytes((10 << 3 | 2,))
+_FRAME_TAG = bytes((1 << 3 | 2,))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def seal_zstd(frame: bytes, dictionary: int = 0) -> bytes:
+    """The compact ZSTD envelope (format 4) around a magicless frame with its content size
+    and checksum; `dictionary`: the corpus dictionary's short id (0: none).
+
+    The same bytes as serializing `Envelope(version=4, dictionary=..., zstd=...)`
+    (`tests/test_service_zstd.py` checks it), written directly: a streamed short record's
+    envelope is sealed in a fraction of a µs instead of two."""
+    body = _FRAME_TAG + _varint(len(frame)) + frame if frame else b""
+    head = _COMPACT_HEAD
+    if dictionary:
+        head += _DICTIONARY_TAG + dictionary.to_bytes(4, "little")
+    return b"".join((head, _ZSTD_TAG, _varint(len(body)), body))
 
 
 def is_compact(env: pb.Envelope) -> bool:

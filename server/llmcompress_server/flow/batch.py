@@ -138,7 +138,9 @@ class BatchRunner:
         if outcome is None:
             return None
         inline.add(item.id, time.perf_counter() - start, failed=False)
-        return pb.BatchCompressResponse(id=item.id, result=outcome.to_pb())
+        response = pb.BatchCompressResponse(id=item.id)
+        outcome.fill(response.result)
+        return response
 
     def _membership(
         self, groups: StreamGroups | None, item: pb.BatchCompressRequest | UndecodableRequest
@@ -173,7 +175,8 @@ class BatchRunner:
             try:
                 cmd = CompressCommand.from_pb(item.request)
                 outcome = await self.compress(cmd, group=membership)
-                response = pb.BatchCompressResponse(id=item.id, result=outcome.to_pb())
+                response = pb.BatchCompressResponse(id=item.id)
+                outcome.fill(response.result)
                 if membership is not None:
                     stats = response.result.stats
                     stats.group = membership.group.leader_id

@@ -11,7 +11,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,28 +33,38 @@ class StageSummary:
 
 
 class StageWindow(NullSink):
-    """Bounded deque of (time, stage, seconds, self seconds); old samples fall off.
+    """Bounded deque of reports (time, the stages timed); old ones fall off.
 
     One per server: it is a sink of that server's `Events`, so GetStats reports
     only the server's own stages."""
 
     def __init__(self, max_samples: int = 200_000, window_seconds: float = 300.0) -> None:
         self.window_seconds = window_seconds
-        self._samples: deque[tuple[float, str, float, float]] = deque(maxlen=max_samples)
+        # (time, stages): each stage (name, seconds) or (name, seconds, self seconds); one
+        # entry per request's report, so a streamed item's stages cost one append.
+        self._samples: deque[tuple[float, Sequence[tuple[Any, ...]]]] = deque(maxlen=max_samples)
         self._lock = threading.Lock()  # stages may be recorded from worker threads
 
     def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
         with self._lock:
-            self._samples.append((time.monotonic(), stage, seconds, self_seconds))
+            self._samples.append((time.monotonic(), ((stage, seconds, self_seconds),)))
+
+    def stages_finished(self, timings: Sequence[tuple[str, float]]) -> None:
+        with self._lock:
+            self._samples.append((time.monotonic(), timings))
 
     def summary(self, window_seconds: float | None = None) -> list[StageSummary]:
         horizon = time.monotonic() - (window_seconds or self.window_seconds)
         by_stage: dict[str, list[tuple[float, float]]] = {}
         with self._lock:
             samples = list(self._samples)
-        for at, stage, seconds, self_seconds in samples:
-            if at >= horizon:
-                by_stage.setdefault(stage, []).append((seconds, self_seconds))
+        for at, timings in samples:
+            if at < horizon:
+                continue
+            for timing in timings:
+                seconds = timing[1]
+                own = timing[2] if len(timing) > 2 else seconds
+                by_stage.setdefault(timing[0], []).append((seconds, own))
         out = []
         for stage, values in by_stage.items():
             arr = np.asarray(values)

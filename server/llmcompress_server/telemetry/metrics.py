@@ -160,6 +160,12 @@ class Metrics:
         self._lookups = self.counters["llmc_cache_lookups"]
         self._cache_events = self.counters["llmc_cache_events"]
         self._cache_keys: dict[tuple[str, str], tuple[Tally, AttributeKey]] = {}
+        self._latency = self.histograms["compression_latency"]
+        self._ratio = self.histograms["compression_ratio"]
+        self._items = self.counters["llmc_items"]
+        self._item_keys: dict[
+            tuple[str, int, str, str, bool], tuple[AttributeKey, AttributeKey]
+        ] = {}
         for name, text in COUNTERS:
             meter.create_observable_counter(
                 name, callbacks=[self.counters[name].observe], description=text
@@ -230,10 +236,17 @@ class Metrics:
     # -- EventSink ------------------------------------------------------------------------
 
     def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
+        self._stage_histogram.record_keyed(seconds, self._stage_key(stage))
+
+    def stages_finished(self, timings: Sequence[tuple[str, float]]) -> None:
+        key = self._stage_key
+        self._stage_histogram.record_many([(seconds, key(stage)) for stage, seconds in timings])
+
+    def _stage_key(self, stage: str) -> AttributeKey:
         key = self._stage_keys.get(stage)
         if key is None:  # stage names are the code's own: a few dozen at most
             key = self._stage_keys[stage] = attribute_key({"stage": stage})
-        self._stage_histogram.record_keyed(seconds, key)
+        return key
 
     def model_called(self, call: ModelCallEnded) -> None:
         attributes = call.attributes
@@ -295,18 +308,31 @@ class Metrics:
     # -- request outcomes (the request interceptor) ---------------------------------------
 
     def compressed(self, rpc: str, stats: pb.Stats) -> None:
-        attrs = {"mode": mode_label(stats.mode), "model": stats.model, "backend": stats.backend}
-        self.histograms["compression_latency"].record(stats.total_seconds, attrs)
-        self.histograms["compression_ratio"].record(stats.ratio, attrs)
+        keys = self._item_keys.get((rpc, stats.mode, stats.model, stats.backend, stats.degraded))
+        if keys is None:
+            keys = self._keys_for(rpc, stats)
+        attrs, items = keys
+        self._latency.record_keyed(stats.total_seconds, attrs)
+        self._ratio.record_keyed(stats.ratio, attrs)
         if stats.HasField("quality"):
-            self.histograms["quality_score"].record(stats.quality.overall, attrs)
-        outcome = "degraded" if stats.degraded else "ok"
-        self.counters["llmc_items"].add(1, {"rpc": rpc, "outcome": outcome, "mode": attrs["mode"]})
+            self.histograms["quality_score"].record_keyed(stats.quality.overall, attrs)
+        self._items.add_keyed(1, items)
         if stats.dictionary:
             label = self._dictionary_label(stats.dictionary)
             self.counters["llmc_dictionary_items"].add(
-                1, {"dictionary": label, "mode": attrs["mode"]}
+                1, {"dictionary": label, "mode": mode_label(stats.mode)}
             )
+
+    def _keys_for(self, rpc: str, stats: pb.Stats) -> tuple[AttributeKey, AttributeKey]:
+        """The attribute keys an item's metrics take, kept per (rpc, mode, model, backend,
+        degraded): a few dozen at most, and building them cost µs an item."""
+        mode = mode_label(stats.mode)
+        attrs = {"mode": mode, "model": stats.model, "backend": stats.backend}
+        outcome = "degraded" if stats.degraded else "ok"
+        keys = attribute_key(attrs), attribute_key({"rpc": rpc, "outcome": outcome, "mode": mode})
+        if len(self._item_keys) < 1024:  # bounded, should models churn
+            self._item_keys[(rpc, stats.mode, stats.model, stats.backend, stats.degraded)] = keys
+        return keys
 
     def reconstructed(self, response: pb.ReconstructResponse, seconds: float) -> None:
         attrs = {"mode": mode_label(response.mode), "model": response.model}

@@ -20,7 +20,7 @@ import bisect
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -87,19 +87,27 @@ class HistogramTally:
 
     def record_keyed(self, value: float, key: AttributeKey) -> None:
         """`record` with the attribute set already a key (`attribute_key`)."""
-        bucket = bisect.bisect_left(self.bounds, value)
         with self._lock:
-            point = self._points.get(key)
-            if point is None:
-                point = [[0] * (len(self.bounds) + 1), 0, 0.0, math.inf, -math.inf]
-                self._points[key] = point
-            point[0][bucket] += 1
-            point[1] += 1
-            point[2] += value
-            if value < point[3]:
-                point[3] = value
-            if value > point[4]:
-                point[4] = value
+            self._add(value, key)
+
+    def record_many(self, values: Iterable[tuple[float, AttributeKey]]) -> None:
+        """`record_keyed` for each (value, key), under one lock."""
+        with self._lock:
+            for value, key in values:
+                self._add(value, key)
+
+    def _add(self, value: float, key: AttributeKey) -> None:
+        point = self._points.get(key)
+        if point is None:
+            point = [[0] * (len(self.bounds) + 1), 0, 0.0, math.inf, -math.inf]
+            self._points[key] = point
+        point[0][bisect.bisect_left(self.bounds, value)] += 1
+        point[1] += 1
+        point[2] += value
+        if value < point[3]:
+            point[3] = value
+        if value > point[4]:
+            point[4] = value
 
     def metric(self, now_ns: int) -> Metric | None:
         """The histogram as OTel's exporters take it (None before its first record)."""

@@ -19,13 +19,15 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from ...codecs import CompressOptions
 from ...core.domain import Mode
 from ...core.envelope import FORMAT_VERSION
 
 CacheParams = Mapping[str, str | int | float | bool]
+# A key's recipe (mode, codec params), hashed: SHA-256's state before the text's digest.
+Recipe: TypeAlias = "hashlib._Hash"  # a name in typeshed alone
 
 # Bump when the key recipe or the entry format (entries.py) changes.
 # 2: the text's sha256 follows the recipe's JSON instead of sitting in it.
@@ -40,11 +42,15 @@ class CacheableCodec(Protocol):
 def cache_key(data: bytes, mode: Mode, params: CacheParams) -> bytes:
     """SHA-256 over a canonical JSON of the mode and the codec's params, then the text's
     full sha256 (the JSON part is the same for every text asked the same way: built once)."""
-    prefix = _recipe(mode, tuple(sorted(params.items())))
-    return hashlib.sha256(prefix + hashlib.sha256(data).digest()).digest()
+    return key_with(_recipe_hash(mode, tuple(sorted(params.items()))), data)
 
 
 @functools.lru_cache(maxsize=256)
+def _recipe_hash(mode: Mode, params: tuple[tuple[str, str | int | float | bool], ...]) -> Recipe:
+    # The recipe's part of the key, hashed once: each key copies this state.
+    return hashlib.sha256(_recipe(mode, params))
+
+
 def _recipe(mode: Mode, params: tuple[tuple[str, str | int | float | bool], ...]) -> bytes:
     recipe = {
         "schema": SCHEMA,
@@ -58,6 +64,14 @@ def _recipe(mode: Mode, params: tuple[tuple[str, str | int | float | bool], ...]
 
 def key_for(codec: object, data: bytes, mode: Mode, opts: CompressOptions) -> bytes | None:
     """The key, or None when the codec cannot name what shapes its output."""
+    recipe = recipe_for(codec, mode, opts)
+    return None if recipe is None else key_with(recipe, data)
+
+
+def recipe_for(codec: object, mode: Mode, opts: CompressOptions) -> Recipe | None:
+    """Everything in the key but the text, hashed; None when the codec cannot name what
+    shapes its output. The same for every text asked the same way, so a caller coding many
+    texts one way may keep it (`key_with`)."""
     cache_params = getattr(codec, "cache_params", None)  # CacheableCodec, checked cheaply
     if cache_params is None:
         return None
@@ -66,4 +80,11 @@ def key_for(codec: object, data: bytes, mode: Mode, opts: CompressOptions) -> by
         return None
     if opts.dictionary is not None:
         params = {**params, "dictionary": opts.dictionary.hex}
-    return cache_key(data, mode, params)
+    return _recipe_hash(mode, tuple(sorted(params.items())))
+
+
+def key_with(recipe: Recipe, data: bytes) -> bytes:
+    """The key of `data` coded as `recipe` says."""
+    hasher = recipe.copy()
+    hasher.update(hashlib.sha256(data).digest())
+    return hasher.digest()
