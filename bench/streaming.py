@@ -9,6 +9,9 @@ ZSTD never uses it), then to bench.bare_server: the same protos answering each i
 with zstd -3 and nothing else. Both servers are processes of their own, started anew
 for each run. A row gives items/s, MB/s of text, the server process's CPU per item and
 the envelope ratio (text bytes / envelope bytes; for the bare server, its raw frames).
+Each row runs both servers `--repeats` times in turns (A B B A ...); "share of bare" is
+the best run over the best run, and in brackets the median over the turns of each run of
+ours over the bare run beside it (the machine is shared: one pair can be off by 20 points).
 
     python -m bench.streaming --out docs/benchmarks/streaming
 """
@@ -23,6 +26,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -258,9 +262,15 @@ def profile_table(prof: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def measure(limit: int | None = None, repeats: int = 2) -> dict[str, Any]:
+# Runs of each server per row. Two gave shares 20 points apart between two runs of the
+# bench at one commit; five take about two minutes.
+REPEATS = 5
+
+
+def measure(limit: int | None = None, repeats: int = REPEATS) -> dict[str, Any]:
     """Every set over 1 and 4 streams; each server `repeats` times, alternating which goes
-    first, and the faster run of each kept (the machine is shared and noisy)."""
+    first, and the faster run of each kept (the machine is shared and noisy), with the
+    median of each turn's share."""
     load0 = os.getloadavg()
     rows = []
     for name, file, low, high, copies in SETS:
@@ -273,6 +283,10 @@ def measure(limit: int | None = None, repeats: int = 2) -> dict[str, Any]:
                     runs[server].append(measure_one(server, texts, streams))
             best = {s: max(rs, key=lambda run: run.items_per_s) for s, rs in runs.items()}
             ours, bare = best["llmc serve"], best["bare grpc.aio"]
+            turns = [
+                o.items_per_s / b.items_per_s
+                for o, b in zip(runs["llmc serve"], runs["bare grpc.aio"], strict=True)
+            ]
             rows.append(
                 {
                     "set": name,
@@ -280,6 +294,7 @@ def measure(limit: int | None = None, repeats: int = 2) -> dict[str, Any]:
                     "mean_bytes": sum(len(t.encode()) for t in texts) / len(texts),
                     "streams": streams,
                     "share_of_bare": ours.items_per_s / bare.items_per_s,
+                    "share_of_bare_median": statistics.median(turns),
                     "servers": {
                         s: {
                             "items_per_s": run.items_per_s,
@@ -315,7 +330,11 @@ def table(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         for server, s in row["servers"].items():
             each = " / ".join(f"{v:,.0f}" for v in s["each_run_items_per_s"])
-            share = f"**{row['share_of_bare']:.0%}**" if server == "llmc serve" else ""
+            share = ""
+            if server == "llmc serve":
+                share = f"**{row['share_of_bare']:.0%}**"
+                if "share_of_bare_median" in row:
+                    share += f" ({row['share_of_bare_median']:.0%})"
             lines.append(
                 f"| {row['set']} ({row['records']:,}, mean {row['mean_bytes']:,.0f} B) | "
                 f"{row['streams']} | {server} | {s['items_per_s']:,.0f} ({each}) | "
@@ -328,7 +347,12 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__)
     parser.add_argument("--limit", type=int, help="at most N records of each set")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=REPEATS,
+        help=f"runs of each server per row, in turns (default {REPEATS})",
+    )
     parser.add_argument("--out", type=Path, help="write streaming.{md,json} here")
     args = parser.parse_args(argv)
     result = measure(args.limit, args.repeats)
