@@ -127,7 +127,12 @@ _ZSTD_TAG = bytes((10 << 3 | 2,))
 _FRAME_TAG = bytes((1 << 3 | 2,))
 
 
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
 def _varint(n: int) -> bytes:
+    if n < 0x80:  # a short record's frame and body
+        return _ONE_BYTE[n]
     out = bytearray()
     while n > 0x7F:
         out.append(n & 0x7F | 0x80)
