@@ -228,16 +228,18 @@ def sweep(train: list[str], test: list[str], sizes: tuple[int, ...]) -> list[dic
         return coded, best / max(len(data), 1) * 1e6
 
     def raw(trained: bytes | None) -> int:
-        # Each text at the level the codec picks for its size.
-        comps = {
-            level: zstandard.ZstdCompressor(
-                level=level,
-                dict_data=zstandard.ZstdCompressionDict(trained) if trained else None,
-            )
-            for level in (codec.small_level, codec.level)
-        }
-        small, large = comps[codec.small_level], comps[codec.level]
-        return sum(len((small if len(d) <= codec.small_bytes else large).compress(d)) for d in data)
+        # Each text at the level the codec picks for its size (and the dictionary).
+        comps: dict[int, zstandard.ZstdCompressor] = {}
+        total = 0
+        for d in data:
+            level = codec.level_for(len(d), trained is not None)
+            if level not in comps:
+                comps[level] = zstandard.ZstdCompressor(
+                    level=level,
+                    dict_data=zstandard.ZstdCompressionDict(trained) if trained else None,
+                )
+            total += len(comps[level].compress(d))
+        return total
 
     plain_bytes, plain_us = envelopes(None)
     plain_raw = raw(None)

@@ -414,3 +414,54 @@ def test_default_levels_by_size() -> None:
         data = prose[:size]
         assert frame(data, level) != frame(data, other), size  # the levels do differ here
         assert codec.compress_bytes(data) == frame(data, level), size
+
+
+def test_short_texts_with_a_dictionary_take_their_own_level() -> None:
+    # compression.zstd_dictionary_small_level (17) up to 512 bytes, zstd_level (6) above.
+    from llmcompress_server.codecs.zstd import ZstdCodec
+    from llmcompress_server.core.config import load_config
+    from llmcompress_server.core.dictionary import Dictionary
+
+    comp = load_config(environ={}).compression
+    assert comp.zstd_dictionary_small_level == 17
+    codec = ZstdCodec(
+        comp.zstd_level,
+        comp.zstd_small_level,
+        comp.zstd_small_bytes,
+        comp.zstd_dictionary_small_level,
+    )
+    texts = [item["text"].encode() for item in load_corpus()]
+    trained = zstandard.train_dictionary(16_384, texts[:120]).as_bytes()
+    dictionary = Dictionary(zstd=trained)
+    prose = b" ".join(texts[120:])
+
+    def frame(data: bytes, level: int) -> bytes:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=True
+        )
+        params = zstandard.ZstdCompressionParameters(
+            format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+            write_checksum=True,
+            write_dict_id=False,
+            strategy=params.strategy,
+            window_log=params.window_log,
+            chain_log=params.chain_log,
+            hash_log=params.hash_log,
+            search_log=params.search_log,
+            min_match=params.min_match,
+            target_length=params.target_length,
+        )
+        trained_dict = zstandard.ZstdCompressionDict(trained)
+        return zstandard.ZstdCompressor(dict_data=trained_dict, compression_params=params).compress(
+            data
+        )
+
+    assert codec.level_for(300, True) == 17 and codec.level_for(300, False) == 19
+    for size, level, other in ((200, 17, 19), (512, 17, 19), (2_000, 6, 17)):
+        data = prose[:size]
+        assert frame(data, level) != frame(data, other), size  # the levels do differ here
+        assert codec.compress_bytes(data, dictionary) == frame(data, level), size
+    back = codec.decompress_bytes(
+        codec.compress_bytes(prose[:300], dictionary), 300, True, dictionary
+    )
+    assert back == prose[:300]

@@ -106,7 +106,12 @@ def build_codecs(
     """LOSSLESS needs the embedded engine (token-level access); SEMANTIC any chat backend,
     and codes its bodies with the LOSSLESS codec where configured."""
     comp = config.compression
-    zstd = ZstdCodec(comp.zstd_level, comp.zstd_small_level, comp.zstd_small_bytes)
+    zstd = ZstdCodec(
+        comp.zstd_level,
+        comp.zstd_small_level,
+        comp.zstd_small_bytes,
+        comp.zstd_dictionary_small_level,
+    )
     codecs: dict[Mode, Codec] = {Mode.ZSTD: zstd}
     lossless = LosslessCodec(engine) if engine is not None else None
     if lossless is not None:
