@@ -51,7 +51,7 @@ class StageWindow(NullSink):
 
     def stages_finished(self, timings: Sequence[tuple[str, float]]) -> None:
         with self._lock:
-            self._samples.append((time.monotonic(), timings))
+            self._samples.append((time.monotonic(), tuple(timings)))
 
     def summary(self, window_seconds: float | None = None) -> list[StageSummary]:
         horizon = time.monotonic() - (window_seconds or self.window_seconds)
