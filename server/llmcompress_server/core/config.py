@@ -353,9 +353,10 @@ class DictionariesConfig(_Section):
     path: Path | None = None
     # The trained zstd dictionary's size bound. On the three changelog corpora, coded on
     # packages not trained on, 256 KiB gave ratios 4.3%, 3.4% and 3.0% higher than
-    # zstd's own default (110 KiB) at up to 12 µs more a text; 512 KiB 1.0-2.2% more again
-    # at up to 23 µs more (docs/benchmarks/dictionaries, its size sweep). Fewer sample
-    # bytes than the bound give a smaller dictionary.
+    # zstd's own default (110 KiB) at up to 13 µs more a text; 512 KiB 1.0-2.2% more again
+    # at up to 13 µs more (docs/benchmarks/dictionaries at 7eab68d, its size sweep; at
+    # 1048cbc, before short texts took level 17 with a dictionary, up to 12 and 23 µs).
+    # Fewer sample bytes than the bound give a smaller dictionary.
     zstd_bytes: int = Field(262_144, ge=1024, le=4 * 1024 * 1024)
     # Training refuses fewer samples (zstd's trainer needs several; a useful one, hundreds).
     min_samples: int = Field(16, ge=8)
