@@ -437,19 +437,7 @@ def test_short_texts_with_a_dictionary_take_their_own_level() -> None:
 
     def frame(data: bytes, level: int) -> bytes:
         params = zstandard.ZstdCompressionParameters.from_level(
-            level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=True
-        )
-        params = zstandard.ZstdCompressionParameters(
-            format=zstandard.FORMAT_ZSTD1_MAGICLESS,
-            write_checksum=True,
-            write_dict_id=False,
-            strategy=params.strategy,
-            window_log=params.window_log,
-            chain_log=params.chain_log,
-            hash_log=params.hash_log,
-            search_log=params.search_log,
-            min_match=params.min_match,
-            target_length=params.target_length,
+            level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=True, write_dict_id=False
         )
         trained_dict = zstandard.ZstdCompressionDict(trained)
         return zstandard.ZstdCompressor(dict_data=trained_dict, compression_params=params).compress(

@@ -316,24 +316,35 @@ def test_slowest_stage_is_the_leaf_not_its_parent() -> None:
 
 
 def test_stages_reported_at_once_reach_every_sink_as_stages() -> None:
-    # compress_now reports an item's stages in one call: the window, and a sink that only
-    # overrides `stage_finished`, see each stage.
-    class Plain(NullSink):
+    # compress_now reports an item's stages in one call: the window, a sink that only
+    # overrides `stage_finished`, and one written without NullSink or `stages_finished`
+    # (as tests/test_grouping.py's is) each see every stage.
+    class Child(NullSink):
         def __init__(self) -> None:
             self.seen: list[tuple[str, float, float]] = []
 
         def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
             self.seen.append((stage, seconds, self_seconds))
 
-    window, plain = StageWindow(), Plain()
-    events = Events([window, plain])
+    class Plain:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, float, float]] = []
+
+        def stage_finished(self, stage: str, seconds: float, self_seconds: float) -> None:
+            self.seen.append((stage, seconds, self_seconds))
+
+        def cache_event(self, event: str, tier: str, seconds: float) -> None: ...
+
+    window, child, plain = StageWindow(), Child(), Plain()
+    events = Events([window, child, plain])  # type: ignore[list-item]
     events.stages_finished([("validate", 0.001), ("zstd.encode", 0.002)])
     stages.StageClock(events).add("zstd.encode", 0.004)
-    assert plain.seen == [
-        ("validate", 0.001, 0.001),
-        ("zstd.encode", 0.002, 0.002),
-        ("zstd.encode", 0.004, 0.004),
-    ]
+    for sink in (child, plain):
+        assert sink.seen == [
+            ("validate", 0.001, 0.001),
+            ("zstd.encode", 0.002, 0.002),
+            ("zstd.encode", 0.004, 0.004),
+        ]
     summaries = {s.stage: s for s in window.summary()}
     assert summaries["validate"].count == 1
     assert summaries["zstd.encode"].count == 2

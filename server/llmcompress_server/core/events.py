@@ -159,6 +159,23 @@ def _taking(sinks: Sequence[EventSink], event: str) -> tuple[Callable[..., None]
     )
 
 
+def _stages_of(sink: EventSink) -> Callable[[Sequence[tuple[str, float]]], None]:
+    """The sink's `stages_finished`; for a sink written before it (no NullSink base), one
+    that hands each stage to its `stage_finished`."""
+    many: Callable[[Sequence[tuple[str, float]]], None] | None = getattr(
+        sink, "stages_finished", None
+    )
+    if many is not None:
+        return many
+    one = sink.stage_finished
+
+    def each(timings: Sequence[tuple[str, float]]) -> None:
+        for stage, seconds in timings:
+            one(stage, seconds, seconds)
+
+    return each
+
+
 class Events:
     """The sinks one server reports to, and the tracer its stage and model-call spans use.
 
@@ -175,7 +192,7 @@ class Events:
         # NullSink's `stages_finished` hands each stage to `stage_finished`: a sink that
         # keeps the no-op `stage_finished` takes neither.
         self._on_stages = tuple(
-            sink.stages_finished
+            _stages_of(sink)
             for sink in self.sinks
             if getattr(type(sink), "stage_finished", None) is not NullSink.stage_finished
         )
