@@ -217,7 +217,9 @@ class Pipeline:
             now = time.perf_counter()
             stages.append(("cache.lookup", now - start))
             if found is not None:
-                return self._now(data, requested, reason, found, True, stages, begin)
+                self.events.stages_finished(stages)
+                total = time.perf_counter() - begin
+                return self._outcome(data, requested, reason, found, True, stages, total)
         # Sealing the envelope is part of `zstd.encode` here, where the task path has a
         # `pack` stage: it takes a fraction of a µs, and each stage costs a Stats entry
         # (22 bytes of a ~250-byte answer).
@@ -233,7 +235,9 @@ class Pipeline:
         if cache is not None and key is not None:
             cache.store_memory(key, result)
             stages.append(("cache.store", time.perf_counter() - now))
-        return self._now(data, requested, reason, result, False, stages, begin)
+        self.events.stages_finished(stages)
+        total = time.perf_counter() - begin
+        return self._outcome(data, requested, reason, result, False, stages, total)
 
     def _inline_key(
         self, codec: InlineCodec, data: bytes, dictionary: Dictionary | None
@@ -249,22 +253,6 @@ class Pipeline:
             recipe = recipe_for(codec, Mode.ZSTD, CompressOptions(dictionary=dictionary))
             self._inline_recipes[ref] = recipe
         return None if recipe is None else key_with(recipe, data)
-
-    def _now(
-        self,
-        data: bytes,
-        requested: Mode,
-        reason: str,
-        result: CachedResult,
-        hit: bool,
-        stages: list[tuple[str, float]],
-        begin: float,
-    ) -> CompressOutcome:
-        """`compress_now`'s outcome, its stages reported to the sinks at once."""
-        self.events.stages_finished(stages)
-        return self._outcome(
-            data, requested, reason, result, hit, stages, time.perf_counter() - begin
-        )
 
     def _check_size(self, data: bytes) -> None:
         limit = self.config.compression.max_text_bytes
