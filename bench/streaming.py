@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import os
 import re
@@ -313,12 +314,182 @@ def measure(limit: int | None = None, repeats: int = REPEATS) -> dict[str, Any]:
     return {
         "available": True,
         "profile": profile(short),
+        "cache": cache_costs(limit),
         "commit": _commit(),
         "loadavg_start": list(load0),
         "loadavg_end": list(os.getloadavg()),
         "repeats": repeats,
         "rows": rows,
     }
+
+
+# Text sizes for the cache's costs: both sides of the small-text level's bound (512 B) and
+# of `cache.zstd_min_bytes` (4 KiB).
+CACHE_SIZES = (140, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+class _Redis:
+    """A redis-server of this bench's own on a free loopback port (None: not installed)."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url: str | None = None
+        if binary is None:
+            return
+        port = _free_port()
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                self.url = f"redis://127.0.0.1:{port}/0"
+                return
+            except OSError:
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+async def _redis_round_trips(url: str, texts: list[str], rounds: int) -> float:
+    """Seconds per text of a Redis tier's miss and store (a GET and a SET on loopback)."""
+    from llmcompress_server.flow.cache.tiers import RedisTier
+
+    tier = RedisTier(url, timeout=1.0, ttl=60.0)
+    best = 1.0
+    try:
+        for r in range(rounds):
+            keys = [hashlib.sha256(f"{r} {t}".encode()).digest() for t in texts]
+            start = time.perf_counter()
+            for key, text in zip(keys, texts, strict=True):
+                if await tier.get(key) is not None:
+                    raise RuntimeError("a fresh key was found in Redis")
+                await tier.set(key, text.encode()[: len(text) // 2])  # about an envelope's size
+            best = min(best, (time.perf_counter() - start) / len(texts))
+    finally:
+        await tier.close()
+    return best
+
+
+async def _cache_costs(
+    texts_by_size: dict[int, list[str]], rounds: int, redis_url: str | None
+) -> list[dict[str, Any]]:
+    from llmcompress_server.api.server import create_server
+    from llmcompress_server.core.config import load_config
+    from llmcompress_server.core.domain import CompressCommand, Mode
+    from llmcompress_server.telemetry.setup import setup_telemetry
+
+    def app_config(min_bytes: int) -> Any:
+        # Metrics on (a free port) as `llmc serve` has them; the model is not needed.
+        return load_config(
+            environ={},
+            overrides={
+                "server": {"port": 0},
+                "monitoring": {"prometheus_port": 0},
+                "model": {"embedded": {"preload": False}},
+                "cache": {"zstd_min_bytes": min_bytes},
+            },
+        )
+
+    def per_text(pipeline: Any, texts: list[str]) -> tuple[float, int]:
+        hits = 0
+        start = time.perf_counter()
+        for text in texts:
+            outcome = pipeline.compress_now(CompressCommand(text, Mode.ZSTD))
+            hits += outcome.cache_hit
+        return (time.perf_counter() - start) / len(texts), hits
+
+    rows = []
+    configs = {"uncached": app_config(1 << 30), "cached": app_config(0)}
+    telemetry = setup_telemetry(configs["cached"])  # one per process; both report to it
+    apps = {name: await create_server(config, telemetry) for name, config in configs.items()}
+    try:
+        uncached, cached = apps["uncached"].pipeline, apps["cached"].pipeline
+        for size, texts in texts_by_size.items():
+            best = {"coded": 1.0, "miss": 1.0, "hit": 1.0}
+            for r in range(rounds):
+                fresh = [f"{t[: size - 6]} ({r:02d})" for t in texts]  # misses in every round
+                best["coded"] = min(best["coded"], per_text(uncached, fresh)[0])
+                miss, miss_hits = per_text(cached, fresh)
+                hit, hit_hits = per_text(cached, fresh)
+                if miss_hits or hit_hits != len(fresh):
+                    raise RuntimeError(f"{size} B: {miss_hits} hits on misses, {hit_hits} hits")
+                best["miss"], best["hit"] = min(best["miss"], miss), min(best["hit"], hit)
+            adds, saves = best["miss"] - best["coded"], best["coded"] - best["hit"]
+            redis = None
+            if redis_url is not None:
+                redis = await _redis_round_trips(redis_url, texts, rounds) * 1e6
+            rows.append(
+                {
+                    "bytes": size,
+                    "texts": len(texts),
+                    "level": uncached._inline.level_for(size, False),
+                    "coded_us": best["coded"] * 1e6,
+                    "miss_us": best["miss"] * 1e6,
+                    "hit_us": best["hit"] * 1e6,
+                    # The share of texts that must be repeats (hits) for the cache to pay.
+                    "break_even_repeats": adds / (adds + saves) if adds > 0 < saves else None,
+                    "redis_miss_store_us": redis,
+                }
+            )
+    finally:
+        for app in apps.values():
+            await app.stop(grace=0)
+        telemetry.shutdown()
+    return rows
+
+
+def cache_costs(limit: int | None = None, rounds: int = 5) -> list[dict[str, Any]]:
+    """In process, through the pipeline's inline path with metrics on: a ZSTD text coded
+    with the cache off, missed and stored with it on, and then hit, at each of
+    CACHE_SIZES (cut from the medium records), best of `rounds`."""
+    import asyncio
+
+    corpus = "\n".join(records("changelog-medium.jsonl", 0, 1 << 30, None))
+    texts_by_size = {
+        size: [corpus[i * size : (i + 1) * size] for i in range(min(limit or 400, n))]
+        for size in CACHE_SIZES
+        if (n := len(corpus) // size)
+    }
+    redis = _Redis()
+    try:
+        return asyncio.run(_cache_costs(texts_by_size, rounds, redis.url))
+    finally:
+        redis.stop()
+
+
+def cache_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| text bytes | zstd level | coded, cache off | miss and store | hit | "
+        "repeats needed for the cache to pay | a Redis tier's miss and store |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        even, redis = row["break_even_repeats"], row.get("redis_miss_store_us")
+        lines.append(
+            f"| {row['bytes']:,} | {row['level']} | {row['coded_us']:.1f} µs | "
+            f"{row['miss_us']:.1f} µs | {row['hit_us']:.1f} µs | "
+            f"{'never' if even is None else format(even, '.0%')} | "
+            f"{'no redis-server' if redis is None else format(redis, '.0f') + ' µs'} |"
+        )
+    return "\n".join(lines)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -367,6 +538,17 @@ def main(argv: list[str] | None = None) -> int:
             (__doc__ or "").split("\n\n")[0].replace("\n", " "),
             "",
             table(result),
+            "",
+            "## What the cache costs a ZSTD text",
+            "",
+            "Why ZSTD texts under `cache.zstd_min_bytes` (4 KiB) are coded, not cached. "
+            "In process, through the pipeline's inline path with metrics on, best of five "
+            "rounds of texts cut from the medium records: a text coded with the cache off; "
+            "the same texts missed and stored with it on; then hit. The last column is the "
+            "share of a corpus's texts that would have to be repeats for the in-process tier "
+            "to save time; a Redis tier adds a loopback round trip to every lookup.",
+            "",
+            cache_table(result["cache"]) if "cache" in result else "Not measured.",
             "",
             "## Where a short item's time goes",
             "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from bench.modes import bucket_of
 from bench.report import MET, NOT_MEASURED, NOT_MET, write_outputs
 from bench.run import add_arguments, optional_section, problems, run
 from bench.run import main as bench_main
+from bench.streaming import CACHE_SIZES, cache_costs, cache_table
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.zstd import ZstdCodec
 from llmcompress_server.core.config import load_config
@@ -227,3 +229,18 @@ def test_the_dictionaries_bench_measures_each_row_on_held_out_documents(tmp_path
     assert [s["size_bound"] for s in sweep] == [4096, 16384]
     assert all(s["gain"] > 1 and s["raw_gain"] > 1 for s in sweep)
     assert all(s["zstd_bytes"] <= s["size_bound"] for s in sweep)
+
+
+def test_the_streaming_reports_cache_table_measures_what_it_names() -> None:
+    # cache_costs raises if a cached pass misses or an uncached one hits; a real
+    # redis-server, when installed, gives the Redis column.
+    rows = cache_costs(limit=20, rounds=1)
+    assert [r["bytes"] for r in rows] == list(CACHE_SIZES)
+    assert [r["level"] for r in rows] == [19, 19, 6, 6, 6, 6, 6]  # the codec's own levels
+    assert all(r["coded_us"] > 0 and r["miss_us"] > 0 and r["hit_us"] > 0 for r in rows)
+    redis = [r["redis_miss_store_us"] for r in rows]
+    if shutil.which("redis-server"):
+        assert all(x is not None and x > 0 for x in redis)
+    else:
+        assert redis == [None] * len(rows)
+    assert len(cache_table(rows).splitlines()) == 2 + len(CACHE_SIZES)

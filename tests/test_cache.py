@@ -7,7 +7,7 @@ import hashlib
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -60,8 +60,10 @@ async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 
 
 def _cfg(redis_url: str | None = None, **cache: object) -> dict[str, dict[str, object]]:
+    # These tests are about the cache itself; short ZSTD texts stand in for any cached
+    # item, so ZSTD texts of every size are cached (by default the short ones are not).
     return {
-        "cache": {"redis_url": redis_url, "redis_timeout": 0.5, **cache},
+        "cache": {"redis_url": redis_url, "redis_timeout": 0.5, "zstd_min_bytes": 0, **cache},
         "compression": {"zstd_level": 3},
     }
 
@@ -276,10 +278,71 @@ class NoHookCodec:
 
 
 async def test_codec_without_hook_is_not_cached() -> None:
-    pipeline = Pipeline(make_config(), {Mode.ZSTD: NoHookCodec()})
+    pipeline = Pipeline(make_config(cache={"zstd_min_bytes": 0}), {Mode.ZSTD: NoHookCodec()})
     await pipeline.compress(CompressCommand(TEXT, Mode.ZSTD))
     assert not (await pipeline.compress(CompressCommand(TEXT, Mode.ZSTD))).cache_hit
     await pipeline.close()
+
+
+# --- short ZSTD texts: coded, not cached ---------------------------------------------------
+
+
+def _batch(*texts: str) -> AsyncIterator[pb.BatchCompressRequest]:
+    async def requests() -> AsyncIterator[pb.BatchCompressRequest]:
+        for i, text in enumerate(texts):
+            request = pb.CompressRequest(text=text, mode=pb.MODE_ZSTD)
+            yield pb.BatchCompressRequest(id=str(i), request=request)
+
+    return requests()
+
+
+async def test_short_zstd_texts_are_coded_not_cached(
+    start_server: StartServer, stubs: Stubs
+) -> None:
+    app = await start_server()  # the default cache.zstd_min_bytes, 4096
+    stub = stubs(app)
+    short, edge = "a short record: 140 bytes or so. " * 4, "y" * 4095
+    long = "x" + "A record long enough to be worth caching. " * 100  # 4,201 bytes
+    for text in (short, edge):
+        first, again = await _compress(stub, text), await _compress(stub, text)
+        assert not first.stats.cache_hit and not again.stats.cache_hit
+        assert first.envelope == again.envelope
+        assert not [t.stage for t in again.stats.stages if t.stage.startswith("cache.")]
+    assert not (await _compress(stub, long)).stats.cache_hit
+    assert (await _compress(stub, long)).stats.cache_hit
+    # The same in a stream (the inline path): the long text hits, the short ones never.
+    answers = [a async for a in stub.BatchCompress(_batch(short, long, short, "y" * 4096))]
+    assert [a.result.stats.cache_hit for a in sorted(answers, key=lambda a: a.id)] == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    cache = app.pipeline.cache
+    assert cache is not None and len(cache.memory) == 2  # `long` and the 4,096-byte text
+
+
+async def test_short_zstd_items_skip_redis_and_are_answered_inline(
+    start_server: StartServer, stubs: Stubs, redis_server: RedisServer, rclient: aioredis.Redis
+) -> None:
+    # A Redis round trip costs more than coding a short text, so such items never ask it,
+    # and BatchCompress answers them as they are read even on a replica with Redis.
+    conf = {"cache": {"redis_url": redis_server.url}}
+    inline: list[str] = []
+
+    class Stages(NullSink):
+        def stages_finished(self, timings: Sequence[tuple[str, float]]) -> None:
+            inline.extend(stage for stage, _ in timings)  # only the inline path reports so
+
+    stub = stubs(await start_server(**conf, sinks=[Stages()]))
+    texts = [f"item {i}: a short record of one kind" for i in range(50)]
+    answers = [a async for a in stub.BatchCompress(_batch(*texts, *texts))]
+    assert len(answers) == 100 and not any(a.result.stats.cache_hit for a in answers)
+    assert inline.count("zstd.encode") == 100
+    assert await rclient.dbsize() == 0
+    long = "A record long enough to be worth caching. " * 100
+    await _compress(stub, long)
+    assert await rclient.dbsize() == 1
 
 
 # --- single-flight -----------------------------------------------------------------------
@@ -383,7 +446,7 @@ class FlakyCodec(ZstdCodec):
 
 async def test_a_shared_failure_reaches_every_caller_and_is_not_cached() -> None:
     codec = FlakyCodec()
-    pipeline = Pipeline(make_config(), {Mode.ZSTD: codec})
+    pipeline = Pipeline(make_config(cache={"zstd_min_bytes": 0}), {Mode.ZSTD: codec})
     outcomes = await asyncio.gather(
         *(pipeline.compress(CompressCommand(TEXT, Mode.ZSTD)) for _ in range(20)),
         return_exceptions=True,

@@ -377,7 +377,8 @@ async def test_recording_rules_read_series_the_server_exports(sim_ollama: Any) -
     try:
         async with grpc.aio.insecure_channel(app.address) as channel:
             stub = pb_grpc.CompressionServiceStub(channel)
-            text = "Recording rules must name real series. " * 20
+            # 4,290 bytes: a ZSTD text long enough to be cached (cache.zstd_min_bytes).
+            text = "Recording rules must name real series. " * 110
             for _ in range(2):  # a miss, then a hit
                 done = await stub.Compress(pb.CompressRequest(text=text, mode=pb.MODE_ZSTD))
             await stub.Reconstruct(pb.ReconstructRequest(envelope=done.envelope))

@@ -139,7 +139,8 @@ async def test_two_dictionaries_are_never_mixed(
 async def test_the_cache_key_holds_the_dictionary(stub: Stub, train_texts: list[str]) -> None:
     await train(stub, "a", train_texts[:400])
     await train(stub, "b", train_texts[400:800])
-    text = train_texts[900]
+    text = "\n".join(train_texts[900:1000])  # long enough to be cached (cache.zstd_min_bytes)
+    assert len(text.encode()) >= 4096
     seen = []
     for name in ("", "a", "b", "a"):
         resp = await stub.Compress(

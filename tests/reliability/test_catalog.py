@@ -155,7 +155,10 @@ async def test_backend_case(
 
 @pytest.mark.timeout(60)
 async def test_redis_down_serves_from_the_in_process_tier(redis_server: RedisServer) -> None:
-    config = make_config(cache={"redis_url": redis_server.url, "redis_timeout": 0.2})
+    # SAMPLE is a short ZSTD text: cached here, where by default it would not be.
+    config = make_config(
+        cache={"redis_url": redis_server.url, "redis_timeout": 0.2, "zstd_min_bytes": 0}
+    )
     app = await create_server(config)
     await app.start()
     try:

@@ -339,6 +339,10 @@ class CacheConfig(_Section):
     redis_timeout: float = Field(0.05, gt=0)
     # In-process tier byte bound (entries are bounded by performance.cache_size).
     max_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    # ZSTD texts shorter than this are coded every time, never looked up or stored: zstd
+    # codes them in less than a few memory-tier misses cost, and a Redis round trip costs
+    # more than coding them (bench/streaming's cache table). 0: cache every ZSTD text.
+    zstd_min_bytes: int = Field(4096, ge=0)
 
 
 def default_dictionaries_path() -> Path:

@@ -151,12 +151,14 @@ class LLMCall:
         self.span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
 
 
+def _overrides(sink: EventSink, event: str) -> bool:
+    """Whether `sink` has an `event` method of its own, not NullSink's."""
+    return getattr(type(sink), event, None) is not getattr(NullSink, event)
+
+
 def _taking(sinks: Sequence[EventSink], event: str) -> tuple[Callable[..., None], ...]:
     """The bound `event` methods of `sinks`, but for those that inherit NullSink's no-op."""
-    ignored = getattr(NullSink, event)
-    return tuple(
-        getattr(sink, event) for sink in sinks if getattr(type(sink), event, None) is not ignored
-    )
+    return tuple(getattr(sink, event) for sink in sinks if _overrides(sink, event))
 
 
 def _stages_of(sink: EventSink) -> Callable[[Sequence[tuple[str, float]]], None]:
@@ -190,11 +192,11 @@ class Events:
         # take them (not NullSink's no-ops): a call each is a µs a short item does not have.
         self._on_stage = _taking(self.sinks, "stage_finished")
         # NullSink's `stages_finished` hands each stage to `stage_finished`: a sink that
-        # keeps the no-op `stage_finished` takes neither.
+        # keeps both of NullSink's takes neither.
         self._on_stages = tuple(
             _stages_of(sink)
             for sink in self.sinks
-            if getattr(type(sink), "stage_finished", None) is not NullSink.stage_finished
+            if _overrides(sink, "stage_finished") or _overrides(sink, "stages_finished")
         )
         self._on_cache = _taking(self.sinks, "cache_event")
 

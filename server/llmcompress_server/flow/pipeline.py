@@ -163,19 +163,26 @@ class Pipeline:
             with clock.stage("pack"):
                 return self._sealed(data, encoded)
 
-        key = None
-        if self.cache is not None and not cmd.skip_cache:
-            key = key_for(codec, data, mode, opts)
-        if self.cache is None or key is None:
+        cache = self._cache_for(cmd, mode, len(data))
+        key = None if cache is None else key_for(codec, data, mode, opts)
+        if cache is None or key is None:
             result, hit = await compute(), False
         else:
-            result, source = await self.cache.resolve(key, data, compute, clock)
+            result, source = await cache.resolve(key, data, compute, clock)
             hit = source != "computed"
         return self._outcome(data, requested, reason, result, hit, clock.timings, clock.total)
 
+    def _cache_for(self, cmd: CompressCommand, mode: Mode, size: int) -> ResultCache | None:
+        """The cache an item of `size` bytes coded in `mode` uses, or None: the one place
+        that decides. A short ZSTD text is coded, not cached (`cache.zstd_min_bytes`)."""
+        if cmd.skip_cache or (mode is Mode.ZSTD and size < self.config.cache.zstd_min_bytes):
+            return None
+        return self.cache
+
     def compress_now(self, cmd: CompressCommand) -> CompressOutcome | None:
         """A cheap item answered without awaiting anything, or None when it is not cheap:
-        ZSTD (asked, or the default mode), at most INLINE_BYTES, with no Redis tier to ask.
+        ZSTD (asked, or the default mode), at most INLINE_BYTES, with no Redis tier to ask
+        (a text short enough to skip the cache asks none).
 
         Its stages are timed and reported like `compress`'s, but open no span each and go
         to the sinks in one call: on a ~100-byte record the spans and reports cost several
@@ -184,12 +191,10 @@ class Pipeline:
         stream's window still bounds the stream."""
         requested = cmd.mode or self.config.compression.default_mode
         codec = self._inline
-        cache = None if cmd.skip_cache else self.cache
         if (
             requested is not Mode.ZSTD
             or codec is None
             or len(cmd.text) > INLINE_BYTES  # characters: at most the bytes
-            or (cache is not None and cache.redis is not None)
         ):
             return None
         dictionary = None
@@ -200,7 +205,8 @@ class Pipeline:
                 return None
         begin = time.perf_counter()
         data = cmd.text.encode("utf-8")
-        if len(data) > INLINE_BYTES:
+        cache = self._cache_for(cmd, Mode.ZSTD, len(data))
+        if len(data) > INLINE_BYTES or (cache is not None and cache.redis is not None):
             return None
         now = time.perf_counter()
         stages = [("validate", now - begin)]
