@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -254,6 +255,12 @@ async def serve(config: Config) -> None:
     try:
         app = await create_server(config, telemetry)
         await app.start()
+        # What is built by now lives as long as the process (modules, protos, the model's
+        # tables): kept out of the collector's full passes, which otherwise walk all of it
+        # again as cache entries pile up (with every streamed item cached, 3 µs of a short
+        # ZSTD item's 41 in process).
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
