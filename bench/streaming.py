@@ -2,8 +2,9 @@
 
 Each row streams every record of a set (five times over, each copy after the first
 ending in " (n)") through one or four BatchCompress calls from
-a client process of its own (bench.batch_load, cache on: the records are distinct, so
-each misses and is stored, as in a corpus import), first to `llmc serve` with the
+a client process of its own (bench.batch_load, cache on: the records are distinct, as in
+a corpus import, and ZSTD texts under `cache.zstd_min_bytes` are coded without asking the
+cache at all), first to `llmc serve` with the
 default config (telemetry on; metrics on a free port; the model not preloaded, since
 ZSTD never uses it), then to bench.bare_server: the same protos answering each item
 with zstd -3 and nothing else. Both servers are processes of their own, started anew
