@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.local_redis import redis_command
 from bench.lossless import ROOT, _commit
 
 CORPUS = ROOT / "corpus" / "debian-changelogs"
@@ -340,17 +341,7 @@ class _Redis:
             return
         port = _free_port()
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            redis_command(binary, port),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -19,6 +19,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from bench.local_redis import redis_command
 from llmcompress.v1 import compression_pb2_grpc as pb_grpc
 from llmcompress_server.api.server import App, create_server
 from llmcompress_server.backends.router import BackendRouter
@@ -226,17 +227,7 @@ class RedisServer:
             self.port = s.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            redis_command(binary, self.port),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
