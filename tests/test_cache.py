@@ -339,6 +339,7 @@ async def test_short_zstd_items_skip_redis_and_are_answered_inline(
     answers = [a async for a in stub.BatchCompress(_batch(*texts, *texts))]
     assert len(answers) == 100 and not any(a.result.stats.cache_hit for a in answers)
     assert inline.count("zstd.encode") == 100
+    assert not (await _compress(stub, texts[0])).stats.cache_hit  # nor a Compress
     assert await rclient.dbsize() == 0
     long = "A record long enough to be worth caching. " * 100
     await _compress(stub, long)
