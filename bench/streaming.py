@@ -331,7 +331,8 @@ CACHE_SIZES = (140, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 class _Redis:
-    """A redis-server of this bench's own on a free loopback port (None: not installed)."""
+    """A redis-server of this bench's own on a free loopback port (`url` None: none is
+    installed, and the table says so)."""
 
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
@@ -346,12 +347,15 @@ class _Redis:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 self.url = f"redis://127.0.0.1:{port}/0"
                 return
             except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not listen on {port}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -384,6 +388,7 @@ async def _cache_costs(
     texts_by_size: dict[int, list[str]], rounds: int, redis_url: str | None
 ) -> list[dict[str, Any]]:
     from llmcompress_server.api.server import create_server
+    from llmcompress_server.codecs.zstd import ZstdCodec
     from llmcompress_server.core.config import load_config
     from llmcompress_server.core.domain import CompressCommand, Mode
     from llmcompress_server.telemetry.setup import setup_telemetry
@@ -414,6 +419,8 @@ async def _cache_costs(
     apps = {name: await create_server(config, telemetry) for name, config in configs.items()}
     try:
         uncached, cached = apps["uncached"].pipeline, apps["cached"].pipeline
+        codec = uncached.codecs[Mode.ZSTD]
+        assert isinstance(codec, ZstdCodec)
         for size, texts in texts_by_size.items():
             best = {"coded": 1.0, "miss": 1.0, "hit": 1.0}
             for r in range(rounds):
@@ -432,7 +439,7 @@ async def _cache_costs(
                 {
                     "bytes": size,
                     "texts": len(texts),
-                    "level": uncached._inline.level_for(size, False),
+                    "level": codec.level_for(size, False),
                     "coded_us": best["coded"] * 1e6,
                     "miss_us": best["miss"] * 1e6,
                     "hit_us": best["hit"] * 1e6,
@@ -536,9 +543,10 @@ def main(argv: list[str] | None = None) -> int:
             "Why ZSTD texts under `cache.zstd_min_bytes` (4 KiB) are coded, not cached. "
             "In process, through the pipeline's inline path with metrics on, best of five "
             "rounds of texts cut from the medium records: a text coded with the cache off; "
-            "the same texts missed and stored with it on; then hit. The last column is the "
+            "the same texts missed and stored with it on; then hit. The sixth column is the "
             "share of a corpus's texts that would have to be repeats for the in-process tier "
-            "to save time; a Redis tier adds a loopback round trip to every lookup.",
+            "to save time; the last, what a Redis tier's miss and store cost (a GET and a SET "
+            "on loopback, to a redis-server of the bench's own).",
             "",
             cache_table(result["cache"]) if "cache" in result else "Not measured.",
             "",
