@@ -119,6 +119,22 @@ PARTS = (
 )
 
 
+def _await_listening(proc: subprocess.Popen[bytes], port: int, name: str, within: float) -> None:
+    """Until `proc` accepts on 127.0.0.1:`port`; killed, and an error, if it exits first or
+    takes longer than `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(timeout=10)
+                raise RuntimeError(f"{name} did not listen on {port}") from None
+            time.sleep(0.05)
+
+
 def _server(server: str) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     proc = subprocess.Popen(
@@ -128,16 +144,8 @@ def _server(server: str) -> tuple[subprocess.Popen[bytes], int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{server} did not listen on {port}") from None
-            time.sleep(0.05)
+    _await_listening(proc, port, server, 60)
+    return proc, port
 
 
 def _load(port: int, texts: list[str], streams: int) -> dict[str, Any]:
@@ -346,17 +354,8 @@ class _Redis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                self.url = f"redis://127.0.0.1:{port}/0"
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not listen on {port}") from None
-                time.sleep(0.05)
+        _await_listening(self.proc, port, "redis-server", 10)
+        self.url = f"redis://127.0.0.1:{port}/0"
 
     def stop(self) -> None:
         if self.proc is not None:
