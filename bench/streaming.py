@@ -135,12 +135,12 @@ def _await_listening(proc: subprocess.Popen[bytes], port: int, name: str, within
             time.sleep(0.05)
 
 
-def _server(server: str) -> tuple[subprocess.Popen[bytes], int]:
+def _server(server: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     proc = subprocess.Popen(
         [*SERVERS[server], "--port", str(port)],
         cwd=ROOT,
-        env={**os.environ, **SERVER_ENV},
+        env={**os.environ, **SERVER_ENV, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -165,8 +165,11 @@ def _load(port: int, texts: list[str], streams: int) -> dict[str, Any]:
     return out
 
 
-def measure_one(server: str, texts: list[str], streams: int) -> Run:
-    proc, port = _server(server)
+def measure_one(
+    server: str, texts: list[str], streams: int, env: dict[str, str] | None = None
+) -> Run:
+    """One run of `server` (with `env` beside SERVER_ENV), started anew for it."""
+    proc, port = _server(server, env)
     try:
         cpu0 = _cpu_seconds(proc.pid)
         out = _load(port, texts, streams)
@@ -325,6 +328,7 @@ def measure(limit: int | None = None, repeats: int = REPEATS) -> dict[str, Any]:
         "available": True,
         "profile": profile(short),
         "cache": cache_costs(limit),
+        "redis_replica": redis_replica(short, repeats),
         "commit": _commit(),
         "loadavg_start": list(load0),
         "loadavg_end": list(os.getloadavg()),
@@ -490,6 +494,69 @@ def cache_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# A replica with a Redis tier: the default config beside one that caches every ZSTD text.
+REDIS_VARIANTS = {
+    "default (short ZSTD texts skip the cache)": {},
+    "cache.zstd_min_bytes 0 (every ZSTD text asks Redis and is stored there)": {
+        "LLMC_CACHE__ZSTD_MIN_BYTES": "0"
+    },
+}
+
+
+def redis_replica(texts: list[str], repeats: int) -> dict[str, Any]:
+    """The short records over 4 streams to `llmc serve` with `cache.redis_url` set (a
+    redis-server of the bench's own), each of REDIS_VARIANTS `repeats` times in turns;
+    every run's texts are new to Redis, which outlives the servers."""
+    import redis as redis_client
+
+    redis = _Redis()
+    if redis.url is None:
+        return {"available": False, "reason": "redis-server is not installed"}
+    runs: dict[str, list[Run]] = {name: [] for name in REDIS_VARIANTS}
+    try:
+        keys = redis_client.Redis.from_url(redis.url)
+        for r in range(repeats):
+            for n, name in enumerate(REDIS_VARIANTS if r % 2 == 0 else reversed(REDIS_VARIANTS)):
+                env = {"LLMC_CACHE__REDIS_URL": redis.url, **REDIS_VARIANTS[name]}
+                fresh = [f"{t} [{r}.{n}]" for t in texts]
+                before = keys.dbsize()
+                runs[name].append(measure_one("llmc serve", fresh, 4, env))
+                # What each config claims: no key stored, or one per text.
+                stored, expected = keys.dbsize() - before, len(fresh) if REDIS_VARIANTS[name] else 0
+                if stored != expected:
+                    raise RuntimeError(f"{name}: {stored} keys stored in Redis, not {expected}")
+        keys.close()
+    finally:
+        redis.stop()
+    return {
+        "available": True,
+        "texts": len(texts),
+        "variants": {
+            name: {
+                "each_run_items_per_s": [x.items_per_s for x in rs],
+                "items_per_s": max(x.items_per_s for x in rs),
+                "server_cpu_us_per_item": min(x.server_cpu_seconds / x.items for x in rs) * 1e6,
+            }
+            for name, rs in runs.items()
+        },
+    }
+
+
+def redis_table(result: dict[str, Any]) -> str:
+    if not result.get("available"):
+        return f"Not measured: {result.get('reason')}."
+    lines = [
+        "| config | items/s, best (each run) | server CPU per item, least |",
+        "|---|---|---|",
+    ]
+    for name, v in result["variants"].items():
+        each = " / ".join(f"{x:,.0f}" for x in v["each_run_items_per_s"])
+        lines.append(
+            f"| {name} | {v['items_per_s']:,.0f} ({each}) | {v['server_cpu_us_per_item']:,.0f} µs |"
+        )
+    return "\n".join(lines)
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| records | streams | server | items/s (each run) | MB/s | server CPU per item | "
@@ -548,6 +615,15 @@ def main(argv: list[str] | None = None) -> int:
             "on loopback, to a redis-server of the bench's own).",
             "",
             cache_table(result["cache"]) if "cache" in result else "Not measured.",
+            "",
+            "## A replica with a Redis tier",
+            "",
+            f"The short records ({result['redis_replica'].get('texts', 0):,}) over 4 streams "
+            "to `llmc serve` with `cache.redis_url` set (a redis-server of the bench's own), "
+            f"in the default config and caching every ZSTD text, {result['repeats']} runs "
+            "each in turns; each run's texts are new to Redis.",
+            "",
+            redis_table(result["redis_replica"]),
             "",
             "## Where a short item's time goes",
             "",

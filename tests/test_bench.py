@@ -19,13 +19,13 @@ from bench.modes import bucket_of
 from bench.report import MET, NOT_MEASURED, NOT_MET, write_outputs
 from bench.run import add_arguments, optional_section, problems, run
 from bench.run import main as bench_main
-from bench.streaming import CACHE_SIZES, cache_costs, cache_table
+from bench.streaming import CACHE_SIZES, cache_costs, cache_table, records, redis_replica
 from llmcompress.v1 import compression_pb2 as pb
 from llmcompress_server.codecs.zstd import ZstdCodec
 from llmcompress_server.core.config import load_config
 from llmcompress_server.core.envelope import seal
 
-from .conftest import CORPUS
+from .conftest import CORPUS, require_tool
 
 EDGES = [1024, 2048, 4096]
 
@@ -244,3 +244,13 @@ def test_the_streaming_reports_cache_table_measures_what_it_names() -> None:
     else:
         assert redis == [None] * len(rows)
     assert len(cache_table(rows).splitlines()) == 2 + len(CACHE_SIZES)
+
+
+def test_the_streaming_reports_redis_replica_rows_hold_what_they_name() -> None:
+    # Real `llmc serve` processes and a real redis-server: redis_replica raises unless the
+    # default config stored no key and `zstd_min_bytes: 0` one per text.
+    require_tool("redis-server")
+    texts = records("changelog-items.jsonl", 100, 200, 40)
+    result = redis_replica(texts, 1)
+    assert result["available"] and result["texts"] == 40
+    assert all(v["items_per_s"] > 0 for v in result["variants"].values())
